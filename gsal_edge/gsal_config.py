@@ -1,0 +1,308 @@
+"""`GSALConfig`: every parameter of the GSAL spec (``GSAL_SPEC.md``) with its default, plus the
+switches marked **[ours]** there.
+
+Loaded from YAML (``GSALConfig.from_yaml``) and overridden from the CLI with ``--set name=value``
+(``GSALConfig.with_overrides``). Errors name the file, the line and the field that was wrong.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+__all__ = [
+    "LEVELS",
+    "ConfigError",
+    "GSALConfig",
+    "ScreeningConfig",
+    "load_yaml_with_lines",
+]
+
+LEVELS: tuple[str, str, str] = ("fine", "coarse", "abstract")
+
+
+class ConfigError(ValueError):
+    """A configuration file or override is invalid; the message names file, line and field."""
+
+
+class ScreeningConfig(BaseModel):
+    """Spec §7 optional screening stage **[ours]** (off by default; its effect is measured).
+
+    A cheap score c(x) = z(E_rec_img(x)) + score_weight * z(max_p score(p)) ranks the pool; only the
+    top ``max(min_keep, ceil(keep_factor * b))`` images keep their full GSAL score, the rest are
+    dropped from the pool before fusion (on a station: never sent through the K diffusion
+    trajectories).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = Field(False, description="[ours] screening on/off (spec §7: off by default).")
+    keep_factor: float = Field(
+        4.0, gt=0, description="[ours] keep the top ceil(keep_factor * b) images by the cheap score."
+    )
+    min_keep: int = Field(0, ge=0, description="[ours] keep at least this many images.")
+    score_weight: float = Field(
+        1.0, ge=0, description="[ours] weight of z(detector max-score) next to z(E_rec_img) in c(x)."
+    )
+
+
+class GSALConfig(BaseModel):
+    """All GSAL parameters (spec §§2-7, 10). Defaults are the spec's; [ours] marks our choices."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    # --- Eqs. 7/8: D = alpha * z(E_rec) + beta * z(V_den)
+    alpha: float = Field(0.5, ge=0, description="Eq. 7/8 weight of z(E_rec).")
+    beta: float = Field(0.5, ge=0, description="Eq. 7/8 weight of z(V_den).")
+    # --- Eq. 9: u_p = z(D(p)) + gamma * z(S(p)); P(x) = generalized mean with exponent rho
+    gamma: float = Field(0.5, ge=0, description="Eq. 9 weight of z(S(p)) in u_p.")
+    rho: float = Field(3.0, gt=0, description="Eq. 9 generalized-mean exponent (1 = mean pooling).")
+    # --- Eq. 10: G(x) = eta * z(P(x)) + (1 - eta) * z(D_img(x)); A(x) = z(G) + lambda * z(S(x))
+    eta: float = Field(0.5, ge=0, le=1, description="Eq. 10 weight of z(P(x)) vs z(D_img(x)).")
+    lambda_: float = Field(0.5, ge=0, alias="lambda", description="A(x) weight of z(S(x)).")
+    # --- Eq. 4: S(p) = r_f + r_c + mu * r_a, thresholds = percentile of level counts
+    mu: float = Field(0.5, ge=0, description="Eq. 4 abstract-level weight.")
+    percentile: float = Field(
+        80.0, ge=0, le=100, description="Dynamic threshold percentile tau (spec §3, §10; floor 1)."
+    )
+    thresholds: Literal["hard", "soft"] = Field(
+        "hard", description="[ours] 'soft' replaces 1[n < tau] by max(0, 1 - n / tau)."
+    )
+    levels: tuple[Literal["fine", "coarse", "abstract"], ...] = Field(
+        LEVELS,
+        description="[ours] graph levels that contribute to S(p) (graph ablations, spec §8); "
+        "abstract keeps its weight mu.",
+    )
+    rarity: bool = Field(
+        True,
+        description="[ours] False = 'w/o rarity' ablation: every indicator is 1 for a non-background "
+        "concept, so S(p) rewards a named concept regardless of its coverage n(v).",
+    )
+    # --- Eqs. 5-8 (diffusion difficulty; consumed by the scorer)
+    K: int = Field(4, ge=1, description="Eqs. 5-6 number of seeded stochastic reconstructions.")
+    t_frac: float = Field(0.25, gt=0, le=1, description="Noising timestep t as a fraction of T.")
+    ddim_steps: int = Field(
+        0, ge=0, description="[ours] 0 = one-step x0 prediction; S > 0 = S DDIM steps from t to 0."
+    )
+    M: int = Field(8, ge=1, description="Proposal prefilter: top-M detector boxes by score (spec §4).")
+    context_margin: float = Field(1.5, ge=1, description="Proposal region = box enlarged by this factor.")
+    proposal_mode: Literal["crop", "latent_roi"] = Field(
+        "crop", description="'crop' = the paper's literal reading; 'latent_roi' = [ours] (spec §4)."
+    )
+    roi_reduce: Literal["mean", "max"] = Field("mean", description="[ours] latent_roi reduction.")
+    # --- Eq. 3: concept assignment
+    assigner: Literal["text", "prototype", "hybrid"] = Field(
+        "text", description="Eq. 3 assigner; 'prototype' and 'hybrid' are [ours] (spec §2)."
+    )
+    hybrid_k: int = Field(
+        5, ge=1, description="[ours] hybrid: prototypes for concepts with >= k labeled exemplars."
+    )
+    novelty_threshold: float | None = Field(
+        None, description="[ours] best similarity below this -> 'unknown' (None = off)."
+    )
+    assignment: Literal["hard", "soft"] = Field(
+        "hard", description="[ours] 'soft' = expected bonus sum_c softmax(cos/T)_c * S_c."
+    )
+    temperature: float = Field(
+        0.01, gt=0, description="[ours] soft-assignment temperature T (0.01 = CLIP's logit scale 100)."
+    )
+    missing_concept: Literal["error", "background", "unknown"] = Field(
+        "error",
+        description="[ours] a record concept absent from the graph: 'error' (default), or map it to "
+        "'background' (no bonus) or 'unknown' (never covered).",
+    )
+    # --- labels, normalization, selection
+    label_mode: Literal["typed", "binary"] = Field(
+        "typed",
+        description="Spec §3: 'typed' counts labeled classes; 'binary' counts CLIP-assigned concepts "
+        "of the labeled boxes.",
+    )
+    group_by: str | None = Field(None, description="[ours] Eq. 11 z-scores within each meta[group_by].")
+    batch_aware: bool = Field(
+        False, description="[ours] greedy picks updating provisional counts n(v) after each pick."
+    )
+    screening: ScreeningConfig = Field(default_factory=ScreeningConfig)
+    seed: int = Field(0, description="Seed of every random choice (random baseline, core-set start...).")
+
+    @field_validator(
+        "alpha", "beta", "gamma", "rho", "eta", "lambda_", "mu", "percentile", "t_frac",
+        "context_margin", "temperature",
+    )
+    @classmethod
+    def _finite(cls, v: float) -> float:
+        if not math.isfinite(v):
+            raise ValueError("must be finite")
+        return v
+
+    @field_validator("levels")
+    @classmethod
+    def _levels(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if not v:
+            raise ValueError("at least one level is needed")
+        if len(set(v)) != len(v):
+            raise ValueError(f"duplicate level in {list(v)}")
+        return tuple(lv for lv in LEVELS if lv in v)  # canonical order
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def field_names(cls) -> list[str]:
+        """Valid parameter names as written in files and ``--set`` (alias ``lambda``)."""
+        names = [f.alias or n for n, f in cls.model_fields.items()]
+        names += [f"screening.{n}" for n in ScreeningConfig.model_fields]
+        return names
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = "config",
+                  lines: dict[tuple[str, ...], int] | None = None) -> GSALConfig:
+        """Validate a mapping; errors name ``where`` (file), the line if known, and the field."""
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{where}: expected a mapping of parameter names, got {type(data).__name__}")
+        try:
+            return cls.model_validate(data)
+        except ValidationError as e:
+            raise ConfigError(_format_validation(e, where, lines or {})) from None
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> GSALConfig:
+        """Load a YAML (or JSON) file; an optional top-level ``gsal:`` section is accepted."""
+        data, lines = load_yaml_with_lines(path)
+        if isinstance(data, dict) and set(data) == {"gsal"}:
+            data = data["gsal"]
+            lines = {k[1:]: v for k, v in lines.items() if k[:1] == ("gsal",)}
+        return cls.from_dict(data, where=str(path), lines=lines)
+
+    def with_overrides(self, overrides: Iterable[str]) -> GSALConfig:
+        """Apply ``name=value`` strings (value parsed as YAML: numbers, true/false, null, lists).
+
+        ``lambda`` and ``lambda_`` both name the fusion weight; ``screening.enabled=true`` reaches
+        into the screening section. An unknown name raises a `ConfigError` listing valid names.
+        """
+        data = self.model_dump(by_alias=True)
+        valid = self.field_names()
+        for item in overrides:
+            if "=" not in item:
+                raise ConfigError(f"--set {item!r}: expected name=value (valid names: {', '.join(valid)})")
+            name, raw = item.split("=", 1)
+            name = name.strip()
+            if name == "lambda_":
+                name = "lambda"
+            if name not in valid:
+                raise ConfigError(f"--set {item!r}: unknown parameter {name!r}; valid names: {', '.join(valid)}")
+            try:
+                value = yaml.safe_load(raw) if raw.strip() else None
+            except yaml.YAMLError:
+                value = raw
+            if "." in name:
+                head, tail = name.split(".", 1)
+                data[head] = {**data[head], tail: value}
+            else:
+                data[name] = value
+        return self.from_dict(data, where="--set")
+
+    def replace(self, **updates: Any) -> GSALConfig:
+        """A validated copy with python field names updated (``lambda_=0`` etc.)."""
+        data = self.model_dump()
+        data.update(updates)
+        return self.from_dict(data, where="GSALConfig.replace")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict with file names (``lambda``)."""
+        d = self.model_dump(by_alias=True, mode="json")
+        return d
+
+
+def _format_validation(e: ValidationError, where: str, lines: dict[tuple[str, ...], int]) -> str:
+    parts = []
+    valid = ", ".join(GSALConfig.field_names())
+    for err in e.errors():
+        loc = tuple(str(x) for x in err["loc"])
+        field = ".".join(loc) or "(root)"
+        line = lines.get(loc) or (lines.get(loc[:1]) if loc else None)
+        at = f"{where}:{line}" if line else where
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = f"unknown parameter; valid names: {valid}"
+        parts.append(f"{at}: field {field!r}: {msg} (got {err.get('input')!r})")
+    return "; ".join(parts)
+
+
+def load_yaml_with_lines(path: str | Path) -> tuple[Any, dict[tuple[str, ...], int]]:
+    """Parse YAML/JSON text and return (data, lines): ``lines[("fine", "void", "coarse")]`` is the
+    1-based line of that key. Duplicate keys are an error naming both lines (PyYAML would keep the
+    last silently).
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read ({e.strerror})") from None
+    return parse_yaml_with_lines(text, str(path))
+
+
+def parse_yaml_with_lines(text: str, where: str) -> tuple[Any, dict[tuple[str, ...], int]]:
+    """As `load_yaml_with_lines`, from text (``where`` names the source in errors)."""
+    if where.lower().endswith(".json"):
+        return _parse_json_with_lines(text, where)
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark
+        line = f":{mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{where}{line}: not valid YAML/JSON ({e.problem})") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{where}: not valid YAML/JSON ({e})") from None
+    lines: dict[tuple[str, ...], int] = {}
+    if node is not None:
+        _walk(node, (), lines, where)
+    return data, lines
+
+
+def _walk(node: yaml.Node, prefix: tuple[str, ...], lines: dict[tuple[str, ...], int], where: str) -> None:
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[str, int] = {}
+        for knode, vnode in node.value:
+            key = str(knode.value)
+            line = knode.start_mark.line + 1
+            if key in seen:
+                raise ConfigError(
+                    f"{where}:{line}: duplicate key {'.'.join(prefix + (key,))!r} (first at line {seen[key]})"
+                )
+            seen[key] = line
+            lines[prefix + (key,)] = line
+            _walk(vnode, prefix + (key,), lines, where)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            lines[prefix + (str(i),)] = item.start_mark.line + 1
+            _walk(item, prefix + (str(i),), lines, where)
+
+
+def _parse_json_with_lines(text: str, where: str) -> tuple[Any, dict[tuple[str, ...], int]]:
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in items:
+            if k in out:
+                raise ConfigError(f"{where}: duplicate key {k!r}")
+            out[k] = v
+        return out
+
+    try:
+        data = json.loads(text, object_pairs_hook=pairs)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{where}:{e.lineno}: not valid JSON ({e.msg})") from None
+    lines: dict[tuple[str, ...], int] = {}
+    try:  # JSON is (almost always) YAML: reuse the YAML composer for line numbers, best effort
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        if node is not None:
+            _walk(node, (), lines, where)
+    except (yaml.YAMLError, ConfigError):
+        lines = {}
+    return data, lines
