@@ -11,8 +11,12 @@ import os
 
 import typer
 
+from export import cli as export_cli
 from gsal_edge.commands import data, detector, graph, models
+from gsal_edge.commands.bench import bench
 from gsal_edge.commands.select import select
+from server import cli as station_cli
+from trainer import cli as trainer_cli
 
 app = typer.Typer(
     name="gsal-edge",
@@ -25,6 +29,12 @@ app.add_typer(detector.app, name="detector", help="Train and evaluate the Faster
 app.add_typer(models.app, name="models", help="Diffusion prior and CLIP: embedded defaults and real weights.")
 app.add_typer(graph.app, name="graph", help="Concept graphs: validate and draw.")
 app.command("select", help="Re-fuse stored score records and select a batch with rationale.")(select)
+app.command("bench", help="Active-learning benchmark (paper protocol): tables, plots, selection gallery.")(bench)
+app.add_typer(export_cli.app, name="export", help="Export checkpoints into a signed ONNX (+TensorRT) bundle; keygen; verify.")
+app.command("serve", help="Run the station: the gRPC scorer over a bundle.")(station_cli.serve)
+app.command("score", help="Stream slices from a folder through a station; write score records.")(station_cli.score)
+app.add_typer(station_cli.app, name="station", help="Station client and server commands (info, load-bundle ...).")
+app.add_typer(trainer_cli.app, name="trainer", help="Trainer node: pool, rounds, annotation, retrain, deploy.")
 
 
 @app.callback()

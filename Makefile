@@ -1,0 +1,66 @@
+# GSAL Edge — the two commands a fresh machine needs are `make demo` and `make test`.
+# Everything else (venv, generated protobuf code, data, models, bundles) is built on demand.
+
+SHELL := /bin/bash
+PY_SYS ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+GSAL   := $(VENV)/bin/gsal-edge
+ART    ?= artifacts
+# torch/torchvision pinned to the pair this machine installs offline (see docs/ and pyproject.toml)
+TORCH_PINS := torch==2.14.1 torchvision==0.29.1
+
+.PHONY: help setup proto test test-fast demo export bench bench-selection bench-runtime bench-server bench-al lint clean distclean
+
+help:  ## list targets
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || $(PY_SYS) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q $(TORCH_PINS)
+	$(PIP) install -q -e '.[dev]'
+	$(PY) proto/build.py
+	$(PIP) install -q --no-deps -e .   # again, so the editable install maps the generated gsal_proto
+	@touch $@
+
+setup: $(VENV)/.installed proto  ## build .venv from nothing and generate protobuf code
+
+proto: $(VENV)/.installed  ## (re)generate gRPC/protobuf code from proto/gsal_proto/*.proto (never hand-edited)
+	$(PY) proto/build.py
+
+test: setup  ## run the whole test suite (fast unit tests + marked slow integration tests)
+	$(PY) -m pytest -q --timeout=900
+
+test-fast: setup  ## unit tests only
+	$(PY) -m pytest -q -m "not slow" --timeout=300
+
+demo: setup  ## the main job on the embedded default: data, models, scoring, selection with rationale
+	$(PY) -m gsal_cli.demo --out $(ART)/demo
+
+export: setup  ## ONNX (+TensorRT where present) bundle from the current checkpoints
+	$(GSAL) export --models $(ART)/demo/models --out $(ART)/bundles
+
+bench-selection: setup  ## 1,000,000-record selection benchmark
+	$(PY) bench/bench_selection.py
+
+bench-runtime: setup  ## images/s of full GSAL scoring per backend (PyTorch vs ONNX Runtime here)
+	$(PY) bench/bench_runtime.py
+
+bench-server: setup  ## gRPC station vs in-process scoring: slices/s, p50/p99 at concurrency 1/4/16 (loopback)
+	$(PY) bench/bench_server.py
+
+bench-al: setup  ## active-learning benchmark, `quick` preset (hours on 2 cores; resumable: rerun to continue)
+	$(GSAL) bench --preset quick --out $(ART)/bench-al
+
+bench: bench-selection bench-runtime bench-server  ## all CPU benchmarks (bench-al is separate: hours)
+
+lint: setup
+	$(VENV)/bin/ruff check gsal_edge gsal_cli server trainer export tests bench
+
+clean:  ## remove build outputs (keeps .venv)
+	rm -rf $(ART) .pytest_cache
+
+distclean: clean
+	rm -rf $(VENV)

@@ -1,0 +1,412 @@
+"""Benchmark reports from a run folder (see :mod:`gsal_edge.al_benchmark`): nothing is recomputed.
+
+``write_report(RUN_DIR)`` reads ``run.json`` and ``results/*/seed-*.json`` and writes
+
+- ``report.md``: the paper's Table 1/2 layout (strategy x labeled share, mean ± std over seeds) for
+  F1@0.5, mAP@50 and COCO AP; rare-class retrieval; labeled instances per class; per-class AP at the
+  last budget; wall time per round (train / eval / score / select); sensitivity sweeps; the label mode;
+- ``learning_curves.png`` (mean lines with ±1 std bands), ``rare_retrieval.png``,
+  ``sensitivity.png`` (F1 vs each swept parameter, when a sweep ran) and ``gallery.png`` (thumbnails
+  of the first round's picks with their one-line rationale).
+
+Partial runs are reported as they stand: a cell averages the seeds that reached that budget and says
+how many did when that is fewer than all.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import textwrap
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["RunData", "load_run", "metric_table", "write_report"]
+
+METRICS = (("f1", "F1@0.5"), ("map50", "mAP@50"), ("ap", "COCO AP"))
+
+
+@dataclass
+class RunData:
+    """A run folder's config and every finished round, by strategy and seed."""
+
+    run_dir: Path
+    info: dict[str, Any]
+    results: dict[str, dict[int, list[dict[str, Any]]]] = field(default_factory=dict)
+
+    @property
+    def strategies(self) -> list[str]:
+        return [s for s in self.info["strategies"] if s in self.results]
+
+    @property
+    def budgets(self) -> list[float]:
+        return list(self.info["budgets"])
+
+    @property
+    def seeds(self) -> list[int]:
+        return list(self.info["seeds"])
+
+    def values(self, strategy: str, getter: Any) -> list[list[float]]:
+        """Per budget index: the values of every seed that reached it (None/NaN dropped)."""
+        out: list[list[float]] = [[] for _ in self.budgets]
+        for rounds in self.results.get(strategy, {}).values():
+            for rec in rounds:
+                v = getter(rec)
+                if v is not None and not (isinstance(v, float) and math.isnan(v)):
+                    out[rec["round"]].append(float(v))
+        return out
+
+
+def load_run(run_dir: str | Path) -> RunData:
+    """Read ``run.json`` and every results file of a run folder."""
+    run_dir = Path(run_dir)
+    path = run_dir / "run.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: not a benchmark run folder")
+    info = json.loads(path.read_text())
+    data = RunData(run_dir, info)
+    slugs = info.get("strategy_slugs", {})
+    for key in info["strategies"]:
+        folder = run_dir / "results" / slugs.get(key, key)
+        for f in sorted(folder.glob("seed-*.json")):
+            st = json.loads(f.read_text())
+            if st.get("rounds"):
+                data.results.setdefault(key, {})[int(st["seed"])] = st["rounds"]
+    return data
+
+
+def _mean_std(v: list[float]) -> tuple[float, float]:
+    a = np.asarray(v, dtype=np.float64)
+    return float(a.mean()), float(a.std(ddof=0)) if a.size > 1 else 0.0
+
+
+def metric_table(run: RunData, getter: Any, fmt: str = "{:.3f}") -> list[list[str]]:
+    """Rows (strategy, cells...) of mean ± std over seeds per budget; the best mean per column in bold."""
+    means: dict[str, list[float | None]] = {}
+    cells: dict[str, list[str]] = {}
+    n_seeds = len(run.seeds)
+    for s in run.strategies:
+        vals = run.values(s, getter)
+        means[s], cells[s] = [], []
+        for v in vals:
+            if not v:
+                means[s].append(None)
+                cells[s].append("–")
+                continue
+            m, sd = _mean_std(v)
+            means[s].append(m)
+            cell = f"{fmt.format(m)} ± {fmt.format(sd)}"
+            if len(v) < n_seeds:
+                cell += f" (n={len(v)})"
+            cells[s].append(cell)
+    for j in range(len(run.budgets)):
+        col = [(means[s][j], s) for s in run.strategies if means[s][j] is not None]
+        if len(col) > 1:
+            best = max(m for m, _ in col)
+            for m, s in col:
+                if m == best:
+                    cells[s][j] = f"**{cells[s][j]}**"
+    return [[s, *cells[s]] for s in run.strategies]
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(["---"] * len(header)) + " |"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _pct(b: float) -> str:
+    return f"{100 * b:g}%"
+
+
+def _get(path: str) -> Any:
+    keys = path.split(".")
+
+    def g(rec: dict[str, Any]) -> Any:
+        cur: Any = rec
+        for k in keys:
+            if not isinstance(cur, dict) or k not in cur:
+                return None
+            cur = cur[k]
+        return cur
+
+    return g
+
+
+# ------------------------------------------------------------------------------------------ plots
+
+
+def _plt() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_curves(run: RunData, out: Path) -> Path:
+    """F1, mAP@50 and AP vs labeled share: mean per strategy with a ±1 std band."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    x = np.array(run.budgets) * 100
+    for ax, (key, label) in zip(axes, METRICS):
+        for s in run.strategies:
+            vals = run.values(s, _get(f"metrics.{key}"))
+            idx = [i for i, v in enumerate(vals) if v]
+            if not idx:
+                continue
+            m = np.array([np.mean(vals[i]) for i in idx])
+            sd = np.array([np.std(vals[i]) for i in idx])
+            (line,) = ax.plot(x[idx], m, marker="o", ms=3, label=s)
+            ax.fill_between(x[idx], m - sd, m + sd, color=line.get_color(), alpha=0.15)
+        ax.set_xlabel("labeled share of the pool (%)")
+        ax.set_ylabel(label)
+        ax.set_title(label)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7, loc="best")
+    fig.suptitle(f"learning curves (mean ± std over {len(run.seeds)} seed(s))")
+    fig.tight_layout()
+    path = out / "learning_curves.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_rare(run: RunData, out: Path) -> Path:
+    """Rare classes with >= 1 labeled instance, and rare instances labeled, vs labeled share."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    x = np.array(run.budgets) * 100
+    n_rare = len(run.info.get("rare_classes", []))
+    for ax, (key, label) in zip(axes, (("rare.n_covered", f"rare classes covered (of {n_rare})"),
+                                      ("rare.instances", "rare instances labeled"))):
+        for s in run.strategies:
+            vals = run.values(s, _get(key))
+            idx = [i for i, v in enumerate(vals) if v]
+            if not idx:
+                continue
+            m = np.array([np.mean(vals[i]) for i in idx])
+            sd = np.array([np.std(vals[i]) for i in idx])
+            (line,) = ax.plot(x[idx], m, marker="o", ms=3, label=s)
+            ax.fill_between(x[idx], m - sd, m + sd, color=line.get_color(), alpha=0.15)
+        ax.set_xlabel("labeled share of the pool (%)")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7, loc="best")
+    fig.suptitle(f"rare-class retrieval; rare = {', '.join(run.info.get('rare_classes', []))}")
+    fig.tight_layout()
+    path = out / "rare_retrieval.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def sensitivity_rows(run: RunData) -> dict[str, list[tuple[Any, str, list[float]]]]:
+    """Per swept parameter: (value, strategy, final-budget F1 of each seed)."""
+    out: dict[str, list[tuple[Any, str, list[float]]]] = {}
+    last = len(run.budgets) - 1
+    for name, rows in (run.info.get("sweep") or {}).items():
+        out[name] = [(v, key, run.values(key, _get("metrics.f1"))[last] if key in run.results else [])
+                     for v, key in rows]
+    return out
+
+
+def plot_sensitivity(run: RunData, out: Path) -> Path | None:
+    """F1 at the last budget vs each swept parameter (mean ± std over seeds)."""
+    rows = sensitivity_rows(run)
+    if not rows:
+        return None
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(rows), figsize=(4.5 * len(rows), 3.8), squeeze=False)
+    for ax, (name, pts) in zip(axes[0], rows.items()):
+        pts = [(float(v), f) for v, _, f in pts if f]
+        if pts:
+            xs = np.array([p[0] for p in pts])
+            ms = np.array([np.mean(p[1]) for p in pts])
+            sd = np.array([np.std(p[1]) for p in pts])
+            order = np.argsort(xs)
+            ax.errorbar(xs[order], ms[order], yerr=sd[order], marker="o", capsize=3)
+        ax.set_xlabel(name)
+        ax.set_ylabel(f"F1@0.5 at {_pct(run.budgets[-1])}")
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"one-at-a-time sensitivity (base {run.info['config'].get('sweep_base', 'gsal')})")
+    fig.tight_layout()
+    path = out / "sensitivity.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_gallery(run: RunData, out: Path, per_strategy: int = 4) -> Path | None:
+    """Thumbnails of each strategy's first picks (first seed, first round) with their rationale sentence."""
+    from gsal_edge.datasets import load_image
+    from gsal_edge.preprocessing import to_unit_float
+
+    rows = []
+    for s in run.strategies:
+        seeds = sorted(run.results[s])
+        recs = run.results[s][seeds[0]] if seeds else []
+        picks = next((r.get("picks") for r in recs if r.get("picks")), None)
+        if picks:
+            rows.append((s, seeds[0], picks[:per_strategy]))
+    if not rows:
+        return None
+    plt = _plt()
+    from matplotlib.patches import Rectangle
+
+    ncol = max(len(p) for _, _, p in rows)
+    cell_w, img, title_h, text_h, top = 3.6, 3.2, 0.45, 1.0, 0.6  # inches
+    row_h = title_h + img + text_h
+    W, H = cell_w * ncol, top + row_h * len(rows)
+    fig = plt.figure(figsize=(W, H))
+    window = (run.info.get("config", {}).get("data", {}) or {}).get("window")
+    for i, (s, seed, picks) in enumerate(rows):
+        for j, p in enumerate(picks):
+            left = (j * cell_w + (cell_w - img) / 2) / W
+            bottom = (H - top - i * row_h - title_h - img) / H
+            ax = fig.add_axes((left, bottom, img / W, img / H))
+            ax.set_xticks([])
+            ax.set_yticks([])
+            try:
+                im = to_unit_float(load_image(p["path"]), tuple(window) if window else None)
+                ax.imshow(im, cmap="gray", vmin=0, vmax=1)
+                for box, _ in p.get("gt", []):
+                    ax.add_patch(Rectangle((box[0], box[1]), box[2] - box[0], box[3] - box[1], fill=False,
+                                           edgecolor="lime", linewidth=0.8))
+            except (OSError, ValueError) as e:
+                ax.text(0.5, 0.5, f"image unavailable\n{e}", ha="center", va="center", fontsize=6)
+            classes = sorted({c for _, c in p.get("gt", [])}) or ["no defect"]
+            ax.set_title(f"{s} (seed {seed}) #{p['rank']}: {p['image_id']}\ntruth: {', '.join(classes)}",
+                         fontsize=6.5)
+            ax.text(0.0, -0.02, "\n".join(textwrap.wrap(p.get("sentence", ""), 62)[:7]), transform=ax.transAxes,
+                    fontsize=5.5, va="top", ha="left")
+    fig.suptitle("first-round picks\n(green: revealed ground truth)",
+                 fontsize=9, y=1 - 0.2 / H)
+    path = out / "gallery.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+# ----------------------------------------------------------------------------------------- report
+
+
+def _first_full_coverage(run: RunData, s: str) -> str:
+    n_rare = len(run.info.get("rare_classes", []))
+    out = []
+    for seed, rounds in sorted(run.results.get(s, {}).items()):
+        hit = next((r["budget"] for r in rounds if r["rare"]["n_covered"] >= n_rare), None)
+        out.append(_pct(hit) if hit is not None else "not yet")
+    return ", ".join(out)
+
+
+def write_report(run_dir: str | Path) -> Path:
+    """Write ``report.md`` and the PNGs into ``run_dir``; returns the report path."""
+    run = load_run(run_dir)
+    out = run.run_dir
+    info, cfg = run.info, run.info.get("config", {})
+    heads = ["strategy", *[_pct(b) for b in run.budgets]]
+    lines: list[str] = [f"# GSAL active-learning benchmark: `{out.name}`", ""]
+    modes = info.get("label_modes", {})
+    mode_set = sorted(set(modes.values()))
+    git = info.get("git", {})
+    per_mode = "" if len(mode_set) == 1 else f" (per strategy: {', '.join(f'{k}={v}' for k, v in modes.items())})"
+    counts = ", ".join(f"{c} {n}" for c, n in info.get("pool_class_counts", {}).items())
+    lines += [
+        (f"- preset `{cfg.get('preset')}`; data: {info['data'].get('path') or 'synthetic (generated)'} "
+         f"({info['data']['n_images']} images: pool {info['pool_size']}, held-out test {info['test_size']}); "
+         f"graph `{info.get('graph')}`"),
+        f"- label mode: {', '.join(mode_set)}{per_mode}",
+        (f"- detector `{cfg.get('detector')}` retrained from scratch each round (~{cfg.get('train_iters')} "
+         f"iterations); {len(run.seeds)} seed(s) {run.seeds}; labeled share {_pct(run.budgets[0])} -> "
+         f"{_pct(run.budgets[-1])} in steps of {_pct(cfg.get('step', 0))} ({info['labeled_sizes'][0]} -> "
+         f"{info['labeled_sizes'][-1]} images)"),
+        (f"- rare classes (bottom {_pct(cfg.get('rare_fraction', 0.2))} by pool instances, or configured): "
+         f"{', '.join(info.get('rare_classes', []))}; pool instances per class: {counts}"),
+        (f"- prior `{info['models']['prior']}` ({info['models']['prior_fingerprint']}), "
+         f"CLIP `{info['models']['clip']}`; git {git.get('commit') or 'unknown'}"
+         f"{' (local changes)' if git.get('dirty') else ''}; torch {info['versions'].get('torch')}, "
+         f"threads {info.get('threads')}"),
+        "",
+    ]
+    done = {s: sum(len(r) for r in run.results.get(s, {}).values()) for s in info["strategies"]}
+    total = len(run.budgets) * len(run.seeds)
+    unfinished = [f"{s} {done[s]}/{total}" for s in info["strategies"] if done[s] < total]
+    if unfinished:
+        lines += [f"**Partial run** (rounds finished: {', '.join(unfinished)}).", ""]
+    for key, label in METRICS:
+        lines += [f"## {label} on the held-out test split (mean ± std over seeds)", "",
+                  _md_table(heads, metric_table(run, _get(f"metrics.{key}"))), ""]
+    lines += ["![learning curves](learning_curves.png)", ""]
+    lines += ["## Rare-class retrieval", "",
+              "Rare classes with at least one labeled instance (mean ± std over seeds):", "",
+              _md_table(heads, metric_table(run, _get("rare.n_covered"), "{:.2f}")), "",
+              "Rare instances labeled:", "", _md_table(heads, metric_table(run, _get("rare.instances"), "{:.1f}")), "",
+              "Labeled share at which every rare class had a labeled instance, per seed:", ""]
+    lines += [f"- {s}: {_first_full_coverage(run, s)}" for s in run.strategies]
+    lines += ["", "![rare-class retrieval](rare_retrieval.png)", ""]
+    pick_heads = ["strategy", *[f"{_pct(a)}→{_pct(b)}" for a, b in zip(run.budgets, run.budgets[1:])]]
+
+    def yield_get(r: dict[str, Any]) -> float | None:
+        return float(np.mean([bool(p.get("gt")) for p in r["picks"]])) if r.get("picks") else None
+
+    lines += ["Share of each round's picks with at least one defect (truth revealed after the pick):", "",
+              _md_table(pick_heads, [row[:-1] for row in metric_table(run, yield_get, "{:.2f}")]), ""]
+    classes = info.get("classes", [])
+    last = len(run.budgets) - 1
+    rows = []
+    for s in run.strategies:
+        finals = [rounds[-1] for rounds in run.results[s].values()]
+        rows.append([s, *[f"{np.mean([r['instances_per_class'].get(c, 0) for r in finals]):.1f}" for c in classes]])
+    lines += ["## Labeled instances per class at the last budget reached (mean over seeds)", "",
+              _md_table(["strategy", *classes], rows), ""]
+    typed = [s for s in run.strategies if modes.get(s, "typed") == "typed"]
+    if typed and classes:
+        rows = []
+        for s in typed:
+            row = [s]
+            for c in classes:
+                v = run.values(s, _get(f"metrics.per_class.{c}.ap50"))[last]
+                row.append(f"{np.mean(v):.3f}" if v else "–")
+            rows.append(row)
+        lines += [f"## Per-class AP@50 at {_pct(run.budgets[-1])} (typed strategies, mean over seeds)", "",
+                  _md_table(["strategy", *classes], rows), ""]
+    rows = []
+    for s in run.strategies:
+        recs = [r for rounds in run.results[s].values() for r in rounds]
+        fresh = [r for r in recs if not r.get("shared_round0")]
+        def mean_t(k: str, rs: list[dict[str, Any]]) -> str:
+            v = [r["times"][k] for r in rs if k in r.get("times", {})]
+            return f"{np.mean(v):.1f}" if v else "–"
+        scored = [r for r in recs if r.get("times", {}).get("score", 0) > 0]
+        rows.append([s, mean_t("train", fresh or recs), mean_t("eval", fresh or recs), mean_t("score", scored),
+                     f"{np.mean([r['times']['select'] for r in recs if 'picks' in r]):.3f}"
+                     if any("picks" in r for r in recs) else "–", str(len(recs))])
+    lines += ["## Wall time per round (seconds, mean)", "",
+              ("Round 0 is trained, evaluated and scored once per seed and label mode and shared by all strategies; "
+               "score = the station scorer over the unlabeled pool (image-level diffusion scores come from a cache "
+               "after their first computation), select = fusion + selection."), "",
+              _md_table(["strategy", "train", "eval", "score", "select", "rounds"], rows), ""]
+    sens = sensitivity_rows(run)
+    if sens:
+        lines += [f"## Sensitivity (one at a time, F1@0.5 at {_pct(run.budgets[-1])})", ""]
+        for name, pts in sens.items():
+            r = [[str(v), f"`{k}`", (f"{np.mean(f):.3f} ± {np.std(f):.3f} (n={len(f)})" if f else "–")]
+                 for v, k, f in pts]
+            lines += [f"### {name}", "", _md_table([name, "strategy", "F1"], r), ""]
+        lines += ["![sensitivity](sensitivity.png)", ""]
+    lines += ["## Selection gallery", "", "![selection gallery](gallery.png)", "",
+              "Each strategy's full picks and rationale: `picks/<strategy>/seed-<s>/round-<r>.json`.", ""]
+    plot_curves(run, out)
+    plot_rare(run, out)
+    plot_sensitivity(run, out)
+    plot_gallery(run, out, int(cfg.get("gallery_picks", 4)))
+    path = out / "report.md"
+    tmp = path.with_name("report.md.tmp")
+    tmp.write_text("\n".join(lines))
+    tmp.replace(path)
+    return path

@@ -1,0 +1,262 @@
+"""Diffusion generative difficulty (spec §4, Eqs. 5-6) as pure numpy math.
+
+Any backend plugs in through one callable ``predict_eps(z_t, t) -> eps`` (numpy in, numpy out), so
+PyTorch, ONNX Runtime and TensorRT engines give the same scores. Symbols follow the spec:
+
+    z_t,k  = sqrt(abar_t) * z0 + sqrt(1 - abar_t) * eps_k
+    zhat_k = (z_t,k - sqrt(1 - abar_t) * eps_theta(z_t,k, t)) / sqrt(abar_t)    (one-step x0)
+    E_rec  = (1/K) sum_k mean((z0 - zhat_k)^2)                                   (Eq. 5)
+    V_den  = (1/K) sum_k mean((zhat_k - zbar)^2)                                 (Eq. 6)
+
+D = alpha z(E_rec) + beta z(V_den) (Eqs. 7-8) needs the pool's z-scores and lives in ``fusion``.
+The noise eps_k of image ``image_id`` is seeded from sha256(base_seed, image_id, k) (docs/DESIGN.md
+"Randomness"), so a score does not depend on the batch it was computed in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Callable, Sequence
+from typing import Literal
+
+import numpy as np
+
+PredictEps = Callable[[np.ndarray, np.ndarray], np.ndarray]
+Box = tuple[float, float, float, float]
+
+__all__ = [
+    "PredictEps",
+    "box_to_latent_cells",
+    "crop_regions",
+    "ddim_timesteps",
+    "difficulty",
+    "enlarge_box",
+    "reconstruct",
+    "roi_scores",
+    "seed_from",
+    "timestep_index",
+    "trajectory_noise",
+]
+
+
+def seed_from(image_id: str, k: int, base_seed: int) -> int:
+    """64-bit seed for trajectory ``k`` of ``image_id``: sha256 of ``"{base_seed}:{image_id}:{k}"``."""
+    digest = hashlib.sha256(f"{int(base_seed)}:{image_id}:{int(k)}".encode()).digest()
+    return int.from_bytes(digest[:8], "little")
+
+
+def trajectory_noise(image_id: str, k: int, shape: Sequence[int], base_seed: int) -> np.ndarray:
+    """eps_k ~ N(0, I) of shape ``shape`` (float32) for image ``image_id``, trajectory ``k``.
+
+    Drawn from ``numpy.random.default_rng(seed_from(image_id, k, base_seed))``: the same whatever
+    batch, order or backend the image is scored with.
+    """
+    rng = np.random.default_rng(seed_from(image_id, k, base_seed))
+    return rng.standard_normal(tuple(int(s) for s in shape), dtype=np.float32)
+
+
+def timestep_index(t_frac: float, num_train_timesteps: int) -> int:
+    """Integer timestep t = round(t_frac * T), clipped to [0, T-1] (spec default t = 0.25 T)."""
+    if not 0.0 <= t_frac <= 1.0:
+        raise ValueError(f"t_frac must be in [0, 1], got {t_frac}")
+    return int(min(max(round(t_frac * num_train_timesteps), 0), num_train_timesteps - 1))
+
+
+def ddim_timesteps(t_index: int, steps: int) -> np.ndarray:
+    """Descending DDIM timesteps from ``t_index`` towards 0: ``steps`` evenly spaced, unique, int64.
+
+    ``steps <= 1`` gives ``[t_index]`` (the one-step x0 prediction).
+    """
+    steps = max(int(steps), 1)
+    ts = np.round(np.linspace(t_index, 0, steps, endpoint=False)).astype(np.int64)
+    return np.unique(ts)[::-1].copy()
+
+
+def _check_alphas(alphas_cumprod: np.ndarray, t_index: int) -> np.ndarray:
+    abar = np.asarray(alphas_cumprod, dtype=np.float64)
+    if abar.ndim != 1 or abar.size == 0:
+        raise ValueError(f"alphas_cumprod must be a non-empty 1-D array, got shape {abar.shape}")
+    if not 0 <= t_index < abar.size:
+        raise ValueError(f"t_index {t_index} outside [0, {abar.size - 1}] (len(alphas_cumprod))")
+    if np.any(abar <= 0) or np.any(abar > 1):
+        raise ValueError("alphas_cumprod must lie in (0, 1]")
+    return abar
+
+
+def reconstruct(
+    z0: np.ndarray,
+    image_ids: Sequence[str],
+    predict_eps: PredictEps,
+    alphas_cumprod: np.ndarray,
+    K: int,
+    t_index: int,
+    base_seed: int,
+    ddim_steps: int = 0,
+    max_batch: int = 64,
+) -> np.ndarray:
+    """K stochastic reconstructions zhat_k of each latent z0 (spec §4): returns [B, K, c, h, w] float32.
+
+    All B*K trajectories are flattened and sent to ``predict_eps`` in chunks of at most
+    ``max_batch`` rows (``predict_eps(z_t [n,c,h,w] f32, t [n] int64) -> eps [n,c,h,w]``).
+    ``ddim_steps <= 1``: one-step x0-prediction zhat = (z_t - sqrt(1-abar_t) eps)/sqrt(abar_t);
+    ``ddim_steps = S > 1`` [ours]: S deterministic DDIM (eta = 0) steps from t down to 0.
+    """
+    z0 = np.asarray(z0, dtype=np.float32)
+    if z0.ndim != 4:
+        raise ValueError(f"z0 must be [B, c, h, w], got shape {z0.shape}")
+    B = z0.shape[0]
+    if len(image_ids) != B:
+        raise ValueError(f"{len(image_ids)} image_ids for a batch of {B} latents")
+    if K < 1:
+        raise ValueError(f"K must be >= 1, got {K}")
+    if max_batch < 1:
+        raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+    abar = _check_alphas(alphas_cumprod, t_index)
+    lat_shape = z0.shape[1:]
+
+    eps = np.stack(
+        [np.stack([trajectory_noise(iid, k, lat_shape, base_seed) for k in range(K)]) for iid in image_ids]
+    ) if B else np.zeros((0, K, *lat_shape), np.float32)
+    a_t = abar[t_index]
+    z_t = (math.sqrt(a_t) * z0[:, None] + math.sqrt(1.0 - a_t) * eps).astype(np.float32)
+    flat = z_t.reshape(B * K, *lat_shape)
+    out = np.empty_like(flat)
+    steps = ddim_timesteps(t_index, ddim_steps)
+    for start in range(0, flat.shape[0], max_batch):
+        z = flat[start : start + max_batch].astype(np.float64)
+        for i, t in enumerate(steps):
+            tt = np.full((z.shape[0],), int(t), dtype=np.int64)
+            e = np.asarray(predict_eps(z.astype(np.float32), tt), dtype=np.float64)
+            if e.shape != z.shape:
+                raise ValueError(f"predict_eps returned shape {e.shape}, expected {z.shape}")
+            a = abar[int(t)]
+            x0 = (z - math.sqrt(1.0 - a) * e) / math.sqrt(a)
+            if i + 1 < len(steps):
+                a_next = abar[int(steps[i + 1])]
+                z = math.sqrt(a_next) * x0 + math.sqrt(1.0 - a_next) * e
+            else:
+                z = x0
+        out[start : start + max_batch] = z.astype(np.float32)
+    return out.reshape(B, K, *lat_shape)
+
+
+def difficulty(z0: np.ndarray, zhat: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Eqs. 5-6 and their per-position maps: returns (E_rec [B], V_den [B], e_map [B,h,w], v_map [B,h,w]).
+
+    e(h,w) = (1/K) sum_k mean_c (z0 - zhat_k)^2, v(h,w) = (1/K) sum_k mean_c (zhat_k - zbar)^2;
+    E_rec and V_den are their spatial means (= the means over all latent elements). float64.
+    """
+    z0 = np.asarray(z0, dtype=np.float64)
+    zhat = np.asarray(zhat, dtype=np.float64)
+    if zhat.ndim != 5 or z0.ndim != 4 or zhat.shape[:1] + zhat.shape[2:] != z0.shape:
+        raise ValueError(f"shapes must be z0 [B,c,h,w] and zhat [B,K,c,h,w]; got {z0.shape} and {zhat.shape}")
+    e_map = ((z0[:, None] - zhat) ** 2).mean(axis=(1, 2))
+    zbar = zhat.mean(axis=1, keepdims=True)
+    v_map = ((zhat - zbar) ** 2).mean(axis=(1, 2))
+    return e_map.mean(axis=(1, 2)), v_map.mean(axis=(1, 2)), e_map, v_map
+
+
+def enlarge_box(box: Box, image_hw: tuple[int, int], margin: float) -> Box:
+    """The box scaled by ``margin`` about its centre (context margin, spec default 1.5), clipped to the image."""
+    x1, y1, x2, y2 = (float(v) for v in box)
+    if not (x2 >= x1 and y2 >= y1):
+        raise ValueError(f"box {box} is not (x1, y1, x2, y2) with x2 >= x1, y2 >= y1")
+    if margin <= 0:
+        raise ValueError(f"margin must be > 0, got {margin}")
+    H, W = image_hw
+    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+    hw, hh = (x2 - x1) * margin / 2, (y2 - y1) * margin / 2
+    return (max(cx - hw, 0.0), max(cy - hh, 0.0), min(cx + hw, float(W)), min(cy + hh, float(H)))
+
+
+def box_to_latent_cells(
+    box: Box, image_hw: tuple[int, int], latent_hw: tuple[int, int], margin: float = 1.5
+) -> tuple[int, int, int, int]:
+    """Latent-grid footprint ``(r0, r1, c0, c1)`` (half-open rows/cols) of the enlarged box; >= 1 cell.
+
+    Pixel edges map to latent cells by x * w / W; the footprint covers every cell the enlarged box
+    touches (floor of the start, ceil of the end), and at least the cell holding the box centre.
+    """
+    H, W = image_hw
+    h, w = latent_hw
+    x1, y1, x2, y2 = enlarge_box(box, image_hw, margin)
+    sy, sx = h / H, w / W
+    r0, r1 = math.floor(y1 * sy + 1e-9), math.ceil(y2 * sy - 1e-9)
+    c0, c1 = math.floor(x1 * sx + 1e-9), math.ceil(x2 * sx - 1e-9)
+    r0, c0 = min(max(r0, 0), h - 1), min(max(c0, 0), w - 1)
+    r1, c1 = min(max(r1, r0 + 1), h), min(max(c1, c0 + 1), w)
+    return r0, r1, c0, c1
+
+
+def roi_scores(
+    e_map: np.ndarray,
+    v_map: np.ndarray,
+    boxes: np.ndarray | Sequence[Box],
+    image_hw: tuple[int, int],
+    margin: float = 1.5,
+    reduce: Literal["mean", "max"] = "mean",
+) -> tuple[np.ndarray, np.ndarray]:
+    """``latent_roi`` mode [ours]: (E_rec(p) [N], V_den(p) [N]) = reduce of one image's e/v maps [h,w]
+    over each proposal's latent footprint (see :func:`box_to_latent_cells`)."""
+    e_map = np.asarray(e_map, dtype=np.float64)
+    v_map = np.asarray(v_map, dtype=np.float64)
+    if e_map.ndim != 2 or e_map.shape != v_map.shape:
+        raise ValueError(f"e_map and v_map must be one image's [h, w] maps; got {e_map.shape}, {v_map.shape}")
+    if reduce not in ("mean", "max"):
+        raise ValueError(f"reduce must be 'mean' or 'max', got {reduce!r}")
+    fn = np.mean if reduce == "mean" else np.max
+    bx = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    E = np.empty(len(bx))
+    V = np.empty(len(bx))
+    for i, b in enumerate(bx):
+        r0, r1, c0, c1 = box_to_latent_cells(tuple(b), image_hw, e_map.shape, margin)
+        E[i] = fn(e_map[r0:r1, c0:c1])
+        V[i] = fn(v_map[r0:r1, c0:c1])
+    return E, V
+
+
+def _resize(img: np.ndarray, size: int) -> np.ndarray:
+    """Antialiased bilinear resize of a float32 HxW array to size x size (PIL mode 'F')."""
+    from PIL import Image
+
+    if img.shape == (size, size):
+        return img.astype(np.float32, copy=True)
+    pil = Image.fromarray(np.ascontiguousarray(img, dtype=np.float32), mode="F")
+    return np.asarray(pil.resize((size, size), Image.Resampling.BILINEAR), dtype=np.float32)
+
+
+def crop_regions(
+    image: np.ndarray,
+    boxes: np.ndarray | Sequence[Box],
+    margin: float = 1.5,
+    size: int = 64,
+    square: bool = True,
+    min_side: float = 0.0,
+) -> np.ndarray:
+    """``crop`` mode: each proposal region cut from a float HxW image and resized to size x size.
+
+    The region is the box enlarged by ``margin`` about its centre; with ``square`` [ours] both sides
+    take the longer one (so thin boxes are not stretched), and ``min_side`` [ours] sets a floor in
+    pixels. The region is shifted to stay inside the image where it fits, then clipped.
+    Returns float32 [N, size, size].
+    """
+    img = np.asarray(image, dtype=np.float32)
+    if img.ndim != 2:
+        raise ValueError(f"crop_regions expects one HxW image, got shape {img.shape}")
+    H, W = img.shape
+    bx = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    out = np.empty((len(bx), size, size), dtype=np.float32)
+    for i, (x1, y1, x2, y2) in enumerate(bx):
+        if not (x2 >= x1 and y2 >= y1):
+            raise ValueError(f"box {i} {tuple(bx[i])} is not (x1, y1, x2, y2)")
+        cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+        bw, bh = max((x2 - x1) * margin, min_side, 1.0), max((y2 - y1) * margin, min_side, 1.0)
+        if square:
+            bw = bh = max(bw, bh)
+        nw, nh = min(math.ceil(bw - 1e-9), W), min(math.ceil(bh - 1e-9), H)
+        c0 = min(max(math.floor(cx - nw / 2 + 0.5), 0), W - nw)
+        r0 = min(max(math.floor(cy - nh / 2 + 0.5), 0), H - nh)
+        c1, r1 = c0 + nw, r0 + nh
+        out[i] = _resize(img[r0:r1, c0:c1], size)
+    return out

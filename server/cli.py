@@ -1,0 +1,308 @@
+"""``gsal-edge serve`` (the station scorer) and its clients ``score``, ``info``, ``load-bundle``.
+
+Each command is a plain function so ``gsal_cli/main.py`` can mount it directly
+(``app.command("serve")(serve)``) or mount the whole ``app``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+import typer
+
+log = logging.getLogger("gsal.server")
+
+app = typer.Typer(help="Station scorer: gRPC server and client.", no_args_is_help=True, add_completion=False)
+
+_TLS_HELP = "PEM file"
+
+
+def _fail(msg: str, code: int = 2) -> typer.Exit:
+    typer.secho(f"error: {msg}", err=True, fg="red")
+    return typer.Exit(code)
+
+
+@app.command("serve")
+def serve(
+    bundle: str | None = typer.Option(None, "--bundle", help="bundle directory to serve (or load later with load-bundle)"),
+    host: str = typer.Option("127.0.0.1", "--host", help="address to bind"),
+    port: int = typer.Option(50051, "--port", help="gRPC port (0: a free one)"),
+    station_id: str | None = typer.Option(None, "--station-id", help="written to record.model.station"),
+    backend: str = typer.Option("onnxruntime", "--backend", help="onnxruntime | torch | tensorrt"),
+    trusted_key: list[Path] = typer.Option([], "--trusted-key", help="ed25519 public key(s) bundles must be signed by"),
+    allow_unsigned: bool = typer.Option(False, "--allow-unsigned", help="accept bundles without a signature"),
+    allow_untrained: bool = typer.Option(False, "--allow-untrained",
+                                         help="accept 'untrained:seed=N,size=N' specs (tests/benchmarks)"),
+    tls_cert: Path | None = typer.Option(None, "--tls-cert", help="server certificate chain, " + _TLS_HELP),
+    tls_key: Path | None = typer.Option(None, "--tls-key", help="server private key, " + _TLS_HELP),
+    client_ca: Path | None = typer.Option(None, "--client-ca", help="CA that signs client certificates (mTLS)"),
+    require_client_cert: bool = typer.Option(False, "--require-client-cert", help="mutual TLS: refuse clients without a cert"),
+    admin_token_file: Path | None = typer.Option(None, "--admin-token-file", help="bearer token for LoadBundle"),
+    score_token_file: Path | None = typer.Option(None, "--score-token-file", help="bearer token for scoring"),
+    insecure: bool = typer.Option(False, "--insecure", help="plaintext gRPC (no TLS); logs a warning"),
+    max_batch: int = typer.Option(8, "--max-batch", help="most slices per scorer call"),
+    max_delay_ms: float = typer.Option(5.0, "--max-delay-ms", help="longest wait for a batch to fill"),
+    queue_size: int = typer.Option(256, "--queue-size", help="queued slices before RESOURCE_EXHAUSTED"),
+    max_message_mb: int = typer.Option(65, "--max-message-mb", help="gRPC max message size (MiB)"),
+    max_slice_mb: int = typer.Option(64, "--max-slice-mb", help="largest accepted slice payload (MiB)"),
+    workers: int = typer.Option(32, "--workers", help="gRPC handler threads (one per open stream)"),
+    grace_s: float = typer.Option(10.0, "--grace-s", help="shutdown: seconds for in-flight work to drain"),
+    metrics_port: int | None = typer.Option(None, "--metrics-port", help="Prometheus endpoint on 127.0.0.1"),
+    threads: int | None = typer.Option(None, "--threads", help="intra-op threads for the engines (torch and ORT)"),
+    trainer: str | None = typer.Option(None, "--trainer", help="trainer host:port: forward every scored slice + "
+                                       "record to it (needs --station-id)"),
+    trainer_insecure: bool = typer.Option(False, "--trainer-insecure", help="plaintext channel to the trainer"),
+    trainer_ca: Path | None = typer.Option(None, "--trainer-ca", help="CA of the trainer's certificate (PEM); "
+                                           "default: system roots"),
+    trainer_client_cert: Path | None = typer.Option(None, "--trainer-client-cert", help="client cert for mTLS (PEM)"),
+    trainer_client_key: Path | None = typer.Option(None, "--trainer-client-key", help="client key for mTLS (PEM)"),
+    trainer_server_name: str | None = typer.Option(None, "--trainer-server-name",
+                                                   help="TLS name to verify when it differs from the address"),
+    trainer_chunk: int = typer.Option(64, "--trainer-chunk", help="records per push"),
+    trainer_max_delay_ms: float = typer.Option(1000.0, "--trainer-max-delay-ms",
+                                               help="longest a record waits for its push chunk to fill"),
+    trainer_queue: int = typer.Option(10_000, "--trainer-queue",
+                                      help="unsent records kept in memory while the trainer is down; beyond: dropped"),
+) -> None:
+    """Serve GSAL scoring over gRPC until SIGINT/SIGTERM, then drain and stop.
+
+    With --trainer, scored slices and their records are pushed to the trainer in the background (retry with
+    backoff while it is down; in-memory queue of --trainer-queue records; flushed on shutdown within --grace-s).
+    """
+    from pydantic import ValidationError
+
+    from gsal_wire.security import SecurityError, read_secret_file
+    from server.app import StationServer
+    from server.config import MiB, ServerConfig, TLSConfig, TrainerLink
+    from server.station import SwapError, default_scorer_factory
+
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        tls = None
+        if tls_cert or tls_key:
+            if not (tls_cert and tls_key):
+                raise _fail("--tls-cert and --tls-key go together")
+            tls = TLSConfig(cert=tls_cert, key=tls_key, client_ca=client_ca, require_client_cert=require_client_cert)
+        elif client_ca or require_client_cert:
+            raise _fail("--client-ca/--require-client-cert need --tls-cert and --tls-key")
+        link = None
+        if trainer:
+            if not station_id:
+                raise _fail("--trainer needs --station-id (the trainer files records by station)")
+            link = TrainerLink(
+                address=trainer, station_id=station_id, insecure=trainer_insecure, ca=trainer_ca,
+                client_cert=trainer_client_cert, client_key=trainer_client_key, server_name=trainer_server_name,
+                chunk_size=trainer_chunk, max_delay_ms=trainer_max_delay_ms, queue_size=trainer_queue,
+            )
+        elif trainer_insecure or trainer_ca or trainer_client_cert or trainer_client_key or trainer_server_name:
+            raise _fail("--trainer-* options need --trainer ADDR")
+        cfg = ServerConfig(
+            host=host, port=port, station_id=station_id, max_batch_size=max_batch, max_queue_delay_ms=max_delay_ms,
+            queue_size=queue_size, max_message_bytes=max_message_mb * MiB, max_slice_bytes=max_slice_mb * MiB,
+            max_workers=workers, grace_s=grace_s, tls=tls, insecure=insecure, metrics_port=metrics_port,
+            admin_token=read_secret_file(admin_token_file, "--admin-token-file") if admin_token_file else None,
+            score_token=read_secret_file(score_token_file, "--score-token-file") if score_token_file else None,
+            trainer=link,
+        )
+    except (ValidationError, SecurityError) as e:
+        raise _fail(str(e)) from None
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    factory = default_scorer_factory(
+        backend=backend, trusted_keys=trusted_key, allow_unsigned=allow_unsigned,
+        allow_untrained=allow_untrained, station=station_id or "", threads=threads,
+    )
+    try:
+        srv = StationServer(cfg, factory)
+    except SecurityError as e:
+        raise _fail(f"--trainer: {e}") from None
+    try:
+        srv.start()
+    except (OSError, SecurityError, RuntimeError) as e:
+        raise _fail(f"cannot start: {e}") from None
+    typer.echo(f"listening on {srv.address}" + (f", metrics on 127.0.0.1:{srv.metrics_port}" if srv.metrics_port else ""))
+    if link is not None:
+        typer.echo(f"forwarding scored slices to trainer {link.address} as {link.station_id}"
+                   + (" (plaintext)" if link.insecure else ""))
+    if bundle:
+        try:
+            res = srv.load_bundle(bundle)
+        except SwapError as e:
+            srv.stop(0)
+            raise _fail(f"--bundle: {e}", 1) from None
+        typer.echo(f"serving bundle {res.bundle_id} (load {res.load_seconds:.2f}s, warm-up {res.warmup_seconds:.2f}s)")
+    done = threading.Event()
+
+    def _on_signal(signum: int, _frame: object) -> None:
+        log.info("signal %d: draining (up to %.1fs)", signum, cfg.grace_s)
+        done.set()
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    while not done.wait(0.5):
+        pass
+    srv.stop()
+
+
+def _client(server: str, ca: Path | None, client_cert: Path | None, client_key: Path | None,
+            token_file: Path | None, admin_token_file: Path | None, insecure: bool,
+            server_name: str | None):  # type: ignore[no-untyped-def]
+    from gsal_wire.scorer_client import ScorerClient
+    from gsal_wire.security import SecurityError, read_secret_file
+
+    try:
+        return ScorerClient(
+            server, ca=ca, client_cert=client_cert, client_key=client_key, insecure=insecure,
+            token=read_secret_file(token_file, "--token-file") if token_file else None,
+            admin_token=read_secret_file(admin_token_file, "--admin-token-file") if admin_token_file else None,
+            server_name=server_name,
+        )
+    except SecurityError as e:
+        raise _fail(str(e)) from None
+
+
+_server_opt = typer.Option(..., "--server", help="host:port of the station")
+_ca_opt = typer.Option(None, "--ca", help="CA certificate that signed the server's (PEM)")
+_cc_opt = typer.Option(None, "--client-cert", help="client certificate for mutual TLS (PEM)")
+_ck_opt = typer.Option(None, "--client-key", help="client key for mutual TLS (PEM)")
+_insecure_opt = typer.Option(False, "--insecure", help="plaintext connection (server started with --insecure)")
+_name_opt = typer.Option(None, "--server-name", help="TLS name to verify when it differs from the address")
+
+
+@app.command("score")
+def score(
+    server: str = _server_opt,
+    images: Path = typer.Option(..., "--images", help="folder of .png / .tif / .tiff / .npy slices"),
+    out: Path | None = typer.Option(None, "--out", help="write score records here (JSONL); stdout if absent"),
+    ca: Path | None = _ca_opt,
+    client_cert: Path | None = _cc_opt,
+    client_key: Path | None = _ck_opt,
+    token_file: Path | None = typer.Option(None, "--token-file", help="scoring bearer token"),
+    insecure: bool = _insecure_opt,
+    server_name: str | None = _name_opt,
+    line: str | None = typer.Option(None, "--line", help="meta.line for every slice"),
+    part: str | None = typer.Option(None, "--part", help="meta.part for every slice"),
+    timeout_s: float | None = typer.Option(None, "--timeout-s", help="deadline for the whole stream"),
+    recursive: bool = typer.Option(False, "--recursive", "-r", help="also look in sub-folders"),
+) -> None:
+    """Stream every slice in IMAGES to a station and write its score records (ids = relative paths)."""
+    import grpc
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from gsal_edge.records import ScoreRecord
+    from gsal_edge.slices import SLICE_SUFFIXES, SliceError, read_slice_file
+    from gsal_wire.convert import make_pb_slice
+    from gsal_wire.pb import scorer_pb2
+    from gsal_wire.scorer_client import ItemFailed, to_result
+
+    if not images.is_dir():
+        raise _fail(f"--images: {images} is not a folder")
+    pattern = "**/*" if recursive else "*"
+    files = sorted(p for p in images.glob(pattern) if p.is_file() and p.suffix.lower() in SLICE_SUFFIXES)
+    if not files:
+        raise _fail(f"--images: no {'/'.join(SLICE_SUFFIXES)} files in {images}")
+    meta = {k: v for k, v in (("line", line), ("part", part)) if v}
+    client = _client(server, ca, client_cert, client_key, token_file, None, insecure, server_name)
+
+    def requests():  # type: ignore[no-untyped-def]
+        for p in files:
+            sid = p.relative_to(images).as_posix()
+            try:
+                f = read_slice_file(str(p))
+            except (SliceError, OSError, ValueError) as e:
+                log.warning("%s: skipped (%s)", p, e)
+                continue
+            yield scorer_pb2.ScoreRequest(
+                slice=make_pb_slice(sid, data=f.data, encoding=f.encoding, shape=f.shape, dtype=f.dtype, meta=meta)
+            )
+
+    fh = sys.stdout if out is None else out.with_suffix(out.suffix + ".tmp").open("w", encoding="utf-8")
+    n_ok = n_err = 0
+    t0 = time.perf_counter()
+    try:
+        with Progress(TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
+                      TimeRemainingColumn(), console=Console(stderr=True)) as prog:
+            task = prog.add_task("score", total=len(files), rate="")
+            for resp in client.stream(requests(), timeout=timeout_s):
+                res = to_result(resp)
+                if isinstance(res, ItemFailed):
+                    n_err += 1
+                    prog.console.print(f"[red]{res.slice_id}: {res.code_name} ({res.field or '-'}) {res.message}")
+                else:
+                    assert isinstance(res, ScoreRecord)
+                    fh.write(res.to_json() + "\n")
+                    n_ok += 1
+                done = n_ok + n_err
+                prog.update(task, advance=1, rate=f"{done / max(time.perf_counter() - t0, 1e-9):.1f} slices/s")
+    except grpc.RpcError as e:
+        raise _fail(f"{server}: {e.code().name}: {e.details()}", 1) from None
+    finally:
+        client.close()
+        if out is not None:
+            fh.close()
+    if out is not None:
+        out.with_suffix(out.suffix + ".tmp").replace(out)
+    dt = time.perf_counter() - t0
+    typer.echo(f"{n_ok} records, {n_err} errors, {len(files)} files in {dt:.1f}s"
+               + (f" -> {out}" if out else ""), err=True)
+    if n_err:
+        raise typer.Exit(1)
+
+
+@app.command("info")
+def info(
+    server: str = _server_opt, ca: Path | None = _ca_opt, client_cert: Path | None = _cc_opt,
+    client_key: Path | None = _ck_opt,
+    token_file: Path | None = typer.Option(None, "--token-file", help="scoring bearer token"),
+    insecure: bool = _insecure_opt, server_name: str | None = _name_opt,
+) -> None:
+    """Print the station's health and serving bundle (JSON)."""
+    import grpc
+
+    c = _client(server, ca, client_cert, client_key, token_file, None, insecure, server_name)
+    try:
+        mi = c.model_info()
+        typer.echo(json.dumps({"health": c.health(), "bundle_id": mi.bundle_id, "backend": mi.backend,
+                               "models": list(mi.models), "graph": mi.graph, "station_id": mi.station_id,
+                               "info": json.loads(mi.info_json or "{}")}, indent=2))
+    except grpc.RpcError as e:
+        raise _fail(f"{server}: {e.code().name}: {e.details()}", 1) from None
+    finally:
+        c.close()
+
+
+@app.command("load-bundle")
+def load_bundle(
+    path: str = typer.Argument(..., help="bundle directory on the station"),
+    server: str = _server_opt, ca: Path | None = _ca_opt, client_cert: Path | None = _cc_opt,
+    client_key: Path | None = _ck_opt,
+    admin_token_file: Path = typer.Option(..., "--admin-token-file", help="admin bearer token"),
+    expected_bundle_id: str = typer.Option("", "--expect", help="refuse unless the bundle has this id"),
+    insecure: bool = _insecure_opt, server_name: str | None = _name_opt,
+) -> None:
+    """Hot-swap the station to another bundle (verified and warmed up first)."""
+    import grpc
+
+    c = _client(server, ca, client_cert, client_key, None, admin_token_file, insecure, server_name)
+    try:
+        r = c.load_bundle(path, expected_bundle_id)
+        typer.echo(f"{r.previous_bundle_id or '(none)'} -> {r.bundle_id} "
+                   f"(load {r.load_seconds:.2f}s, warm-up {r.warmup_seconds:.2f}s)")
+    except grpc.RpcError as e:
+        raise _fail(f"{server}: {e.code().name}: {e.details()}", 1) from None
+    finally:
+        c.close()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

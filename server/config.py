@@ -1,0 +1,124 @@
+"""Every knob of the station server in one validated object (the CLI flags map onto it 1:1)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from gsal_edge.slices import SliceLimits
+from gsal_wire import MiB
+from gsal_wire.security import TLSConfig
+
+__all__ = ["MiB", "ServerConfig", "TLSConfig", "TrainerLink"]
+
+STATION_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")  # what the trainer accepts as station_id
+
+
+class TrainerLink(BaseModel):
+    """Where and how the station forwards its score records + slices (see :mod:`server.forwarder`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    address: str = Field(..., min_length=1, description="trainer host:port")
+    station_id: str = Field(..., description="this station's id at the trainer (must equal ServerConfig.station_id)")
+    insecure: bool = Field(False, description="plaintext channel; must be explicit")
+    ca: Path | None = Field(None, description="CA that signed the trainer's certificate (PEM); None: system roots")
+    client_cert: Path | None = Field(None, description="client certificate for mutual TLS (PEM)")
+    client_key: Path | None = Field(None, description="client key for mutual TLS (PEM)")
+    server_name: str | None = Field(None, description="TLS name to verify when it differs from the address")
+    chunk_size: int = Field(64, ge=1, description="records per Ingest call")
+    max_delay_ms: float = Field(1000.0, ge=0, description="longest a record waits for its chunk to fill")
+    queue_size: int = Field(10_000, ge=1, description="records held in memory while unsent; beyond: dropped")
+    queue_bytes: int = Field(512 * MiB, ge=MiB, description="slice bytes held in memory while unsent; beyond: dropped")
+    retry_base_s: float = Field(0.2, gt=0, description="first backoff delay after a failed push")
+    retry_max_s: float = Field(10.0, gt=0, description="longest backoff delay (also the reconnect backoff cap)")
+    call_timeout_s: float = Field(60.0, gt=0, description="deadline of one Ingest call")
+    flush_s: float | None = Field(None, ge=0, description="shutdown: time to push what is queued (None: grace_s)")
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainerLink:
+        if not STATION_ID_RE.match(self.station_id):
+            raise ValueError(f"trainer.station_id {self.station_id!r} must match {STATION_ID_RE.pattern}")
+        if self.insecure and (self.ca or self.client_cert or self.client_key):
+            raise ValueError("trainer: insecure=True together with ca/client_cert/client_key makes no sense")
+        if (self.client_cert is None) != (self.client_key is None):
+            raise ValueError("trainer: client_cert and client_key go together")
+        if self.retry_base_s > self.retry_max_s:
+            raise ValueError("trainer: retry_base_s must not exceed retry_max_s")
+        return self
+
+
+
+class ServerConfig(BaseModel):
+    """Station scorer configuration. Defaults suit one CPU station; see ``docs`` in each field."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    host: str = Field("127.0.0.1", description="address to bind; 127.0.0.1 unless you mean to expose it")
+    port: int = Field(0, ge=0, le=65535, description="0 picks a free port")
+    station_id: str | None = Field(None, description="written to record.model['station'] when set")
+
+    # batching (Triton-style dynamic batcher)
+    max_batch_size: int = Field(8, ge=1, description="most slices scored in one scorer call")
+    max_queue_delay_ms: float = Field(5.0, ge=0, description="longest an item waits for a batch to fill")
+    queue_size: int = Field(256, ge=1, description="items waiting to be scored; beyond: RESOURCE_EXHAUSTED")
+    max_inflight_per_stream: int = Field(32, ge=1, description="items one Score stream may have queued")
+    stream_dedupe_window: int = Field(
+        100_000, ge=1, description="ids remembered per Score stream for the duplicate check (most recent)"
+    )
+    default_timeout_ms: float | None = Field(
+        None, gt=0, description="per-item budget when neither the call nor the item sets one"
+    )
+
+    # transport
+    max_message_bytes: int = Field(65 * MiB, ge=1024, description="gRPC max receive/send message size")
+    max_workers: int = Field(32, ge=2, description="gRPC handler threads (each open stream holds one)")
+    max_concurrent_rpcs: int | None = Field(None, ge=1, description="beyond: RESOURCE_EXHAUSTED (default max_workers)")
+    grace_s: float = Field(10.0, ge=0, description="graceful shutdown: time for in-flight work to drain")
+
+    # slice validation
+    max_side: int = Field(8192, ge=1)
+    max_pixels: int = Field(4096 * 4096, ge=1)
+    max_slice_bytes: int = Field(64 * MiB, ge=1)
+
+    # security
+    tls: TLSConfig | None = None
+    insecure: bool = Field(False, description="allow a plaintext port; must be explicit, logs a warning")
+    admin_token: str | None = Field(None, repr=False, description="bearer token for LoadBundle; unset: disabled")
+    score_token: str | None = Field(None, repr=False, description="bearer token for scoring RPCs; unset: open")
+
+    # observability
+    metrics_port: int | None = Field(None, ge=0, le=65535, description="Prometheus on 127.0.0.1; 0: free port")
+    metrics_host: str = "127.0.0.1"
+
+    # forwarding of scored items to the trainer (None: off)
+    trainer: TrainerLink | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> ServerConfig:
+        if self.tls is None and not self.insecure:
+            raise ValueError("no TLS configured: give tls (cert + key) or set insecure=True explicitly")
+        if self.tls is not None and self.insecure:
+            raise ValueError("insecure=True together with tls makes no sense; choose one")
+        if self.max_slice_bytes + MiB > self.max_message_bytes:
+            raise ValueError(
+                f"max_message_bytes ({self.max_message_bytes}) must exceed max_slice_bytes ({self.max_slice_bytes})"
+                " by at least 1 MiB for the rest of the message"
+            )
+        for name in ("admin_token", "score_token"):
+            tok = getattr(self, name)
+            if tok is not None and (len(tok) < 16 or tok.strip() != tok):
+                raise ValueError(f"{name} must be at least 16 characters without surrounding whitespace")
+        if self.trainer is not None and self.station_id != self.trainer.station_id:
+            raise ValueError(
+                f"trainer.station_id {self.trainer.station_id!r} must equal station_id {self.station_id!r}"
+                " (records carry model['station'] and the trainer checks it)"
+            )
+        return self
+
+    @property
+    def slice_limits(self) -> SliceLimits:
+        """The slice validation limits as the library type."""
+        return SliceLimits(max_side=self.max_side, max_pixels=self.max_pixels, max_bytes=self.max_slice_bytes)

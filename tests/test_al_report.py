@@ -1,0 +1,85 @@
+"""Benchmark report: tables (mean ± std over seeds, best in bold, partial runs), plots and gallery,
+from a hand-made run folder whose numbers are known."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gsal_edge.al_report import load_run, metric_table, write_report
+from gsal_edge.synthetic_ct import write_png16
+
+
+def _round(r: int, budget: float, f1: float, covered: int, picks: list[dict] | None = None) -> dict:
+    rec = {"round": r, "budget": budget, "n_labeled": 10 * (r + 1),
+           "metrics": {"f1": f1, "map50": f1 / 2, "ap": f1 / 4,
+                       "per_class": {"void": {"ap50": f1, "ap": f1 / 3}, "petal": {"ap50": None, "ap": None}}},
+           "instances_per_class": {"void": 5 + r, "petal": covered}, "instances": 5 + r + covered,
+           "rare": {"classes": ["petal"], "covered": ["petal"] * covered, "n_covered": covered, "n_rare": 1,
+                    "instances": covered},
+           "times": {"train": 2.0, "eval": 1.0, "score": 3.0 if picks is not None else 0.0, "select": 0.01,
+                     "epochs": 1},
+           "shared_round0": False}
+    if picks is not None:
+        rec["picks"] = picks
+    return rec
+
+
+@pytest.fixture
+def run_dir(tmp_path: Path) -> Path:
+    run = tmp_path / "run"
+    img = tmp_path / "slice.png"
+    write_png16(img, (np.linspace(0, 60000, 64 * 64).reshape(64, 64)).astype(np.uint16))
+    pick = {"image_id": "s1", "rank": 1, "acquisition": 2.5, "path": str(img),
+            "sentence": "picked for a rare concept: petal (count 0 < tau 1)", "gt": [[[10, 10, 20, 20], "petal"]]}
+    info = {
+        "strategies": ["gsal", "random", "gsal[gamma=1]"],
+        "strategy_slugs": {"gsal": "gsal", "random": "random", "gsal[gamma=1]": "gsal__gamma=1"},
+        "label_modes": {"gsal": "typed", "random": "typed", "gsal[gamma=1]": "typed"},
+        "budgets": [0.1, 0.2], "labeled_sizes": [10, 20], "seeds": [0, 1],
+        "config": {"preset": "test", "detector": "tiny", "train_iters": 4, "step": 0.1, "rare_fraction": 0.2,
+                   "gallery_picks": 2, "sweep_base": "gsal", "data": {"window": None}},
+        "sweep": {"gamma": [[0.5, "gsal"], [1.0, "gsal[gamma=1]"]]},
+        "data": {"path": None, "n_images": 100, "root": str(tmp_path)}, "pool_size": 80, "test_size": 20,
+        "classes": ["void", "petal"], "pool_class_counts": {"void": 50, "petal": 3}, "rare_classes": ["petal"],
+        "graph": "thin-film-ct", "models": {"prior": "p", "prior_fingerprint": "abc", "clip": "c"},
+        "git": {"commit": "deadbeef", "dirty": False}, "versions": {"torch": "x"}, "threads": 1,
+    }
+    (run / "results" / "gsal").mkdir(parents=True)
+    (run / "results" / "random").mkdir(parents=True)
+    (run / "run.json").write_text(json.dumps(info))
+    for seed, (a, b) in enumerate([(0.2, 0.4), (0.4, 0.6)]):
+        st = {"strategy": "gsal", "seed": seed, "rounds": [_round(0, 0.1, a, 0, [pick]), _round(1, 0.2, b, 1)]}
+        (run / "results" / "gsal" / f"seed-{seed}.json").write_text(json.dumps(st))
+    st = {"strategy": "random", "seed": 0, "rounds": [_round(0, 0.1, 0.35, 0, [pick])]}
+    (run / "results" / "random" / "seed-0.json").write_text(json.dumps(st))
+    return run
+
+
+def test_table_mean_std_best_and_partial(run_dir: Path) -> None:
+    run = load_run(run_dir)
+    assert run.strategies == ["gsal", "random"]
+    rows = metric_table(run, lambda r: r["metrics"]["f1"])
+    assert rows[0] == ["gsal", "0.300 ± 0.100", "0.500 ± 0.100"]  # alone in its column: not bold
+    assert rows[1] == ["random", "**0.350 ± 0.000 (n=1)**", "–"]
+
+
+def test_write_report_files_and_sections(run_dir: Path) -> None:
+    path = write_report(run_dir)
+    text = path.read_text()
+    assert "**Partial run**" in text and "random 1/4" in text
+    assert "| gsal | 0.300 ± 0.100 | 0.500 ± 0.100 |" in text
+    assert "| gsal | 0.150 ± 0.050 |" in text  # mAP@50 = F1 / 2 in the fixture
+    assert "- gsal: 20%, 20%" in text and "- random: not yet" in text
+    assert "## Sensitivity" in text and "| 1.0 | `gsal[gamma=1]` | – |" in text
+    assert "label mode: typed" in text
+    for png in ("learning_curves.png", "rare_retrieval.png", "sensitivity.png", "gallery.png"):
+        assert (run_dir / png).stat().st_size > 5000, png
+
+
+def test_missing_run_folder_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="run.json"):
+        write_report(tmp_path)

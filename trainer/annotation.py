@@ -1,0 +1,583 @@
+"""Annotation round trip: selected images out (COCO, Label Studio), finished labels back in, validated.
+
+Export (one folder per round)::
+
+    <out>/images/<name>.png        display copies of the selected slices (uint8 PNG)
+    <out>/coco.json                COCO images + categories (no annotations: nothing is labeled yet)
+    <out>/predictions.json         detector pre-annotations, COCO results format (bbox, score)
+    <out>/label_studio_tasks.json  Label Studio tasks: data.image + predictions (rectanglelabels, %)
+    <out>/label_config.xml         a Label Studio labeling config with the graph's classes
+    <out>/manifest.json            round id, image name -> pool key, classes
+
+Import (COCO file or Label Studio JSON export) is all-or-nothing: every image and box is validated
+first (known class, box inside the image, image of this round's selection), every problem is
+collected and reported with the file and item, and only a file with no problem is written, in one
+store transaction. An image listed with no boxes is a checked, defect-free slice.
+
+Label modes (spec section 3): ``typed`` (classes = the graph's fine defect nodes; each box counts for
+its class) and ``binary`` (one class, e.g. ``defect``; each box counts for a fine concept assigned by a
+:data:`ConceptAssigner`; the default one takes the concept of the stored detector proposal that
+overlaps the box best, IoU >= 0.5, else ``unknown``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import unquote, urlparse
+from xml.sax.saxutils import quoteattr
+
+from gsal_edge.concept_graph import UNKNOWN, ConceptGraph
+from trainer.images import atomic_write, decode_image, to_display_uint8
+from trainer.pool_store import ImageLabels, LabelBox, PoolStore, SliceInfo, StoreError
+
+LabelMode = Literal["typed", "binary"]
+#: (slice, boxes) -> one fine concept per box (binary mode)
+ConceptAssigner = Callable[[PoolStore, SliceInfo, Sequence[tuple[float, float, float, float]]], list[str]]
+
+MAX_REPORTED_ERRORS = 50
+BOX_TOLERANCE_PX = 0.5  # rounding slack of annotation tools at the image border
+LS_FROM_NAME = "label"
+LS_TO_NAME = "image"
+LS_DEFAULT_URL_PREFIX = "/data/local-files/?d="
+
+
+class AnnotationError(ValueError):
+    """An annotation file failed validation; ``problems`` lists every problem (file and item named)."""
+
+    def __init__(self, path: str | Path, problems: list[str]) -> None:
+        self.path = str(path)
+        self.problems = problems
+        shown = problems[:MAX_REPORTED_ERRORS]
+        more = f"\n  ... and {len(problems) - len(shown)} more" if len(problems) > len(shown) else ""
+        super().__init__(
+            f"{path}: {len(problems)} problem(s), nothing was imported:\n  " + "\n  ".join(shown) + more
+        )
+
+
+@dataclass
+class ImportReport:
+    source: str
+    round_id: int | None  # None: a seed set imported before any round
+    images: int
+    boxes: int
+    per_class: dict[str, int]
+    pending: list[str] = field(default_factory=list)  # selected images the file did not label
+    ignored: list[str] = field(default_factory=list)  # e.g. non-rectangle Label Studio results
+    sha256: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+# -------------------------------------------------------------------------------------------- helpers
+
+
+def classes_for(graph: ConceptGraph, mode: LabelMode, binary_class: str = "defect") -> list[str]:
+    """The label classes annotators may use."""
+    return list(graph.defects) if mode == "typed" else [binary_class]
+
+
+def image_name(key: str) -> str:
+    """A file-name-safe, reversible-by-manifest name for a pool key."""
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", key.replace("/", "__"))
+    digest = hashlib.sha256(key.encode("utf-8")).hexdigest()[:8]
+    return f"{safe}-{digest}.png"
+
+
+def iou(a: Sequence[float], b: Sequence[float]) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def proposal_concepts(
+    store: PoolStore, info: SliceInfo, boxes: Sequence[tuple[float, float, float, float]], min_iou: float = 0.5
+) -> list[str]:
+    """Default binary-mode assigner: concept of the best-overlapping stored proposal, else ``unknown``."""
+    rec = store.record(info.key, fresh_only=False)
+    props = rec.proposals if rec is not None else []
+    out = []
+    for b in boxes:
+        best, best_iou = UNKNOWN, min_iou
+        for p in props:
+            v = iou(b, p.box)
+            if v >= best_iou:
+                best, best_iou = p.concept, v
+        out.append(best)
+    return out
+
+
+def bundle_clip_assigner(bundle_dir: str | Path, *, trusted_keys: Sequence[str | Path] = (),
+                         backend: str = "onnxruntime") -> ConceptAssigner:
+    """Binary-mode assigner of spec section 3: Eq. 3 on each ground-truth box crop, with a bundle's CLIP.
+
+    The crop is cut exactly as the station cuts proposal regions (context margin, CLIP resolution), so a
+    labeled box and a proposal covering it get the same concept. Unsigned bundles are accepted only when
+    no ``trusted_keys`` are given (the trainer's own exports).
+    """
+    import numpy as np
+
+    from gsal_edge import diffusion_difficulty as dd
+    from gsal_edge.bundle import load_bundle, trusted_keys_from
+    from gsal_edge.clip_model import prepare_clip_input
+    from gsal_edge.preprocessing import to_unit_float
+
+    keys = trusted_keys_from(trusted_keys) if trusted_keys else None
+    scorer = load_bundle(bundle_dir, backend=backend, trusted_keys=keys, allow_unsigned=not trusted_keys)
+    sp = scorer.spec
+
+    def assign(store: PoolStore, info: SliceInfo, boxes: Sequence[tuple[float, float, float, float]]) -> list[str]:
+        src = info.image_path or (_local_path(info.image_ref) if info.image_ref else None)
+        if src is None or not src.exists():
+            raise StoreError(f"slice {info.key!r}: no local image to crop for concept assignment")
+        x = to_unit_float(decode_image(src), window=sp.window)
+        crops = dd.crop_regions(x, np.asarray(boxes, dtype=np.float64), sp.context_margin, sp.clip_resolution)
+        feed = prepare_clip_input(crops, sp.clip_resolution, sp.clip_mean, sp.clip_std)
+        emb = scorer.engines["clip_image"].run({"image": feed})["embedding"]
+        return list(scorer.assigner(emb).concepts)
+
+    return assign
+
+
+def _file_sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    atomic_write(path, json.dumps(obj, indent=1, ensure_ascii=False).encode("utf-8"))
+
+
+def _local_path(ref: str) -> Path | None:
+    u = urlparse(ref)
+    if u.scheme == "file":
+        return Path(unquote(u.path))
+    if u.scheme == "" and ref:
+        return Path(ref)
+    return None
+
+
+# -------------------------------------------------------------------------------------------- export
+
+
+def export_round(
+    store: PoolStore,
+    round_id: int,
+    out_dir: str | Path,
+    graph: ConceptGraph,
+    *,
+    mode: LabelMode = "typed",
+    binary_class: str = "defect",
+    image_url_prefix: str = LS_DEFAULT_URL_PREFIX,
+    min_prediction_score: float = 0.0,
+) -> dict[str, Any]:
+    """Write the round's selected images as COCO + Label Studio tasks (with pre-annotations)."""
+    out = Path(out_dir)
+    img_dir = out / "images"
+    img_dir.mkdir(parents=True, exist_ok=True)
+    picks = store.selection(round_id)
+    classes = classes_for(graph, mode, binary_class)
+    cat_id = {c: i + 1 for i, c in enumerate(classes)}
+    coco_images, coco_preds, ls_tasks, names = [], [], [], {}
+    for n, pick in enumerate(picks, 1):
+        info = store.slice_info(pick.key)
+        name = image_name(pick.key)
+        names[name] = pick.key
+        width, height = _export_image(info, img_dir / name)
+        coco_images.append(
+            {"id": n, "file_name": f"images/{name}", "width": width, "height": height,
+             "gsal_image_id": pick.key, "gsal_rank": pick.rank}
+        )
+        rec = store.record(pick.key, fresh_only=False)
+        results = []
+        for j, p in enumerate(rec.proposals if rec is not None else []):
+            if p.score < min_prediction_score or p.concept == "background":
+                continue
+            label = binary_class if mode == "binary" else (p.label if p.label in cat_id else p.concept)
+            if label not in cat_id:
+                continue
+            x1, y1, x2, y2 = (max(0.0, p.box[0]), max(0.0, p.box[1]), min(width, p.box[2]), min(height, p.box[3]))
+            if x2 <= x1 or y2 <= y1:
+                continue
+            coco_preds.append(
+                {"image_id": n, "category_id": cat_id[label], "bbox": [x1, y1, x2 - x1, y2 - y1], "score": p.score}
+            )
+            results.append(
+                {
+                    "id": f"p{n}-{j}",
+                    "from_name": LS_FROM_NAME,
+                    "to_name": LS_TO_NAME,
+                    "type": "rectanglelabels",
+                    "original_width": width,
+                    "original_height": height,
+                    "image_rotation": 0,
+                    "score": p.score,
+                    "value": {
+                        "x": 100.0 * x1 / width,
+                        "y": 100.0 * y1 / height,
+                        "width": 100.0 * (x2 - x1) / width,
+                        "height": 100.0 * (y2 - y1) / height,
+                        "rotation": 0,
+                        "rectanglelabels": [label],
+                    },
+                }
+            )
+        task: dict[str, Any] = {
+            "data": {"image": f"{image_url_prefix}images/{name}", "gsal_image_id": pick.key, "rank": pick.rank,
+                     "why": pick.rationale.get("sentence", "")},
+        }
+        if results:
+            task["predictions"] = [
+                {"model_version": rec.model.get("bundle", "") if rec else "", "result": results,
+                 "score": max(r["score"] for r in results)}
+            ]
+        ls_tasks.append(task)
+    categories = [{"id": cat_id[c], "name": c, "supercategory": graph.coarse_of(c) if mode == "typed" else c}
+                  for c in classes]
+    _write_json(out / "coco.json", {"info": {"description": f"GSAL round {round_id}"}, "images": coco_images,
+                                    "annotations": [], "categories": categories})
+    _write_json(out / "predictions.json", coco_preds)
+    _write_json(out / "label_studio_tasks.json", ls_tasks)
+    labels_xml = "".join(f"\n    <Label value={quoteattr(c)}/>" for c in classes)
+    atomic_write(
+        out / "label_config.xml",
+        (f'<View>\n  <Image name="{LS_TO_NAME}" value="$image" zoom="true"/>\n  <RectangleLabels '
+         f'name="{LS_FROM_NAME}" toName="{LS_TO_NAME}">{labels_xml}\n  </RectangleLabels>\n</View>\n').encode(),
+    )
+    manifest = {"round": round_id, "mode": mode, "classes": classes, "images": names}
+    _write_json(out / "manifest.json", manifest)
+    return {"round": round_id, "images": len(picks), "predictions": len(coco_preds), "out": str(out)}
+
+
+def _export_image(info: SliceInfo, dest: Path) -> tuple[int, int]:
+    """Write a uint8 PNG display copy of a slice; returns (width, height)."""
+    src = info.image_path
+    if src is None and info.image_ref:
+        src = _local_path(info.image_ref)
+    if src is None or not src.exists():
+        raise StoreError(f"slice {info.key!r}: no stored image and its reference {info.image_ref!r} is not a "
+                         "local file; fetch it first")
+    pixels = decode_image(src)
+    if pixels.ndim == 3:
+        pixels = pixels[..., 0]
+    if src.suffix.lower() == ".png" and pixels.dtype.name == "uint8":
+        shutil.copyfile(src, dest)
+    else:
+        from PIL import Image
+
+        Image.fromarray(to_display_uint8(pixels)).save(dest, format="PNG")
+    return int(pixels.shape[1]), int(pixels.shape[0])
+
+
+# -------------------------------------------------------------------------------------------- import
+
+
+@dataclass
+class _Parsed:
+    """One image's labels as read from a file, before validation against the store."""
+
+    item: str  # how to name it in errors, e.g. "images[3] (file_name='x.png')"
+    ref_ids: list[str]  # candidate identifiers (gsal_image_id, file name, ...), first match wins
+    width: float | None
+    height: float | None
+    boxes: list[tuple[str, tuple[float, float, float, float], str]]  # (item name, box, class)
+
+
+def parse_coco(path: Path, problems: list[str]) -> list[_Parsed]:
+    """COCO: images + annotations (bbox = x, y, w, h) + categories."""
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise AnnotationError(path, [f"cannot read COCO JSON: {e}"]) from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("images"), list):
+        raise AnnotationError(path, ["not a COCO file: no 'images' list"])
+    cats = {}
+    for i, c in enumerate(doc.get("categories") or []):
+        if not isinstance(c, dict) or "id" not in c or not isinstance(c.get("name"), str):
+            problems.append(f"categories[{i}]: needs 'id' and 'name'")
+            continue
+        cats[c["id"]] = c["name"]
+    images: dict[Any, _Parsed] = {}
+    for i, im in enumerate(doc["images"]):
+        if not isinstance(im, dict) or "id" not in im:
+            problems.append(f"images[{i}]: needs an 'id'")
+            continue
+        fname = str(im.get("file_name", ""))
+        refs = [str(im["gsal_image_id"])] if im.get("gsal_image_id") else []
+        refs += [Path(fname).name, str(im["id"])] if fname else [str(im["id"])]
+        if im["id"] in images:
+            problems.append(f"images[{i}] (id={im['id']!r}): duplicate image id")
+            continue
+        images[im["id"]] = _Parsed(f"images[{i}] (id={im['id']!r}, file_name={fname!r})", refs,
+                                   im.get("width"), im.get("height"), [])
+    for i, a in enumerate(doc.get("annotations") or []):
+        where = f"annotations[{i}]"
+        if not isinstance(a, dict):
+            problems.append(f"{where}: expected an object")
+            continue
+        if a.get("image_id") not in images:
+            problems.append(f"{where}: image_id={a.get('image_id')!r} is not in this file's images")
+            continue
+        if a.get("category_id") not in cats:
+            problems.append(f"{where}: category_id={a.get('category_id')!r} is not in this file's categories")
+            continue
+        bbox = a.get("bbox")
+        if (not isinstance(bbox, list) or len(bbox) != 4
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in bbox)):
+            problems.append(f"{where}: bbox must be [x, y, width, height] numbers, got {bbox!r}")
+            continue
+        x, y, w, h = (float(v) for v in bbox)
+        images[a["image_id"]].boxes.append((where, (x, y, x + w, y + h), cats[a["category_id"]]))
+    return list(images.values())
+
+
+def parse_label_studio(path: Path, problems: list[str], ignored: list[str]) -> list[_Parsed]:
+    """Label Studio JSON export: tasks with ``annotations[].result[]`` of type rectanglelabels (percent)."""
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise AnnotationError(path, [f"cannot read Label Studio JSON: {e}"]) from None
+    if not isinstance(doc, list):
+        raise AnnotationError(path, ["not a Label Studio export: expected a JSON list of tasks"])
+    out = []
+    for i, task in enumerate(doc):
+        if not isinstance(task, dict) or not isinstance(task.get("data"), dict):
+            problems.append(f"tasks[{i}]: needs a 'data' object")
+            continue
+        data = task["data"]
+        image_url = str(data.get("image", ""))
+        item = f"tasks[{i}] (id={task.get('id')!r}, image={image_url!r})"
+        anns = [a for a in (task.get("annotations") or []) if isinstance(a, dict) and not a.get("was_cancelled")]
+        if not anns:
+            ignored.append(f"{item}: no finished annotation (left pending)")
+            continue
+        ann = anns[-1]  # the latest finished annotation of the task
+        refs = [str(data["gsal_image_id"])] if data.get("gsal_image_id") else []
+        if image_url:
+            refs.append(Path(unquote(urlparse(image_url).query.partition("d=")[2] or image_url)).name)
+        parsed = _Parsed(item, refs, None, None, [])
+        for j, r in enumerate(ann.get("result") or []):
+            where = f"{item} result[{j}]"
+            if not isinstance(r, dict):
+                problems.append(f"{where}: expected an object")
+                continue
+            if r.get("type") != "rectanglelabels":
+                ignored.append(f"{where}: type {r.get('type')!r} ignored")
+                continue
+            v = r.get("value") or {}
+            try:
+                W, H = float(r["original_width"]), float(r["original_height"])
+                x, y, w, h = (float(v[k]) for k in ("x", "y", "width", "height"))
+            except (KeyError, TypeError, ValueError):
+                problems.append(f"{where}: needs original_width/height and value x, y, width, height")
+                continue
+            if float(v.get("rotation") or 0.0) != 0.0:
+                problems.append(f"{where}: rotated boxes are not supported (rotation={v.get('rotation')})")
+                continue
+            labels = v.get("rectanglelabels") or []
+            if len(labels) != 1:
+                problems.append(f"{where}: expected exactly one rectangle label, got {labels!r}")
+                continue
+            parsed.width, parsed.height = W, H
+            box = (x / 100 * W, y / 100 * H, (x + w) / 100 * W, (y + h) / 100 * H)
+            parsed.boxes.append((where, box, str(labels[0])))
+        out.append(parsed)
+    return out
+
+
+def _detect_format(path: Path) -> str:
+    try:
+        head = path.read_text(encoding="utf-8").lstrip()[:1]
+    except (OSError, UnicodeDecodeError) as e:
+        raise AnnotationError(path, [f"cannot read: {e}"]) from None
+    return "label-studio" if head == "[" else "coco"
+
+
+def validate(
+    store: PoolStore,
+    parsed: list[_Parsed],
+    round_id: int | None,
+    classes: Sequence[str],
+    *,
+    mode: LabelMode,
+    assigner: ConceptAssigner,
+    allow_unselected: bool,
+    problems: list[str],
+) -> list[ImageLabels]:
+    """Check every parsed image and box against the store and the round; collect every problem.
+
+    ``round_id`` None (only with ``allow_unselected``): a seed set labeled before any round.
+    """
+    picks = {p.key for p in store.selection(round_id)} if round_id is not None else set()
+    by_name = {image_name(k): k for k in picks}
+    allowed = set(classes)
+    out: list[ImageLabels] = []
+    seen: dict[str, str] = {}
+    for im in parsed:
+        key = None
+        for ref in im.ref_ids:
+            if ref in picks:
+                key = ref
+            elif ref in by_name:
+                key = by_name[ref]
+            elif allow_unselected and "/" in ref:
+                try:
+                    store.slice_info(ref)
+                    key = ref
+                except StoreError:
+                    pass
+            if key:
+                break
+        if key is None:
+            problems.append(f"{im.item}: not an image selected in round {round_id} (tried {im.ref_ids})")
+            continue
+        if key in seen:
+            problems.append(f"{im.item}: labels image {key!r} a second time (first: {seen[key]})")
+            continue
+        seen[key] = im.item
+        info = store.slice_info(key)
+        W = info.width if info.width is not None else im.width
+        H = info.height if info.height is not None else im.height
+        if W is None or H is None:
+            problems.append(f"{im.item}: image size unknown (not stored, not in the file)")
+            continue
+        if im.width is not None and im.height is not None and (
+            abs(float(im.width) - W) > 0.5 or abs(float(im.height) - H) > 0.5
+        ):
+            problems.append(f"{im.item}: size {im.width}x{im.height} differs from the slice's {W}x{H}")
+            continue
+        boxes: list[LabelBox] = []
+        ok = True
+        for where, (x1, y1, x2, y2), cls in im.boxes:
+            if cls not in allowed:
+                problems.append(f"{where} (image {key!r}): unknown class {cls!r} (classes: {', '.join(classes)})")
+                ok = False
+                continue
+            tol = BOX_TOLERANCE_PX
+            if not (x2 > x1 and y2 > y1):
+                problems.append(f"{where} (image {key!r}): empty box {[x1, y1, x2, y2]}")
+                ok = False
+            elif x1 < -tol or y1 < -tol or x2 > W + tol or y2 > H + tol:
+                problems.append(
+                    f"{where} (image {key!r}): box {[round(v, 2) for v in (x1, y1, x2, y2)]} is outside the "
+                    f"{W}x{H} image"
+                )
+                ok = False
+            else:
+                boxes.append(LabelBox((max(0.0, x1), max(0.0, y1), min(float(W), x2), min(float(H), y2)), cls))
+        if not ok:
+            continue
+        if mode == "binary" and boxes:
+            for b, concept in zip(boxes, assigner(store, info, [b.box for b in boxes])):
+                b.concept = concept
+        out.append(ImageLabels(key, int(W), int(H), boxes))
+    return out
+
+
+def import_labels(
+    store: PoolStore,
+    path: str | Path,
+    graph: ConceptGraph,
+    *,
+    round_id: int | None = None,
+    fmt: str | None = None,
+    mode: LabelMode = "typed",
+    binary_class: str = "defect",
+    assigner: ConceptAssigner = proposal_concepts,
+    allow_unselected: bool = False,
+) -> ImportReport:
+    """Validate a COCO or Label Studio export completely, then store it in one transaction.
+
+    Raises :class:`AnnotationError` (every problem, nothing written) when anything is wrong.
+    """
+    path = Path(path)
+    round_id = round_id if round_id is not None else store.latest_round()
+    if round_id is None and not allow_unselected:
+        raise AnnotationError(path, ["the store has no selection round to import labels for (a seed set "
+                                     "of pool images can be imported with allow_unselected)"])
+    fmt = fmt or _detect_format(path)
+    problems: list[str] = []
+    ignored: list[str] = []
+    if fmt == "coco":
+        parsed = parse_coco(path, problems)
+    elif fmt in ("label-studio", "labelstudio", "ls"):
+        parsed = parse_label_studio(path, problems, ignored)
+    else:
+        raise AnnotationError(path, [f"unknown format {fmt!r} (coco, label-studio)"])
+    classes = classes_for(graph, mode, binary_class)
+    labels = validate(store, parsed, round_id, classes, mode=mode, assigner=assigner,
+                      allow_unselected=allow_unselected, problems=problems)
+    if problems:
+        raise AnnotationError(path, problems)
+    return _commit(store, labels, round_id, f"{fmt}:{path.name}", _file_sha(path), ignored)
+
+
+def _commit(store: PoolStore, labels: list[ImageLabels], round_id: int | None, source: str, sha: str,
+            ignored: list[str]) -> ImportReport:
+    n_boxes = store.write_labels(labels, source=source, round_id=round_id)
+    per_class: dict[str, int] = {}
+    for lab in labels:
+        for b in lab.boxes:
+            per_class[b.category] = per_class.get(b.category, 0) + 1
+    done = {lab.key for lab in labels} | set(store.labeled_keys())
+    pending = [p.key for p in store.selection(round_id) if p.key not in done] if round_id is not None else []
+    return ImportReport(source, round_id, len(labels), n_boxes, dict(sorted(per_class.items())), pending,
+                        ignored, sha)
+
+
+# ----------------------------------------------------------------------------------- simulated annotator
+
+
+def simulate_annotator(
+    store: PoolStore,
+    ground_truth: str | Path,
+    graph: ConceptGraph,
+    *,
+    round_id: int | None = None,
+    mode: LabelMode = "typed",
+    binary_class: str = "defect",
+    assigner: ConceptAssigner = proposal_concepts,
+) -> ImportReport:
+    """Reveal the true labels of the round's selected images from a ground-truth COCO file.
+
+    A selected slice matches a ground-truth image whose ``id``, ``file_name`` or file-name stem equals
+    its slice id. In ``binary`` mode every true box becomes ``binary_class`` (its true class is not
+    revealed; its concept comes from ``assigner``). Validated and committed like a real import.
+    """
+    gt_path = Path(ground_truth)
+    round_id = round_id if round_id is not None else store.latest_round()
+    if round_id is None:
+        raise AnnotationError(gt_path, ["the store has no selection round to annotate"])
+    problems: list[str] = []
+    gt = parse_coco(gt_path, problems)
+    if problems:
+        raise AnnotationError(gt_path, problems)
+    index: dict[str, _Parsed] = {}
+    for im in gt:
+        for ref in im.ref_ids:
+            index.setdefault(ref, im)
+            index.setdefault(Path(ref).stem, im)
+    parsed = []
+    for pick in store.selection(round_id):
+        slice_id = pick.key.partition("/")[2]
+        im = index.get(slice_id) or index.get(Path(slice_id).stem)
+        if im is None:
+            problems.append(f"selected image {pick.key!r}: no ground-truth image with id/file name {slice_id!r}")
+            continue
+        boxes = [(w, b, binary_class if mode == "binary" else c) for w, b, c in im.boxes]
+        parsed.append(_Parsed(f"{im.item} for {pick.key!r}", [pick.key], im.width, im.height, boxes))
+    if problems:
+        raise AnnotationError(gt_path, problems)
+    labels = validate(store, parsed, round_id, classes_for(graph, mode, binary_class), mode=mode,
+                      assigner=assigner, allow_unselected=False, problems=problems)
+    if problems:
+        raise AnnotationError(gt_path, problems)
+    return _commit(store, labels, round_id, f"simulated:{gt_path.name}", _file_sha(gt_path), [])

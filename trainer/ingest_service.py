@@ -1,0 +1,241 @@
+"""The Trainer gRPC service: client-streaming ``Ingest`` of score records into the pool store.
+
+The servicer only translates messages (:func:`item_from_pb`) and calls :meth:`PoolStore.ingest`. Items are
+committed in batches while the stream is read (bounded memory); the single ``IngestAck`` is returned only
+after the last batch has committed, so an acknowledged record is on disk (WAL, ``synchronous=FULL``, see
+``trainer.pool_store``). If the trainer dies mid-stream the station gets no ack and re-sends the whole
+call; items already committed come back as ``duplicates`` and are not stored twice.
+
+Per-item problems do not fail the call: a malformed item is listed in ``IngestAck.rejected`` with
+INVALID_ARGUMENT and the field; a record that conflicts with a stored one (same station, slice and
+bundle, different content; the first is kept) is listed with ALREADY_EXISTS. Neither is worth retrying.
+A store failure (disk full, I/O error) aborts the call with UNAVAILABLE: nothing of it is acknowledged.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+from collections.abc import Iterable
+from concurrent import futures
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from gsal_edge.records import RecordError
+from gsal_edge.slices import SliceError
+from gsal_wire.convert import PB_TO_ENCODING, decode_pb_slice, record_from_pb
+from gsal_wire.pb import TRAINER_SERVICE, common_pb2, trainer_pb2, trainer_pb2_grpc
+from trainer.images import ImageError, encode_pixels
+from trainer.pool_store import STATION_RE, IngestItem, PoolStore, StoreError
+
+log = logging.getLogger(__name__)
+
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    """Trainer server settings."""
+
+    host: str = "127.0.0.1"
+    port: int = 0  # 0 picks a free port
+    batch_items: int = 128  # commit after this many items ...
+    batch_bytes: int = 32 * MiB  # ... or this many image bytes, whichever first
+    max_message_bytes: int = 65 * MiB  # one IngestItem (a 64 MiB slice + its record)
+    max_workers: int = 8  # concurrent Ingest streams
+    grace_s: float = 5.0  # graceful-stop drain time
+
+
+class ItemInvalid(ValueError):
+    """One IngestItem cannot be stored; ``field`` names the offending field."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+def item_from_pb(msg: trainer_pb2.IngestItem) -> IngestItem:
+    """Validate and translate one wire item (pure; raises :class:`ItemInvalid`)."""
+    station = msg.station_id
+    if not STATION_RE.match(station or ""):
+        raise ItemInvalid("station_id", f"station_id {station!r} must match {STATION_RE.pattern}")
+    if not msg.HasField("record"):
+        raise ItemInvalid("record", "missing record")
+    try:
+        rec = record_from_pb(msg.record)
+    except RecordError as e:
+        raise ItemInvalid("record", str(e)) from None
+    rec_station = rec.model.get("station")
+    if rec_station and rec_station != station:
+        raise ItemInvalid("record.model", f"record.model['station']={rec_station!r} differs from station_id")
+    which = msg.WhichOneof("pixels")
+    if which == "slice":
+        sl = msg.slice
+        if sl.id and sl.id != rec.image_id:
+            raise ItemInvalid("slice.id", f"slice.id {sl.id!r} differs from record.image_id {rec.image_id!r}")
+        try:
+            arr = decode_pb_slice(sl)
+        except SliceError as e:
+            raise ItemInvalid(f"slice.{getattr(e, 'field', 'data')}", str(e)) from None
+        enc = PB_TO_ENCODING[sl.encoding]
+        try:
+            data, fmt = (sl.data, enc) if enc in ("png", "tiff") else encode_pixels(arr, f"slice {rec.image_id!r}")
+        except ImageError as e:
+            raise ItemInvalid("slice.data", str(e)) from None
+        h, w = int(arr.shape[0]), int(arr.shape[1])
+        return IngestItem(station, rec, image=bytes(data), image_format=fmt, width=w, height=h)
+    if which == "ref":
+        ref = msg.ref
+        if not ref.uri:
+            raise ItemInvalid("ref.uri", "empty image reference")
+        shape = list(ref.shape)
+        if shape and (len(shape) != 2 or min(shape) <= 0):
+            raise ItemInvalid("ref.shape", f"shape {shape} is not [H, W]")
+        h, w = (shape[0], shape[1]) if shape else (None, None)
+        return IngestItem(station, rec, image_ref=ref.uri, width=w, height=h)
+    raise ItemInvalid("pixels", "neither slice nor ref given")
+
+
+def _item_error(code: grpc.StatusCode, field: str, message: str) -> common_pb2.ItemError:
+    return common_pb2.ItemError(code=code.value[0], code_name=code.name, field=field, message=message)
+
+
+class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
+    """Translates Ingest streams into batched, durable :meth:`PoolStore.ingest` calls."""
+
+    def __init__(self, store: PoolStore, config: IngestConfig = IngestConfig()) -> None:
+        self.store = store
+        self.config = config
+
+    def Ingest(
+        self, request_iterator: Iterable[trainer_pb2.IngestItem], context: grpc.ServicerContext
+    ) -> trainer_pb2.IngestAck:
+        ack = trainer_pb2.IngestAck()
+        batch: list[IngestItem] = []
+        nbytes = 0
+
+        def flush() -> None:
+            nonlocal batch, nbytes
+            if not batch:
+                return
+            try:
+                res = self.store.ingest(batch)
+            except (sqlite3.Error, OSError, StoreError) as e:
+                log.error("ingest commit failed: %s", e)
+                context.abort(grpc.StatusCode.UNAVAILABLE, f"trainer store commit failed: {e}")
+                raise  # abort() raises; this line is never reached
+            for it, outcome in zip(batch, res.outcomes):
+                if outcome == "inserted":
+                    ack.committed += 1
+                elif outcome == "duplicate":
+                    ack.duplicates += 1
+                else:
+                    ack.rejected.add(
+                        image_id=it.record.image_id,
+                        error=_item_error(
+                            grpc.StatusCode.ALREADY_EXISTS, "record",
+                            f"({it.station}, {it.record.image_id}, bundle {it.record.model.get('bundle')}) "
+                            "is stored with different content; the first record is kept",
+                        ),
+                    )
+            batch, nbytes = [], 0
+
+        for msg in request_iterator:
+            ack.received += 1
+            try:
+                item = item_from_pb(msg)
+            except ItemInvalid as e:
+                ack.rejected.add(
+                    image_id=msg.record.image_id,
+                    error=_item_error(grpc.StatusCode.INVALID_ARGUMENT, e.field, str(e)),
+                )
+                continue
+            batch.append(item)
+            nbytes += len(item.image or b"")
+            if len(batch) >= self.config.batch_items or nbytes >= self.config.batch_bytes:
+                flush()
+        flush()
+        if ack.rejected or ack.duplicates:
+            log.info("ingest: %d received, %d committed, %d duplicates, %d rejected",
+                     ack.received, ack.committed, ack.duplicates, len(ack.rejected))
+        return ack
+
+
+@dataclass
+class RunningServer:
+    server: grpc.Server
+    port: int
+    store: PoolStore
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def stop(self, grace: float | None = 5.0) -> None:
+        self.server.stop(grace).wait()
+
+
+def start_server(
+    store: PoolStore,
+    config: IngestConfig = IngestConfig(),
+    *,
+    credentials: grpc.ServerCredentials | None = None,
+) -> RunningServer:
+    """Start the Trainer service (+ health + reflection); plaintext when ``credentials`` is None."""
+    from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+    from grpc_reflection.v1alpha import reflection
+
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix="ingest"),
+        options=[
+            ("grpc.max_receive_message_length", config.max_message_bytes),
+            ("grpc.max_send_message_length", 4 * MiB),
+        ],
+    )
+    trainer_pb2_grpc.add_TrainerServicer_to_server(TrainerServicer(store, config), server)
+    hs = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(hs, server)
+    reflection.enable_server_reflection(
+        (TRAINER_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    bind = f"{config.host}:{config.port}"
+    port = server.add_secure_port(bind, credentials) if credentials else server.add_insecure_port(bind)
+    if port == 0:
+        raise OSError(f"cannot bind {bind}")
+    server.start()
+    for name in ("", TRAINER_SERVICE):
+        hs.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return RunningServer(server, port, store)
+
+
+def serve_forever(
+    store_dir: str | Path,
+    config: IngestConfig = IngestConfig(),
+    *,
+    credentials: grpc.ServerCredentials | None = None,
+    port_file: str | Path | None = None,
+    stop_event: threading.Event | None = None,
+) -> None:
+    """Run until SIGINT/SIGTERM (or ``stop_event``); writes the bound port to ``port_file`` if given."""
+    import signal
+
+    from trainer.images import atomic_write
+
+    store = PoolStore(store_dir)
+    running = start_server(store, config, credentials=credentials)
+    log.info("trainer listening on %s:%d, store %s", config.host, running.port, store.root)
+    if port_file:
+        atomic_write(Path(port_file), f"{running.port}\n".encode())
+    stop = stop_event or threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        running.stop(config.grace_s)
+        store.close()

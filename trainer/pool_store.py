@@ -1,0 +1,836 @@
+"""The trainer's durable pool: one SQLite file in WAL mode plus content-addressed images on disk.
+
+Layout of a store directory::
+
+    <root>/pool.sqlite     stations, slices, score_records, proposals, labels, label_boxes,
+                           rounds, selections, bundles, kv (schema version in PRAGMA user_version)
+    <root>/images/         slice images named by sha256 (see ``trainer.images``)
+    <root>/audit.jsonl     the hash-chained audit log (``trainer.audit_log``)
+
+Durability. Every write is one ``BEGIN IMMEDIATE ... COMMIT`` transaction with ``journal_mode=WAL`` and
+``synchronous=FULL``: a commit that returned is on disk even after a power loss, not only after a
+process crash (NORMAL would only survive the latter, and the trainer acknowledges records to stations
+that may then drop their copy). Ingest batches many records per transaction, so the one fsync per
+commit is amortized. Image files are written atomically and fsynced *before* the row that names them
+commits, so a committed row never points at a missing file.
+
+Idempotency. A slice is keyed by (station, slice id); a score record by (slice, bundle id).
+
+* same key, same content (sha256 of the canonical record JSON): a duplicate, nothing written;
+* same (station, slice), a different bundle: the new record is stored *alongside* the old one;
+* same (station, slice, bundle), different content: a conflict; the first record is kept (the rationale
+  of any round that used it stays reproducible), the newcomer is counted and logged, not stored.
+  Scoring is seeded per image, so this only happens if a station changes its scoring config without
+  changing its bundle.
+
+Several bundles (mark-stale, not re-score). The store has one *current bundle* (the one deployed by the
+trainer; until one is deployed, the bundle of the first record ever ingested). Records made by any other
+bundle are marked ``stale`` and excluded from selection: raw E_rec/V_den and detector proposals of two
+different models are not comparable inside one z-scored pool. A slice whose only records are stale
+waits, unselectable, until a station re-scores it with the current bundle (``stale_slices()`` lists
+them with their stored image for that). Stale records are kept, never deleted: past rounds cite them.
+
+Pool keys. Records handed to selection carry ``image_id = "<station>/<slice id>"`` so two stations may
+reuse a slice id; the station's own id stays in ``model["station"]``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Self
+
+from gsal_edge.datasets import Annotation, DetectionDataset, ImageEntry
+from gsal_edge.records import ScoreRecord
+from trainer.images import ImageStore
+
+DB_NAME = "pool.sqlite"
+IMAGES_DIR = "images"
+AUDIT_NAME = "audit.jsonl"
+UNKNOWN_BUNDLE = "unknown"
+STATION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+
+# Each entry migrates the schema from version i to i + 1 (PRAGMA user_version). Append, never edit.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE kv (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE stations (
+        station_id TEXT PRIMARY KEY,
+        address    TEXT,                     -- host:port of its Scorer service (deploy target)
+        bundle_id  TEXT,                     -- bundle of its latest record
+        first_seen REAL NOT NULL,
+        last_seen  REAL NOT NULL
+    );
+    CREATE TABLE slices (
+        id           INTEGER PRIMARY KEY,
+        station_id   TEXT NOT NULL REFERENCES stations(station_id),
+        slice_id     TEXT NOT NULL,
+        image_sha256 TEXT,                   -- content-addressed file under images/
+        image_format TEXT,
+        image_ref    TEXT,                   -- where the station keeps the pixels (if not sent)
+        width        INTEGER,
+        height       INTEGER,
+        meta_json    TEXT NOT NULL DEFAULT '{}',
+        ingested_at  REAL NOT NULL,
+        UNIQUE (station_id, slice_id)
+    );
+    CREATE TABLE score_records (
+        id             INTEGER PRIMARY KEY,
+        slice_pk       INTEGER NOT NULL REFERENCES slices(id) ON DELETE CASCADE,
+        bundle_id      TEXT NOT NULL,
+        content_sha256 TEXT NOT NULL,
+        e_rec          REAL NOT NULL,
+        v_den          REAL NOT NULL,
+        n_proposals    INTEGER NOT NULL,
+        record_json    TEXT NOT NULL,        -- the raw spec section 11 record as the station sent it
+        stale          INTEGER NOT NULL DEFAULT 0 CHECK (stale IN (0, 1)),
+        ingested_at    REAL NOT NULL,
+        UNIQUE (slice_pk, bundle_id)
+    );
+    CREATE INDEX score_records_fresh ON score_records (stale, slice_pk);
+    CREATE TABLE proposals (
+        record_id       INTEGER NOT NULL REFERENCES score_records(id) ON DELETE CASCADE,
+        idx             INTEGER NOT NULL,
+        x1 REAL NOT NULL, y1 REAL NOT NULL, x2 REAL NOT NULL, y2 REAL NOT NULL,
+        score           REAL NOT NULL,
+        e_rec           REAL NOT NULL,
+        v_den           REAL NOT NULL,
+        concept         TEXT NOT NULL,
+        label           TEXT,
+        similarity_json TEXT NOT NULL,
+        PRIMARY KEY (record_id, idx)
+    ) WITHOUT ROWID;
+    CREATE TABLE rounds (
+        id          INTEGER PRIMARY KEY,
+        created_at  REAL NOT NULL,
+        budget      INTEGER NOT NULL,
+        strategy    TEXT NOT NULL,
+        bundle_id   TEXT,
+        pool_size   INTEGER NOT NULL,
+        params_json TEXT NOT NULL,
+        audit_hash  TEXT,                    -- sha256 of the round's audit-log entry (NULL = not logged)
+        status      TEXT NOT NULL DEFAULT 'selected' CHECK (status IN ('selected', 'labeled', 'cancelled'))
+    );
+    CREATE TABLE selections (
+        round_id       INTEGER NOT NULL REFERENCES rounds(id) ON DELETE CASCADE,
+        slice_pk       INTEGER NOT NULL REFERENCES slices(id),
+        rank           INTEGER NOT NULL,
+        score          REAL NOT NULL,
+        rationale_json TEXT NOT NULL,
+        PRIMARY KEY (round_id, slice_pk),
+        UNIQUE (round_id, rank)
+    );
+    CREATE INDEX selections_slice ON selections (slice_pk);
+    CREATE TABLE labels (
+        slice_pk   INTEGER PRIMARY KEY REFERENCES slices(id),
+        round_id   INTEGER REFERENCES rounds(id),
+        width      INTEGER NOT NULL,
+        height     INTEGER NOT NULL,
+        source     TEXT NOT NULL,
+        labeled_at REAL NOT NULL
+    );
+    CREATE TABLE label_boxes (
+        id       INTEGER PRIMARY KEY,
+        slice_pk INTEGER NOT NULL REFERENCES labels(slice_pk) ON DELETE CASCADE,
+        x1 REAL NOT NULL, y1 REAL NOT NULL, x2 REAL NOT NULL, y2 REAL NOT NULL,
+        category TEXT NOT NULL,              -- class name (typed mode) or e.g. "defect" (binary mode)
+        concept  TEXT                        -- fine concept the box counts for (binary mode: assigned)
+    );
+    CREATE INDEX label_boxes_slice ON label_boxes (slice_pk);
+    CREATE TABLE bundles (
+        bundle_id    TEXT PRIMARY KEY,
+        path         TEXT,
+        created_at   REAL NOT NULL,
+        role         TEXT NOT NULL
+                     CHECK (role IN ('candidate', 'serving', 'previous', 'rejected', 'retired')),
+        metrics_json TEXT NOT NULL DEFAULT '{}',
+        note         TEXT
+    );
+    """,
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class StoreError(ValueError):
+    """A store operation was refused; the message names the store file and the item."""
+
+
+# ---------------------------------------------------------------------------------------------- types
+
+
+@dataclass
+class IngestItem:
+    """One score record as it arrives from a station, with its pixels (encoded) or a reference."""
+
+    station: str
+    record: ScoreRecord
+    image: bytes | None = None  # PNG / TIFF / NPY bytes (see trainer.images.encode_pixels)
+    image_format: str | None = None  # sniffed from the bytes when None
+    image_ref: str | None = None  # where the station stored the pixels, when not sent
+    width: int | None = None
+    height: int | None = None
+
+
+Outcome = Literal["inserted", "duplicate", "conflict"]
+
+
+@dataclass
+class IngestResult:
+    """What one committed ingest batch did, item by item (same order as the input)."""
+
+    outcomes: list[Outcome] = field(default_factory=list)
+
+    @property
+    def inserted(self) -> int:
+        return self.outcomes.count("inserted")
+
+    @property
+    def duplicates(self) -> int:
+        return self.outcomes.count("duplicate")
+
+    @property
+    def conflicts(self) -> int:
+        return self.outcomes.count("conflict")
+
+
+@dataclass
+class LabelBox:
+    box: tuple[float, float, float, float]  # x1, y1, x2, y2 pixels
+    category: str
+    concept: str | None = None  # the fine concept this box counts for; None -> category
+
+
+@dataclass
+class ImageLabels:
+    """The finished labels of one pool image (zero boxes = a checked, defect-free slice)."""
+
+    key: str
+    width: int
+    height: int
+    boxes: list[LabelBox] = field(default_factory=list)
+
+
+@dataclass
+class Pick:
+    key: str
+    rank: int
+    score: float
+    rationale: dict[str, Any]
+
+
+@dataclass
+class SliceInfo:
+    key: str
+    pk: int
+    station: str
+    slice_id: str
+    image_path: Path | None
+    image_ref: str | None
+    width: int | None
+    height: int | None
+    meta: dict[str, Any]
+
+
+def pool_key(station: str, slice_id: str) -> str:
+    """The image id selection sees for a station's slice."""
+    return f"{station}/{slice_id}"
+
+
+def split_key(key: str) -> tuple[str, str]:
+    station, sep, slice_id = key.partition("/")
+    if not sep or not station or not slice_id:
+        raise StoreError(f"pool key {key!r} is not '<station>/<slice id>'")
+    return station, slice_id
+
+
+def canonical_json(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def record_digest(record: ScoreRecord) -> str:
+    return hashlib.sha256(canonical_json(record.to_dict()).encode("utf-8")).hexdigest()
+
+
+def bundle_of(record: ScoreRecord) -> str:
+    return record.model.get("bundle") or UNKNOWN_BUNDLE
+
+
+# ---------------------------------------------------------------------------------------------- store
+
+
+class PoolStore:
+    """Thread-safe handle on one store directory (one connection, one lock; writers serialize anyway)."""
+
+    def __init__(self, root: str | Path, *, busy_timeout_s: float = 30.0) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.db_path = self.root / DB_NAME
+        self.images = ImageStore(self.root / IMAGES_DIR)
+        self.audit_path = self.root / AUDIT_NAME
+        self._lock = threading.RLock()
+        self._conn = sqlite3.connect(
+            self.db_path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False
+        )
+        self._conn.row_factory = sqlite3.Row
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=FULL")
+        self._conn.execute("PRAGMA foreign_keys=ON")
+        self._migrate()
+
+    # -- plumbing
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction: BEGIN IMMEDIATE ... COMMIT, rolled back on any exception."""
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    def _q(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            return self._conn.execute(sql, params).fetchall()
+
+    def _migrate(self) -> None:
+        with self._lock:
+            version = self._conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise StoreError(
+                    f"{self.db_path}: schema version {version} is newer than this code's {SCHEMA_VERSION}"
+                )
+            for v in range(version, SCHEMA_VERSION):
+                with self._write() as c:
+                    for stmt in _split_sql(MIGRATIONS[v]):
+                        c.execute(stmt)
+                    c.execute(f"PRAGMA user_version={v + 1}")
+
+    @property
+    def schema_version(self) -> int:
+        return int(self._q("PRAGMA user_version")[0][0])
+
+    def pragma(self, name: str) -> Any:
+        return self._q(f"PRAGMA {name}")[0][0]
+
+    # -- kv / current bundle
+
+    def _kv_get(self, key: str) -> str | None:
+        rows = self._q("SELECT value FROM kv WHERE key = ?", (key,))
+        return rows[0][0] if rows else None
+
+    @property
+    def current_bundle(self) -> str | None:
+        """The bundle whose records are fresh (selectable); None until a record or deploy sets it."""
+        return self._kv_get("current_bundle")
+
+    def set_current_bundle(self, bundle_id: str) -> int:
+        """Make ``bundle_id`` current and re-mark every record's staleness; returns the stale count."""
+        with self._write() as c:
+            c.execute("INSERT OR REPLACE INTO kv (key, value) VALUES ('current_bundle', ?)", (bundle_id,))
+            c.execute("UPDATE score_records SET stale = (bundle_id != ?)", (bundle_id,))
+            return int(c.execute("SELECT count(*) FROM score_records WHERE stale = 1").fetchone()[0])
+
+    # -- stations
+
+    def register_station(self, station: str, address: str | None = None) -> None:
+        """Add or update a station (``address`` = host:port of its Scorer, the deploy target)."""
+        _check_station(station, str(self.db_path))
+        now = time.time()
+        with self._write() as c:
+            c.execute(
+                "INSERT INTO stations (station_id, address, first_seen, last_seen) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (station_id) DO UPDATE SET address = coalesce(excluded.address, address), "
+                "last_seen = excluded.last_seen",
+                (station, address, now, now),
+            )
+
+    def stations(self) -> list[dict[str, Any]]:
+        return [dict(r) for r in self._q("SELECT * FROM stations ORDER BY station_id")]
+
+    # -- ingest
+
+    def ingest(self, items: Sequence[IngestItem]) -> IngestResult:
+        """Store a batch durably in one transaction (images first); idempotent, see the module doc.
+
+        Raises StoreError (naming the item) before writing anything if an item is invalid.
+        """
+        prepared = []
+        for i, it in enumerate(items):
+            where = f"ingest item {i} (station={it.station!r}, image_id={it.record.image_id!r})"
+            _check_station(it.station, where)
+            rec_station = it.record.model.get("station")
+            if rec_station and rec_station != it.station:
+                raise StoreError(f"{where}: record's model.station={rec_station!r} differs from the stream's")
+            if it.image is None and it.image_ref is None:
+                raise StoreError(f"{where}: neither image bytes nor an image reference")
+            if it.width is not None and (it.width <= 0 or (it.height or 0) <= 0):
+                raise StoreError(f"{where}: width/height must be positive, got {it.width}x{it.height}")
+            prepared.append((it, where, record_digest(it.record), canonical_json(it.record.to_dict())))
+        # images: durable before any row names them; content-addressed, so safe outside the lock
+        with_pixels = [(it.image, it.image_format, where) for it, where, _, _ in prepared if it.image is not None]
+        stored = iter(self.images.put_many(with_pixels))
+        images = [next(stored) if it.image is not None else None for it, _, _, _ in prepared]
+
+        result = IngestResult()
+        now = time.time()
+        with self._write() as c:
+            current = c.execute("SELECT value FROM kv WHERE key = 'current_bundle'").fetchone()
+            current_bundle = current[0] if current else None
+            for (it, where, digest, rec_json), img in zip(prepared, images):
+                rec = it.record
+                bundle = bundle_of(rec)
+                if current_bundle is None:
+                    current_bundle = bundle
+                    c.execute("INSERT INTO kv (key, value) VALUES ('current_bundle', ?)", (bundle,))
+                c.execute(
+                    "INSERT INTO stations (station_id, bundle_id, first_seen, last_seen) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT (station_id) DO UPDATE SET bundle_id = excluded.bundle_id, "
+                    "last_seen = excluded.last_seen",
+                    (it.station, bundle, now, now),
+                )
+                row = c.execute(
+                    "SELECT id, image_sha256 FROM slices WHERE station_id = ? AND slice_id = ?",
+                    (it.station, rec.image_id),
+                ).fetchone()
+                if row is None:
+                    slice_pk = c.execute(
+                        "INSERT INTO slices (station_id, slice_id, image_sha256, image_format, image_ref, "
+                        "width, height, meta_json, ingested_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (
+                            it.station,
+                            rec.image_id,
+                            img[0] if img else None,
+                            img[1] if img else None,
+                            it.image_ref,
+                            it.width,
+                            it.height,
+                            canonical_json(rec.meta),
+                            now,
+                        ),
+                    ).lastrowid
+                else:
+                    slice_pk = row["id"]
+                    if row["image_sha256"] is None and img is not None:
+                        c.execute(
+                            "UPDATE slices SET image_sha256 = ?, image_format = ?, "
+                            "width = coalesce(width, ?), height = coalesce(height, ?) WHERE id = ?",
+                            (img[0], img[1], it.width, it.height, slice_pk),
+                        )
+                old = c.execute(
+                    "SELECT content_sha256 FROM score_records WHERE slice_pk = ? AND bundle_id = ?",
+                    (slice_pk, bundle),
+                ).fetchone()
+                if old is not None:
+                    result.outcomes.append("duplicate" if old[0] == digest else "conflict")
+                    continue
+                rec_pk = c.execute(
+                    "INSERT INTO score_records (slice_pk, bundle_id, content_sha256, e_rec, v_den, "
+                    "n_proposals, record_json, stale, ingested_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        slice_pk,
+                        bundle,
+                        digest,
+                        rec.e_rec,
+                        rec.v_den,
+                        len(rec.proposals),
+                        rec_json,
+                        int(bundle != current_bundle),
+                        now,
+                    ),
+                ).lastrowid
+                c.executemany(
+                    "INSERT INTO proposals (record_id, idx, x1, y1, x2, y2, score, e_rec, v_den, concept, "
+                    "label, similarity_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        (rec_pk, j, *p.box, p.score, p.e_rec, p.v_den, p.concept, p.label,
+                         canonical_json(p.similarity))
+                        for j, p in enumerate(rec.proposals)
+                    ],
+                )
+                result.outcomes.append("inserted")
+        return result
+
+    # -- pool queries
+
+    def unlabeled_records(self, *, exclude_pending: bool = True) -> list[ScoreRecord]:
+        """The current unlabeled pool U: the fresh record of every unlabeled slice, ordered by key.
+
+        ``exclude_pending`` also drops slices picked by a round that is still waiting for labels.
+        Each record's ``image_id`` is the pool key ``<station>/<slice id>``.
+        """
+        sql = (
+            "SELECT s.station_id, s.slice_id, r.record_json FROM score_records r "
+            "JOIN slices s ON s.id = r.slice_pk "
+            "WHERE r.stale = 0 AND NOT EXISTS (SELECT 1 FROM labels l WHERE l.slice_pk = s.id) "
+        )
+        if exclude_pending:
+            sql += (
+                "AND NOT EXISTS (SELECT 1 FROM selections se JOIN rounds ro ON ro.id = se.round_id "
+                "WHERE se.slice_pk = s.id AND ro.status = 'selected') "
+            )
+        sql += "ORDER BY s.station_id, s.slice_id"
+        out = []
+        for station, slice_id, rec_json in self._q(sql):
+            rec = ScoreRecord.from_dict(json.loads(rec_json), where=f"{self.db_path} {station}/{slice_id}")
+            rec.image_id = pool_key(station, slice_id)
+            out.append(rec)
+        return out
+
+    def record(self, key: str, *, fresh_only: bool = True) -> ScoreRecord | None:
+        """The fresh (else newest) record of one pool image, with ``image_id`` = key."""
+        station, slice_id = split_key(key)
+        rows = self._q(
+            "SELECT r.record_json, r.stale FROM score_records r JOIN slices s ON s.id = r.slice_pk "
+            "WHERE s.station_id = ? AND s.slice_id = ? ORDER BY r.stale ASC, r.id DESC",
+            (station, slice_id),
+        )
+        if not rows or (fresh_only and rows[0]["stale"]):
+            return None
+        rec = ScoreRecord.from_dict(json.loads(rows[0]["record_json"]), where=f"{self.db_path} {key}")
+        rec.image_id = key
+        return rec
+
+    def stale_slices(self) -> list[SliceInfo]:
+        """Unlabeled slices with no fresh record: they need re-scoring with the current bundle."""
+        rows = self._q(
+            "SELECT s.* FROM slices s WHERE NOT EXISTS "
+            "(SELECT 1 FROM score_records r WHERE r.slice_pk = s.id AND r.stale = 0) "
+            "AND NOT EXISTS (SELECT 1 FROM labels l WHERE l.slice_pk = s.id) ORDER BY s.station_id, s.slice_id"
+        )
+        return [self._slice_info(r) for r in rows]
+
+    def slice_info(self, key: str) -> SliceInfo:
+        station, slice_id = split_key(key)
+        rows = self._q("SELECT * FROM slices WHERE station_id = ? AND slice_id = ?", (station, slice_id))
+        if not rows:
+            raise StoreError(f"{self.db_path}: no slice {key!r}")
+        return self._slice_info(rows[0])
+
+    def _slice_info(self, r: sqlite3.Row) -> SliceInfo:
+        path = self.images.path(r["image_sha256"], r["image_format"]) if r["image_sha256"] else None
+        return SliceInfo(
+            key=pool_key(r["station_id"], r["slice_id"]),
+            pk=r["id"],
+            station=r["station_id"],
+            slice_id=r["slice_id"],
+            image_path=path,
+            image_ref=r["image_ref"],
+            width=r["width"],
+            height=r["height"],
+            meta=json.loads(r["meta_json"]),
+        )
+
+    def resolve_keys(self, keys: Iterable[str]) -> dict[str, int]:
+        """Pool key -> slice row id; StoreError naming the first unknown key."""
+        out: dict[str, int] = {}
+        with self._lock:
+            for key in keys:
+                station, slice_id = split_key(key)
+                row = self._conn.execute(
+                    "SELECT id FROM slices WHERE station_id = ? AND slice_id = ?", (station, slice_id)
+                ).fetchone()
+                if row is None:
+                    raise StoreError(f"{self.db_path}: no slice {key!r} in the pool")
+                out[key] = int(row[0])
+        return out
+
+    # -- rounds and selections
+
+    def record_round(
+        self,
+        picks: Sequence[Pick],
+        *,
+        budget: int,
+        strategy: str,
+        pool_size: int,
+        params: dict[str, Any],
+        bundle_id: str | None = None,
+    ) -> int:
+        """Write one selection round and its picks (with rationale) in one transaction; returns its id."""
+        pks = self.resolve_keys(p.key for p in picks)
+        with self._write() as c:
+            round_id = c.execute(
+                "INSERT INTO rounds (created_at, budget, strategy, bundle_id, pool_size, params_json) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (time.time(), budget, strategy, bundle_id, pool_size, canonical_json(params)),
+            ).lastrowid
+            c.executemany(
+                "INSERT INTO selections (round_id, slice_pk, rank, score, rationale_json) VALUES (?, ?, ?, ?, ?)",
+                [(round_id, pks[p.key], p.rank, float(p.score), canonical_json(p.rationale)) for p in picks],
+            )
+        return int(round_id)
+
+    def rounds(self) -> list[dict[str, Any]]:
+        rows = self._q(
+            "SELECT r.*, (SELECT count(*) FROM selections s WHERE s.round_id = r.id) AS n_picks, "
+            "(SELECT count(*) FROM selections s JOIN labels l ON l.slice_pk = s.slice_pk "
+            " WHERE s.round_id = r.id) AS n_labeled FROM rounds r ORDER BY r.id"
+        )
+        return [dict(r) | {"params": json.loads(r["params_json"])} for r in rows]
+
+    def latest_round(self) -> int | None:
+        rows = self._q("SELECT max(id) FROM rounds")
+        return None if rows[0][0] is None else int(rows[0][0])
+
+    def selection(self, round_id: int) -> list[Pick]:
+        """The picks of one round, by rank."""
+        if not self._q("SELECT 1 FROM rounds WHERE id = ?", (round_id,)):
+            raise StoreError(f"{self.db_path}: no round {round_id}")
+        rows = self._q(
+            "SELECT s.station_id, s.slice_id, se.rank, se.score, se.rationale_json FROM selections se "
+            "JOIN slices s ON s.id = se.slice_pk WHERE se.round_id = ? ORDER BY se.rank",
+            (round_id,),
+        )
+        return [Pick(pool_key(r[0], r[1]), r[2], r[3], json.loads(r[4])) for r in rows]
+
+    def set_round_audit_hash(self, round_id: int, audit_hash: str) -> None:
+        with self._write() as c:
+            c.execute("UPDATE rounds SET audit_hash = ? WHERE id = ?", (audit_hash, round_id))
+
+    def set_round_status(self, round_id: int, status: str) -> None:
+        with self._write() as c:
+            if c.execute("UPDATE rounds SET status = ? WHERE id = ?", (status, round_id)).rowcount != 1:
+                raise StoreError(f"{self.db_path}: no round {round_id}")
+
+    # -- labels and coverage
+
+    def write_labels(self, labels: Sequence[ImageLabels], *, source: str, round_id: int | None = None) -> int:
+        """Store finished labels in one transaction (replacing earlier labels of the same image).
+
+        A round whose every pick is now labeled is closed (status ``labeled``). Returns the box count.
+        """
+        pks = self.resolve_keys(lab.key for lab in labels)
+        now = time.time()
+        n_boxes = 0
+        with self._write() as c:
+            for lab in labels:
+                pk = pks[lab.key]
+                c.execute("DELETE FROM label_boxes WHERE slice_pk = ?", (pk,))
+                c.execute(
+                    "INSERT OR REPLACE INTO labels (slice_pk, round_id, width, height, source, labeled_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (pk, round_id, lab.width, lab.height, source, now),
+                )
+                c.executemany(
+                    "INSERT INTO label_boxes (slice_pk, x1, y1, x2, y2, category, concept) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    [(pk, *b.box, b.category, b.concept if b.concept is not None else b.category)
+                     for b in lab.boxes],
+                )
+                n_boxes += len(lab.boxes)
+            c.execute(
+                "UPDATE rounds SET status = 'labeled' WHERE status = 'selected' AND NOT EXISTS ("
+                "SELECT 1 FROM selections se WHERE se.round_id = rounds.id AND NOT EXISTS "
+                "(SELECT 1 FROM labels l WHERE l.slice_pk = se.slice_pk))"
+            )
+        return n_boxes
+
+    def coverage_counts(self, mode: Literal["typed", "binary"] = "typed") -> dict[str, int]:
+        """Fine-node coverage n(v) from the labeled boxes (spec section 3).
+
+        ``typed``: count each box's annotated class. ``binary``: the annotation carries no class, so each
+        box counts for the fine concept assigned to it at import (``LabelBox.concept``).
+        """
+        col = {"typed": "category", "binary": "concept"}.get(mode)
+        if col is None:
+            raise StoreError(f"coverage mode must be 'typed' or 'binary', got {mode!r}")
+        rows = self._q(
+            f"SELECT {col}, count(*) FROM label_boxes WHERE {col} IS NOT NULL GROUP BY {col} ORDER BY {col}"
+        )
+        return {r[0]: int(r[1]) for r in rows}
+
+    def labeled_keys(self) -> list[str]:
+        rows = self._q(
+            "SELECT s.station_id, s.slice_id FROM labels l JOIN slices s ON s.id = l.slice_pk "
+            "ORDER BY s.station_id, s.slice_id"
+        )
+        return [pool_key(r[0], r[1]) for r in rows]
+
+    def labeled_dataset(self, classes: Sequence[str] | None = None) -> DetectionDataset:
+        """The labeled set L as a DetectionDataset over the stored images (sorted by key).
+
+        Images known only by reference use that reference as an absolute file name.
+        ``classes`` fixes the class order; by default the sorted set of labeled categories.
+        """
+        rows = self._q(
+            "SELECT s.id, s.station_id, s.slice_id, s.image_sha256, s.image_format, s.image_ref, "
+            "l.width, l.height, l.round_id FROM labels l JOIN slices s ON s.id = l.slice_pk "
+            "ORDER BY s.station_id, s.slice_id"
+        )
+        boxes: dict[int, list[Annotation]] = {}
+        for b in self._q("SELECT slice_pk, x1, y1, x2, y2, category, concept FROM label_boxes ORDER BY id"):
+            boxes.setdefault(b[0], []).append(
+                Annotation((b[1], b[2], b[3], b[4]), b[5], {"concept": b[6]} if b[6] != b[5] else {})
+            )
+        images = []
+        for r in rows:
+            if r["image_sha256"]:
+                file_name = self.images.relpath(r["image_sha256"], r["image_format"])
+            elif r["image_ref"]:
+                file_name = str(Path(r["image_ref"]).resolve())
+            else:  # pragma: no cover - ingest refuses items without either
+                raise StoreError(f"{self.db_path}: slice {r['station_id']}/{r['slice_id']} has no image")
+            images.append(
+                ImageEntry(
+                    image_id=pool_key(r["station_id"], r["slice_id"]),
+                    file_name=file_name,
+                    width=int(r["width"]),
+                    height=int(r["height"]),
+                    annotations=boxes.get(r["id"], []),
+                    meta={"round": r["round_id"]},
+                )
+            )
+        if classes is None:
+            classes = sorted({a.category for e in images for a in e.annotations})
+        return DetectionDataset(root=self.images.root, classes=list(classes), images=images)
+
+    # -- bundles (serving / previous, for deploy and rollback)
+
+    def add_bundle(
+        self, bundle_id: str, path: str | None, role: str, metrics: dict[str, Any] | None = None,
+        note: str | None = None,
+    ) -> None:
+        with self._write() as c:
+            c.execute(
+                "INSERT INTO bundles (bundle_id, path, created_at, role, metrics_json, note) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (bundle_id) DO UPDATE SET role = excluded.role, "
+                "path = coalesce(excluded.path, path), metrics_json = excluded.metrics_json, "
+                "note = coalesce(excluded.note, note)",
+                (bundle_id, path, time.time(), role, canonical_json(metrics or {}), note),
+            )
+
+    def promote_bundle(self, bundle_id: str) -> str | None:
+        """Make ``bundle_id`` serving (and current); the old serving one becomes ``previous``.
+
+        Returns the bundle id it replaced. Any older ``previous`` is retired (one rollback step kept).
+        """
+        with self._write() as c:
+            if c.execute("SELECT 1 FROM bundles WHERE bundle_id = ?", (bundle_id,)).fetchone() is None:
+                raise StoreError(f"{self.db_path}: unknown bundle {bundle_id!r}")
+            old = c.execute("SELECT bundle_id FROM bundles WHERE role = 'serving'").fetchone()
+            c.execute("UPDATE bundles SET role = 'retired' WHERE role = 'previous'")
+            if old is not None and old[0] != bundle_id:
+                c.execute("UPDATE bundles SET role = 'previous' WHERE bundle_id = ?", (old[0],))
+            c.execute("UPDATE bundles SET role = 'serving' WHERE bundle_id = ?", (bundle_id,))
+            c.execute("INSERT OR REPLACE INTO kv (key, value) VALUES ('current_bundle', ?)", (bundle_id,))
+            c.execute("UPDATE score_records SET stale = (bundle_id != ?)", (bundle_id,))
+        return None if old is None or old[0] == bundle_id else str(old[0])
+
+    def rollback_bundle(self) -> tuple[str, str]:
+        """``previous`` becomes serving (and current) again; the serving one is retired.
+
+        Records scored earlier by the restored bundle become fresh again. Returns (retired, restored).
+        """
+        with self._write() as c:
+            prev = c.execute("SELECT bundle_id FROM bundles WHERE role = 'previous'").fetchone()
+            cur = c.execute("SELECT bundle_id FROM bundles WHERE role = 'serving'").fetchone()
+            if prev is None or cur is None:
+                raise StoreError(f"{self.db_path}: rollback needs a serving and a previous bundle")
+            c.execute("UPDATE bundles SET role = 'retired', note = 'rolled back' WHERE bundle_id = ?", (cur[0],))
+            c.execute("UPDATE bundles SET role = 'serving' WHERE bundle_id = ?", (prev[0],))
+            c.execute("INSERT OR REPLACE INTO kv (key, value) VALUES ('current_bundle', ?)", (prev[0],))
+            c.execute("UPDATE score_records SET stale = (bundle_id != ?)", (prev[0],))
+        return str(cur[0]), str(prev[0])
+
+    def bundles(self) -> list[dict[str, Any]]:
+        rows = self._q("SELECT * FROM bundles ORDER BY created_at, bundle_id")
+        return [dict(r) | {"metrics": json.loads(r["metrics_json"])} for r in rows]
+
+    def bundle_with_role(self, role: str) -> dict[str, Any] | None:
+        rows = [b for b in self.bundles() if b["role"] == role]
+        return rows[-1] if rows else None
+
+    # -- status and backup
+
+    def status(self) -> dict[str, Any]:
+        """Counts for `trainer status`."""
+        one = lambda sql: int(self._q(sql)[0][0])
+        return {
+            "store": str(self.root),
+            "schema_version": self.schema_version,
+            "current_bundle": self.current_bundle,
+            "stations": one("SELECT count(*) FROM stations"),
+            "slices": one("SELECT count(*) FROM slices"),
+            "records": one("SELECT count(*) FROM score_records"),
+            "stale_records": one("SELECT count(*) FROM score_records WHERE stale = 1"),
+            "labeled": one("SELECT count(*) FROM labels"),
+            "label_boxes": one("SELECT count(*) FROM label_boxes"),
+            "unlabeled_fresh": one(
+                "SELECT count(*) FROM score_records r WHERE r.stale = 0 AND NOT EXISTS "
+                "(SELECT 1 FROM labels l WHERE l.slice_pk = r.slice_pk)"
+            ),
+            "rounds": one("SELECT count(*) FROM rounds"),
+            "open_rounds": one("SELECT count(*) FROM rounds WHERE status = 'selected'"),
+            "rounds_without_audit": one("SELECT count(*) FROM rounds WHERE audit_hash IS NULL"),
+        }
+
+    def backup(self, out: str | Path, *, images_dir: str | Path | None = None) -> dict[str, Any]:
+        """Online, consistent copy of the database (sqlite3 backup API) while the store stays in use.
+
+        ``images_dir``: also copy image files missing there (content-addressed, so incremental).
+        """
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(out.name + ".tmp")
+        tmp.unlink(missing_ok=True)
+        dest = sqlite3.connect(tmp)
+        try:
+            with self._lock:
+                self._conn.backup(dest)
+            dest.execute("PRAGMA journal_mode=DELETE")
+            ok = dest.execute("PRAGMA integrity_check").fetchone()[0]
+        finally:
+            dest.close()
+        if ok != "ok":
+            raise StoreError(f"{tmp}: backup failed its integrity check: {ok}")
+        tmp.replace(out)
+        copied = 0
+        if images_dir is not None:
+            import shutil
+
+            dst_root = Path(images_dir)
+            for src in self.images.root.rglob("*"):
+                if src.is_file() and not src.name.startswith(".tmp-"):
+                    dst = dst_root / src.relative_to(self.images.root)
+                    if not dst.exists():
+                        dst.parent.mkdir(parents=True, exist_ok=True)
+                        shutil.copy2(src, dst)
+                        copied += 1
+        return {"database": str(out), "bytes": out.stat().st_size, "images_copied": copied}
+
+
+def _check_station(station: str, where: str) -> None:
+    if not isinstance(station, str) or not STATION_RE.match(station):
+        raise StoreError(f"{where}: station id {station!r} must match {STATION_RE.pattern}")
+
+
+def _split_sql(script: str) -> list[str]:
+    """Statements of a migration script (no ';' inside literals in our migrations)."""
+    stmts = []
+    for part in script.split(";"):
+        lines = [ln.split("--", 1)[0] for ln in part.splitlines()]
+        s = "\n".join(lines).strip()
+        if s:
+            stmts.append(s)
+    return stmts
