@@ -93,7 +93,7 @@ def write_report(out: Path, run_dir: Path, store_dir: Path, status: dict[str, An
     flat = [(r_id, p) for r_id, ps in picks.items() for p in ps][:16]
     cols = 4
     rows_n = max(1, (len(flat) + cols - 1) // cols)
-    fig, axes = plt.subplots(rows_n, cols, figsize=(cols * 3.2, rows_n * 3.6))
+    fig, axes = plt.subplots(rows_n, cols, figsize=(cols * 3.2, rows_n * 4.3))
     for ax in np.atleast_1d(axes).ravel():
         ax.axis("off")
     for ax, (r_id, p) in zip(np.atleast_1d(axes).ravel(), flat):
@@ -108,7 +108,7 @@ def write_report(out: Path, run_dir: Path, store_dir: Path, status: dict[str, An
         sentence = p.rationale.get("sentence") or ""
         ax.set_title(f"r{r_id} #{p.rank} {name}\ntrue: {', '.join(truth.get(name, [])) or 'none'}", fontsize=7)
         ax.text(0, -0.02, textwrap.fill(sentence, 48), transform=ax.transAxes, fontsize=5.5, va="top")
-    fig.tight_layout()
+    fig.tight_layout(h_pad=3.0)
     fig.savefig(run_dir / "gallery.png", dpi=110)
     plt.close(fig)
 

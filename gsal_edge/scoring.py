@@ -49,7 +49,7 @@ class ScorerSpec:
     M: int = 8  # proposal prefilter: top-M detector boxes after NMS
     min_score: float = 0.0  # detections below this never become proposals
     context_margin: float = 1.5
-    proposal_mode: str = "latent_roi"  # "crop" | "latent_roi"
+    proposal_mode: str = "crop"  # "crop" (paper, GSALConfig default) | "latent_roi" [ours]
     roi_reduce: str = "mean"  # "mean" | "max"
     novelty_threshold: float | None = None  # [ours] best cosine below this -> "unknown"
     base_seed: int = 0
