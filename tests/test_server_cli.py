@@ -3,26 +3,21 @@
 from __future__ import annotations
 
 import json
-import os
-import re
 import signal
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+from station_process import start_serve_process
 from typer.testing import CliRunner
 
 from gsal_edge.records import read_jsonl
 from gsal_edge.slices import encode_slice
+from gsal_wire.scorer_client import ScorerClient
 from server.app import StationServer
 from server.cli import app
-from gsal_wire.scorer_client import ScorerClient
 from server.config import ServerConfig
-from gsal_wire.proto_loader import REPO_ROOT
 from server.station import default_scorer_factory
 
 SPEC = "untrained:seed=0,size=32"
@@ -106,25 +101,9 @@ def test_serve_refuses_without_tls_or_insecure() -> None:
 
 @pytest.mark.slow
 def test_serve_process_scores_and_drains_on_sigterm(tmp_path: Path) -> None:
-    cmd = [sys.executable, "-m", "server.cli", "serve", "--insecure", "--host", "127.0.0.1", "--port", "0",
-           "--allow-untrained", "--bundle", SPEC, "--metrics-port", "0", "--grace-s", "5", "--station-id", "st-9"]
-    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=dict(os.environ, PYTHONUNBUFFERED="1"))
-    lines: list[str] = []
+    proc, addr, lines = start_serve_process(["--insecure", "--host", "127.0.0.1", "--port", "0",
+           "--allow-untrained", "--bundle", SPEC, "--metrics-port", "0", "--grace-s", "5", "--station-id", "st-9"])
     try:
-        addr = None
-        t0 = time.time()
-        assert proc.stdout is not None
-        while time.time() - t0 < 180:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            lines.append(line)
-            m = re.search(r"listening on (127\.0\.0\.1:\d+)", line)
-            addr = addr or (m.group(1) if m else None)
-            if line.startswith("serving bundle"):
-                break
-        assert addr, "".join(lines)
         with ScorerClient(addr, insecure=True) as c:
             assert c.health() == "SERVING"
             rec = c.score_one("p1", np.zeros((32, 32), np.uint8))

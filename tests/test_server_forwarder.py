@@ -3,12 +3,9 @@ each scored slice + record to a real trainer (``trainer.ingest_service`` on a SQ
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import socket
-import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -18,12 +15,12 @@ from typing import Any
 import numpy as np
 import pytest
 from pydantic import ValidationError
+from station_process import start_serve_process
 from typer.testing import CliRunner
 
 from gsal_edge.records import ScoreRecord
 from gsal_wire.convert import make_pb_slice
 from gsal_wire.pb import scorer_pb2
-from gsal_wire.proto_loader import REPO_ROOT
 from gsal_wire.scorer_client import ItemFailed, ScorerClient, to_result
 from server.app import StationServer
 from server.cli import app
@@ -236,26 +233,10 @@ def test_config_and_cli_refuse_inconsistent_trainer_settings() -> None:
 @pytest.mark.slow
 def test_serve_process_forwards_and_flushes_on_sigterm(trainer: RunningServer, store: PoolStore) -> None:
     """``gsal-edge serve --trainer`` as a real process: records wait in its queue, SIGTERM pushes them."""
-    cmd = [sys.executable, "-m", "server.cli", "serve", "--insecure", "--port", "0", "--allow-untrained",
+    proc, addr, lines = start_serve_process(["--insecure", "--port", "0", "--allow-untrained",
            "--bundle", SPEC, "--grace-s", "5", "--station-id", STATION, "--trainer", trainer.address,
-           "--trainer-insecure", "--trainer-chunk", "50", "--trainer-max-delay-ms", "600000"]
-    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=dict(os.environ, PYTHONUNBUFFERED="1"))
-    lines: list[str] = []
+           "--trainer-insecure", "--trainer-chunk", "50", "--trainer-max-delay-ms", "600000"])
     try:
-        addr = None
-        t0 = time.time()
-        assert proc.stdout is not None
-        while time.time() - t0 < 180:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            lines.append(line)
-            m = re.search(r"listening on (127\.0\.0\.1:\d+)", line)
-            addr = addr or (m.group(1) if m else None)
-            if line.startswith("serving bundle"):
-                break
-        assert addr, "".join(lines)
         items = _slices(4)
         with ScorerClient(addr, insecure=True) as c:
             answered = {}
