@@ -126,9 +126,9 @@ def bench_unary(addr: str, slices: list[np.ndarray], conc: int, count: int, max_
 
 
 def bench_stream(addr: str, slices: list[np.ndarray], conc: int, count: int, max_s: float) -> dict[str, Any]:
-    from gsal_wire.scorer_client import ScorerClient
     from gsal_wire.convert import make_pb_slice
     from gsal_wire.pb import scorer_pb2
+    from gsal_wire.scorer_client import ScorerClient
 
     per = max(1, count // conc)
     lat: list[float] = []

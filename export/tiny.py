@@ -8,7 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from export.sources import ModelSources
-from gsal_edge.tiny_models import TinySizes, write_tiny_models as _write
+from gsal_edge.tiny_models import TinySizes
+from gsal_edge.tiny_models import write_tiny_models as _write
 
 __all__ = ["TinySizes", "write_tiny_models"]
 

@@ -63,8 +63,8 @@ def write_report(out: Path, run_dir: Path, store_dir: Path, status: dict[str, An
             lines.append(f"| {p.rank} | {name} | {p.score:.3f} | {', '.join(tc) or 'none'} | {sentence} |")
         cum.update(found)
         coverage_rows.append((f"round {r['id']}", dict(cum)))
-        lines += ["", f"Picked instances this round: {dict(found) or 'none'}; slices with a defect: "
-                  f"{sum(1 for p in ps if truth.get(p.key.partition('/')[2]))}/{len(ps)}.", ""]
+        lines += ["", (f"Picked instances this round: {dict(found) or 'none'}; slices with a defect: "
+                  f"{sum(1 for p in ps if truth.get(p.key.partition('/')[2]))}/{len(ps)}."), ""]
     lines += ["## Coverage (labeled instances per class, cumulative)", "",
               "| after | " + " | ".join(classes) + " |", "|---|" + "---|" * len(classes)]
     for name, cnt in coverage_rows:

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 
 class RecordError(ValueError):
@@ -68,7 +69,7 @@ class ScoreRecord:
         return json.dumps(self.to_dict(), separators=(",", ":"), sort_keys=False)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], where: str = "record") -> "ScoreRecord":
+    def from_dict(cls, d: dict[str, Any], where: str = "record") -> ScoreRecord:
         """Parse and validate one record; errors name ``where`` (e.g. ``scores.jsonl:17``) and the field."""
         if not isinstance(d, dict):
             raise RecordError(f"{where}: expected a JSON object, got {type(d).__name__}")

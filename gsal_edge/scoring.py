@@ -15,8 +15,9 @@ Nothing here depends on the pool: normalization and fusion happen at selection t
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -60,7 +61,7 @@ class ScorerSpec:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ScorerSpec":
+    def from_dict(cls, d: dict[str, Any]) -> ScorerSpec:
         known = set(cls.__dataclass_fields__)
         unknown = sorted(set(d) - known)
         if unknown:

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
-
 @dataclass(frozen=True)
 class TinySizes:
     """Knobs of the generated models (defaults: seconds to export, kilobytes to megabytes on disk)."""

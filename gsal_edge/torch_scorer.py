@@ -16,7 +16,7 @@ import torch
 
 from gsal_edge.clip_model import ClipModel, concept_text_embeddings
 from gsal_edge.concept_graph import ConceptGraph, load_graph
-from gsal_edge.detector import DetectorWrapper, build_detector, load_checkpoint
+from gsal_edge.detector import DetectorWrapper, load_checkpoint
 from gsal_edge.diffusion_prior import DiffusionPrior
 from gsal_edge.runtime.torch_backend import TorchEngine
 from gsal_edge.scoring import GSALScorer, ScorerSpec

@@ -18,11 +18,11 @@ import numpy as np
 import pytest
 
 from gsal_edge.records import ScoreRecord
-from server.app import StationServer
-from gsal_wire.scorer_client import ItemFailed, ScorerClient
-from server.config import MiB, ServerConfig
 from gsal_wire.convert import make_pb_slice
 from gsal_wire.pb import common_pb2, scorer_pb2
+from gsal_wire.scorer_client import ItemFailed, ScorerClient
+from server.app import StationServer
+from server.config import MiB, ServerConfig
 
 SIZE = 32  # side of the untrained scorer's models and of the test slices
 

@@ -16,8 +16,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from pydantic import ValidationError
 
-from server.app import StationServer
 from gsal_wire.scorer_client import ScorerClient
+from server.app import StationServer
 from server.config import ServerConfig, TLSConfig
 from server.station import default_scorer_factory
 

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 from gsal_edge.records import ScoreRecord
-from server.app import StationServer
 from gsal_wire.scorer_client import ItemFailed, ScorerClient, to_result
+from server.app import StationServer
 from server.config import ServerConfig
 from server.station import default_scorer_factory, parse_untrained_spec
 

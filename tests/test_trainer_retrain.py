@@ -35,8 +35,8 @@ def test_retrain_gate_deploy_rescore_rollback(tmp_path: Path):
     from gsal_edge.concept_graph import load_graph
     from gsal_edge.gsal_config import GSALConfig
     from gsal_edge.synthetic_ct import SynthConfig, generate_dataset
-    from server.app import StationServer
     from gsal_wire.scorer_client import ScorerClient
+    from server.app import StationServer
     from server.config import ServerConfig
     from server.station import default_scorer_factory
     from trainer.audit_log import read_entries, verify

@@ -501,8 +501,8 @@ def import_labels(
     path = Path(path)
     round_id = round_id if round_id is not None else store.latest_round()
     if round_id is None and not allow_unselected:
-        raise AnnotationError(path, ["the store has no selection round to import labels for (a seed set "
-                                     "of pool images can be imported with allow_unselected)"])
+        raise AnnotationError(path, [("the store has no selection round to import labels for (a seed set "
+                                     "of pool images can be imported with allow_unselected)")])
     fmt = fmt or _detect_format(path)
     problems: list[str] = []
     ignored: list[str] = []

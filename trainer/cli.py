@@ -73,8 +73,7 @@ def serve(
     else:
         if not (tls_cert and tls_key):
             _fail("give --tls-cert and --tls-key (add --client-ca for mutual TLS), or --insecure explicitly")
-        from gsal_wire.security import TLSConfig
-        from gsal_wire.security import server_credentials
+        from gsal_wire.security import TLSConfig, server_credentials
 
         creds = server_credentials(
             TLSConfig(cert=tls_cert, key=tls_key, client_ca=client_ca, require_client_cert=client_ca is not None)
