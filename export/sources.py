@@ -148,12 +148,12 @@ class Reference:
 
 def load_reference(sources: ModelSources, device: str = "cpu") -> Reference:
     """Load the checkpoints, build the engine wrappers, the scorer spec and the concept text embeddings."""
-    from gsal_edge.clip_model import ClipModel, concept_text_embeddings
+    from gsal_edge.clip_model import ClipModel
     from gsal_edge.concept_graph import load_graph
     from gsal_edge.detector import load_checkpoint
     from gsal_edge.diffusion_prior import DiffusionPrior
     from gsal_edge.gsal_config import GSALConfig
-    from gsal_edge.scoring import ScorerSpec
+    from gsal_edge.torch_scorer import concept_embedding_matrix, model_spec
 
     graph = load_graph(sources.graph)
     gcfg = GSALConfig.from_yaml(sources.gsal_config) if sources.gsal_config else GSALConfig()
@@ -165,29 +165,9 @@ def load_reference(sources: ModelSources, device: str = "cpu") -> Reference:
         device=device,
         loaded={"prior": prior, "clip": clip},
     )
-    emb_by = concept_text_embeddings(clip, {c: graph.prompts(c) for c in graph.fine})
-    emb = np.stack([emb_by[c] for c in graph.fine]).astype(np.float32)
+    emb = concept_embedding_matrix(clip, graph)
     window = (det_meta.get("preprocessing") or {}).get("window")
-    spec = ScorerSpec(
-        classes=list(det_meta["classes"]),
-        concepts=list(graph.fine),
-        alphas_cumprod=[float(a) for a in prior.alphas_cumprod],
-        prior_resolution=prior.resolution,
-        crop_resolution=prior.crop_resolution,
-        clip_resolution=clip.image_size,
-        clip_mean=tuple(clip.image_mean),
-        clip_std=tuple(clip.image_std),
-        window=tuple(window) if window else None,
-        K=gcfg.K,
-        t_frac=gcfg.t_frac,
-        ddim_steps=gcfg.ddim_steps,
-        M=gcfg.M,
-        context_margin=gcfg.context_margin,
-        proposal_mode=gcfg.proposal_mode,
-        roi_reduce=gcfg.roi_reduce,
-        novelty_threshold=gcfg.novelty_threshold,
-        base_seed=gcfg.seed,
-    )
+    spec = model_spec(list(det_meta["classes"]), prior, clip, graph, gcfg, window=window)
     info = {
         "detector": {"classes": list(det_meta["classes"]), "config": det_meta["config"].model_dump(mode="json")},
         "prior": prior.info(),

@@ -62,9 +62,6 @@ PRESETS_FILE = Path(__file__).parent / "configs" / "bench_presets.yaml"
 DEFAULT_MODELS_DIR = Path("artifacts/models")  # where `gsal-edge models train-defaults` writes by default
 STATE_FORMAT = "gsal-bench-state/1"
 NO_SCORES = frozenset({"random"})  # strategies that read nothing of the score records
-# GSALConfig fields that the scorer consumes (ScorerSpec has the same names)
-SCORER_FIELDS = ("K", "t_frac", "ddim_steps", "M", "context_margin", "proposal_mode", "roi_reduce",
-                 "novelty_threshold")
 SWEEPABLE = ("alpha", "beta", "alpha_beta", "gamma", "lambda", "mu", "rho", "eta", "M", "K", "t_frac",
              "percentile", "temperature", "hybrid_k", "context_margin")
 
@@ -777,10 +774,10 @@ class Benchmark:
         """The station scorer for this strategy's settings, with this round's detector engine."""
         from gsal_edge.detector import DetectorWrapper
         from gsal_edge.runtime.torch_backend import TorchEngine
+        from gsal_edge.scoring import spec_settings
         from gsal_edge.torch_scorer import scorer_from_models
 
-        spec_kw = {k: getattr(gcfg, k) for k in SCORER_FIELDS}
-        spec_kw["base_seed"] = int(gcfg.seed)
+        spec_kw = spec_settings(gcfg)
         key = _digest(spec_kw)
         sc = self._scorers.get(key)
         if sc is None:

@@ -80,6 +80,18 @@ class ScorerSpec:
         return dd.timestep_index(self.t_frac, len(self.alphas_cumprod))
 
 
+# GSALConfig fields the scorer consumes; ScorerSpec has the same names (plus base_seed <- seed)
+SCORER_CONFIG_FIELDS = ("K", "t_frac", "ddim_steps", "M", "context_margin", "proposal_mode", "roi_reduce",
+                        "novelty_threshold")
+
+
+def spec_settings(gsal_config: Any) -> dict[str, Any]:
+    """The ScorerSpec settings a :class:`gsal_edge.gsal_config.GSALConfig` fixes (one mapping for every caller)."""
+    out = {k: getattr(gsal_config, k) for k in SCORER_CONFIG_FIELDS}
+    out["base_seed"] = int(gsal_config.seed)
+    return out
+
+
 @dataclass
 class ScoreTimings:
     """Seconds spent per stage over the scorer's lifetime (for benchmarks and logs)."""

@@ -18,9 +18,41 @@ from gsal_edge.clip_model import ClipModel, concept_text_embeddings
 from gsal_edge.concept_graph import ConceptGraph, load_graph
 from gsal_edge.detector import DetectorWrapper, load_checkpoint
 from gsal_edge.diffusion_prior import DiffusionPrior
+from gsal_edge.gsal_config import GSALConfig
 from gsal_edge.runtime.torch_backend import TorchEngine
-from gsal_edge.scoring import GSALScorer, ScorerSpec
+from gsal_edge.scoring import GSALScorer, ScorerSpec, spec_settings
 from gsal_edge.tiny_models import TinyModelPaths, TinySizes, write_tiny_models
+
+
+def concept_embedding_matrix(clip: ClipModel, graph: ConceptGraph) -> np.ndarray:
+    """f_T(c) for every fine concept of ``graph``, in ``graph.fine`` order ([C, d] float32, spec §2)."""
+    text = concept_text_embeddings(clip, {c: list(graph.prompts(c)) for c in graph.fine})
+    return np.stack([text[c] for c in graph.fine]).astype(np.float32)
+
+
+def model_spec(
+    classes: list[str],
+    prior: DiffusionPrior,
+    clip: ClipModel,
+    graph: ConceptGraph,
+    gsal_config: GSALConfig | None = None,
+    window: tuple[float, float] | None = None,
+    **spec_overrides: Any,
+) -> ScorerSpec:
+    """The ScorerSpec of these models: resolutions/normalization from the models, settings from the GSAL config."""
+    settings = spec_settings(gsal_config or GSALConfig()) | spec_overrides
+    return ScorerSpec(
+        classes=list(classes),
+        concepts=list(graph.fine),
+        alphas_cumprod=[float(a) for a in prior.alphas_cumprod],
+        prior_resolution=prior.resolution,
+        crop_resolution=prior.crop_resolution,
+        clip_resolution=clip.image_size,
+        clip_mean=tuple(clip.image_mean),  # type: ignore[arg-type]
+        clip_std=tuple(clip.image_std),  # type: ignore[arg-type]
+        window=tuple(window) if window else None,  # type: ignore[arg-type]
+        **settings,
+    )
 
 
 def scorer_from_models(
@@ -31,30 +63,20 @@ def scorer_from_models(
     graph: ConceptGraph | str | Path,
     bundle_id: str = "torch-unbundled",
     station: str = "",
+    gsal_config: GSALConfig | None = None,
     **spec_overrides: Any,
 ) -> GSALScorer:
     """Wrap loaded models as TorchEngines and precompute f_T(c) for every fine concept (Eq. 3)."""
     g = load_graph(graph)
-    text = concept_text_embeddings(clip, {c: list(g.prompts(c)) for c in g.fine})
-    spec = ScorerSpec(
-        classes=list(classes),
-        concepts=list(g.fine),
-        alphas_cumprod=[float(a) for a in prior.alphas_cumprod],
-        prior_resolution=prior.resolution,
-        crop_resolution=prior.crop_resolution,
-        clip_resolution=clip.image_size,
-        clip_mean=clip.image_mean,  # type: ignore[arg-type]
-        clip_std=clip.image_std,  # type: ignore[arg-type]
-        **spec_overrides,
-    )
+    spec = model_spec(classes, prior, clip, g, gsal_config, **spec_overrides)
     engines = {
         "detector": TorchEngine("detector", DetectorWrapper(detector)),
         "vae_encoder": TorchEngine("vae_encoder", prior.vae_encoder_module()),
         "unet": TorchEngine("unet", prior.unet_module()),
         "clip_image": TorchEngine("clip_image", clip.image_module()),
     }
-    emb = np.stack([text[c] for c in g.fine])
-    return GSALScorer(engines, spec, emb, bundle_id=bundle_id, station=station, graph_name=g.name)
+    return GSALScorer(engines, spec, concept_embedding_matrix(clip, g), bundle_id=bundle_id, station=station,
+                      graph_name=g.name)
 
 
 def scorer_from_paths(
