@@ -15,7 +15,7 @@ __all__ = ["TinySizes", "write_tiny_models"]
 
 
 def write_tiny_models(root: str | Path, graph: str = "thin_film_ct", seed: int = 0,
-                      sizes: TinySizes = TinySizes()) -> ModelSources:
+                      sizes: TinySizes | None = None) -> ModelSources:
     """Write detector.pt, prior/, clip/ under ``root`` and return their :class:`ModelSources`."""
-    p = _write(root, graph=graph, seed=seed, sizes=sizes)
+    p = _write(root, graph=graph, seed=seed, sizes=sizes or TinySizes())
     return ModelSources(p.detector, p.prior, p.clip, p.graph)

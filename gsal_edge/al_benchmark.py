@@ -62,6 +62,9 @@ PRESETS_FILE = Path(__file__).parent / "configs" / "bench_presets.yaml"
 DEFAULT_MODELS_DIR = Path("artifacts/models")  # where `gsal-edge models train-defaults` writes by default
 STATE_FORMAT = "gsal-bench-state/1"
 NO_SCORES = frozenset({"random"})  # strategies that read nothing of the score records
+# strategies that read only the whole-slice CLIP embedding: it does not depend on the round's detector, so it is
+# computed once per image (the same f_I the scorer attaches to a record) instead of re-scoring the pool
+EMBEDDING_ONLY = frozenset({"coreset"})
 SWEEPABLE = ("alpha", "beta", "alpha_beta", "gamma", "lambda", "mu", "rho", "eta", "M", "K", "t_frac",
              "percentile", "temperature", "hybrid_k", "context_margin")
 
@@ -139,7 +142,14 @@ class BenchConfig(_Strict):
     budget: float = Field(0.10, gt=0, le=1, description="final labeled share")
     detector: str = Field("cpu", description="detector preset name or a detector config YAML")
     detector_overrides: dict[str, Any] = Field(default_factory=dict)
-    train_iters: int = Field(300, ge=1, description="optimizer iterations per round (epochs derived)")
+    train_iters: int = Field(300, ge=1, description="optimizer iterations of a from-scratch training (epochs derived)")
+    retrain: Literal["scratch", "finetune"] = Field(
+        "scratch", description="each round: train from scratch, or fine-tune the strategy's previous-round detector "
+                               "(round 0 is always from scratch and shared by the strategies of a seed)")
+    finetune_iters: int = Field(150, ge=1, description="optimizer iterations of a fine-tuning round (retrain=finetune)")
+    candidates: int | None = Field(
+        None, ge=1, description="score a seeded random subset of this many unlabeled images per round (all "
+                                "strategies alike); None = the whole unlabeled pool")
     gsal: list[str] = Field(default_factory=list, description="GSALConfig name=value overrides (all strategies)")
     rare_fraction: float = Field(0.2, gt=0, le=1, description="rare = bottom share of classes by instances")
     rare_classes: list[str] | None = None
@@ -736,13 +746,16 @@ class Benchmark:
         except DetectorConfigError as e:
             raise BenchError(f"detector {self.cfg.detector!r}: {e}") from None
 
-    def epochs_for(self, n_labeled: int, batch_size: int) -> int:
-        """Epochs that give about ``train_iters`` iterations on ``n_labeled`` images."""
+    def epochs_for(self, n_labeled: int, batch_size: int, iters: int | None = None) -> int:
+        """Epochs that give about ``iters`` (default ``train_iters``) iterations on ``n_labeled`` images."""
         per_epoch = math.ceil(n_labeled / batch_size)
-        return max(1, round(self.cfg.train_iters / per_epoch))
+        return max(1, round((iters or self.cfg.train_iters) / per_epoch))
 
-    def train_and_eval(self, labeled: list[str], seed: int, r: int, label_mode: str) -> tuple[Any, dict, dict, bool]:
-        """Train from scratch on ``labeled`` and evaluate on the test split; round 0 is shared per seed."""
+    def train_and_eval(self, labeled: list[str], seed: int, r: int, label_mode: str,
+                       init: Any | None = None) -> tuple[Any, dict, dict, bool]:
+        """Train on ``labeled`` (from scratch, or fine-tune ``init``) and evaluate on the test split.
+
+        Round 0 is always from scratch and shared by the strategies of a seed."""
         from gsal_edge.detector import load_checkpoint, save_checkpoint
         from gsal_edge.detector_training import evaluate_detector, preprocessing_meta, train_detector
 
@@ -753,10 +766,11 @@ class Benchmark:
             if saved.get("labeled") == labeled:
                 model, _ = load_checkpoint(shared / "detector.pt")
                 return model, saved["metrics"], saved["times"], True
-        epochs = self.epochs_for(len(labeled), dcfg.train.batch_size)
+        iters = self.cfg.finetune_iters if init is not None else self.cfg.train_iters
+        epochs = self.epochs_for(len(labeled), dcfg.train.batch_size, iters)
         t0 = time.perf_counter()
         model = train_detector(self.dataset, dcfg, epochs=epochs, seed=int(seed) * 1000 + r, image_ids=labeled,
-                               window=self.cfg.data.window, progress=False)
+                               window=self.cfg.data.window, progress=False, init_from=init)
         t1 = time.perf_counter()
         metrics = evaluate_detector(model, self.dataset, self.test_ids, window=self.cfg.data.window)
         t2 = time.perf_counter()
@@ -851,6 +865,33 @@ class Benchmark:
     def state_path(self, spec: StrategySpec, seed: int) -> Path:
         return self.run_dir / "results" / spec.slug / f"seed-{seed}.json"
 
+    def model_path(self, spec: StrategySpec, seed: int, r: int) -> Path:
+        """The round's detector, kept until the next round's state is written (retrain=finetune resumes from it)."""
+        return self.run_dir / "results" / spec.slug / f"seed-{seed}-detector-r{r:02d}.pt"
+
+    def previous_model(self, spec: StrategySpec, seed: int, r: int, in_memory: Any | None) -> Any | None:
+        """The detector a fine-tuning round starts from: the previous round's (None: train from scratch)."""
+        if self.cfg.retrain != "finetune" or r == 0:
+            return None
+        if in_memory is not None:
+            return in_memory
+        from gsal_edge.detector import load_checkpoint
+
+        path = self.model_path(spec, seed, r - 1)
+        if not path.is_file():
+            raise BenchError(f"{path}: missing; retrain=finetune resumes round {r} from round {r - 1}'s detector")
+        model, _ = load_checkpoint(path)
+        return model
+
+    def candidate_ids(self, unlabeled: list[str], seed: int, r: int) -> list[str]:
+        """The round's candidates: the unlabeled pool, or a seeded random subset of ``candidates`` images."""
+        n = self.cfg.candidates
+        if n is None or len(unlabeled) <= n:
+            return unlabeled
+        rng = np.random.default_rng([int(seed), r, 0x5EED])
+        keep = np.sort(rng.choice(len(unlabeled), size=n, replace=False))
+        return [unlabeled[i] for i in keep]
+
     def load_state(self, spec: StrategySpec, seed: int) -> dict[str, Any]:
         path = self.state_path(spec, seed)
         if path.is_file():
@@ -883,13 +924,15 @@ class Benchmark:
         gcfg = self.gsal_cfgs[spec.key]
         strategy = get_strategy(spec.base)
         n_rounds = len(self.sizes)
+        model = None
         while not state["finished"]:
             r = len(state["rounds"])
             labeled = list(state["labeled"])
             if len(labeled) != self.sizes[r]:
                 raise BenchError(f"{self.state_path(spec, seed)}: round {r} has {len(labeled)} labeled images, "
                                  f"expected {self.sizes[r]}")
-            model, metrics, times, shared = self.train_and_eval(labeled, seed, r, gcfg.label_mode)
+            init = self.previous_model(spec, seed, r, model)
+            model, metrics, times, shared = self.train_and_eval(labeled, seed, r, gcfg.label_mode, init)
             times = {"train": times["train"], "eval": times["eval"], "epochs": times["epochs"],
                      "score": 0.0, "select": 0.0}
             rec: dict[str, Any] = {"round": r, "budget": self.budgets[r], "n_labeled": len(labeled),
@@ -898,11 +941,16 @@ class Benchmark:
             if not last:
                 b = self.sizes[r + 1] - self.sizes[r]
                 lab_set = set(labeled)
-                unlabeled = [i for i in self.pool_ids if i not in lab_set]
+                unlabeled = self.candidate_ids([i for i in self.pool_ids if i not in lab_set], seed, r)
+                rec["n_candidates"] = len(unlabeled)
                 scorer = None
                 t0 = time.perf_counter()
                 if spec.base in NO_SCORES:
                     pool = _ids_only_pool(unlabeled)
+                    rec["assigner_sources"] = None
+                elif spec.base in EMBEDDING_ONLY:
+                    pool = _ids_only_pool(unlabeled, self.image_embeddings(unlabeled))
+                    times["score"] = time.perf_counter() - t0
                     rec["assigner_sources"] = None
                 else:
                     scorer = self.scorer_for(gcfg, model)
@@ -911,7 +959,7 @@ class Benchmark:
                     cache_file = None
                     if r == 0:
                         key = _digest([scorer.spec.to_dict(), rec["assigner_sources"], gcfg.assigner, gcfg.hybrid_k,
-                                       self.prior_fp, self.clip_fp, labeled])
+                                       self.prior_fp, self.clip_fp, labeled, unlabeled])
                         cache_file = self.run_dir / "shared" / f"seed-{seed}" / f"records-{gcfg.label_mode}-{key}.jsonl"
                         if cache_file.is_file() and cache_file.with_suffix(".json").is_file():
                             records = list(read_jsonl(cache_file))
@@ -946,9 +994,18 @@ class Benchmark:
                 rec["picks"] = [self._pick_record(p) for p in sel.picks]
                 state["labeled"] = labeled + [p.image_id for p in sel.picks]
             rec["times"] = times
+            rec["retrain"] = "finetune" if init is not None else "scratch"
             state["rounds"].append(_clean(rec))
             state["finished"] = last
+            if self.cfg.retrain == "finetune" and not last:
+                from gsal_edge.detector import save_checkpoint
+                from gsal_edge.detector_training import preprocessing_meta
+
+                save_checkpoint(self.model_path(spec, seed, r), model, model.config, list(model.classes),
+                                preprocessing_meta(model.config, self.cfg.data.window))
             write_json_atomic(self.state_path(spec, seed), state)
+            if r > 0:
+                self.model_path(spec, seed, r - 1).unlink(missing_ok=True)
             m = rec["metrics"]
             self.say(f"[{spec.key} seed {seed}] round {r + 1}/{n_rounds} labeled {len(labeled)} "
                      f"F1 {_f(m.get('f1'))} mAP50 {_f(m.get('map50'))} AP {_f(m.get('ap'))} "
@@ -990,15 +1047,15 @@ def _f(v: Any) -> str:
     return "n/a" if v is None else f"{float(v):.3f}"
 
 
-def _ids_only_pool(ids: list[str]) -> Any:
-    """A ScorePool holding only image ids (strategies in NO_SCORES read nothing else)."""
+def _ids_only_pool(ids: list[str], embeddings: np.ndarray | None = None) -> Any:
+    """A ScorePool holding only image ids (NO_SCORES strategies) and whole-slice embeddings (EMBEDDING_ONLY)."""
     from gsal_edge.fusion import ScorePool
 
     n = len(ids)
     z = np.zeros(0)
     return ScorePool(image_ids=np.array(ids, dtype=str), e_rec=np.zeros(n), v_den=np.zeros(n),
                      prop_image=np.zeros(0, np.int64), prop_box=np.zeros((0, 4)), prop_score=z, prop_e_rec=z,
-                     prop_v_den=z, prop_concept=np.zeros(0, np.int64), concepts=())
+                     prop_v_den=z, prop_concept=np.zeros(0, np.int64), concepts=(), embeddings=embeddings)
 
 
 def _config_diff(old: Any, new: Any, prefix: str = "", ignore: set[str] = frozenset()) -> list[str]:

@@ -118,6 +118,14 @@ def _md_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def _retrain_text(cfg: dict[str, Any]) -> str:
+    if cfg.get("retrain") == "finetune":
+        return (f"trained from scratch in round 0 (~{cfg.get('train_iters')} iterations, shared by the strategies of "
+                f"a seed), then each round fine-tuned from that strategy's previous-round detector on all its labels "
+                f"(~{cfg.get('finetune_iters')} iterations)")
+    return f"retrained from scratch each round (~{cfg.get('train_iters')} iterations)"
+
+
 def _pct(b: float) -> str:
     return f"{100 * b:g}%"
 
@@ -321,10 +329,11 @@ def write_report(run_dir: str | Path) -> Path:
          f"({info['data']['n_images']} images: pool {info['pool_size']}, held-out test {info['test_size']}); "
          f"graph `{info.get('graph')}`"),
         f"- label mode: {', '.join(mode_set)}{per_mode}",
-        (f"- detector `{cfg.get('detector')}` retrained from scratch each round (~{cfg.get('train_iters')} "
-         f"iterations); {len(run.seeds)} seed(s) {run.seeds}; labeled share {_pct(run.budgets[0])} -> "
+        (f"- detector `{cfg.get('detector')}` {_retrain_text(cfg)}; {len(run.seeds)} seed(s) {run.seeds}; "
+         f"labeled share {_pct(run.budgets[0])} -> "
          f"{_pct(run.budgets[-1])} in steps of {_pct(cfg.get('step', 0))} ({info['labeled_sizes'][0]} -> "
          f"{info['labeled_sizes'][-1]} images)"),
+        (f"- candidates per round: {'the whole unlabeled pool' if not cfg.get('candidates') else str(cfg['candidates']) + ' unlabeled images drawn at random (seeded by seed and round), the same rule for every strategy'}"),
         (f"- rare classes (bottom {_pct(cfg.get('rare_fraction', 0.2))} by pool instances, or configured): "
          f"{', '.join(info.get('rare_classes', []))}; pool instances per class: {counts}"),
         (f"- prior `{info['models']['prior']}` ({info['models']['prior_fingerprint']}), "

@@ -112,7 +112,7 @@ def load_image(path: str | Path) -> np.ndarray:
                 arr = _pil_array(im)
     except DatasetError:
         raise
-    except Exception as exc:  # PIL/tifffile raise many types (OSError, SyntaxError, ValueError, zlib.error)
+    except Exception as exc:  # noqa: BLE001 - PIL/tifffile raise many types (OSError, SyntaxError, zlib.error...)
         raise DatasetError(f"{p}: corrupt, truncated or unsupported image ({type(exc).__name__}: {exc})") from None
     return _as_stored(np.asarray(arr), p)
 
@@ -169,7 +169,7 @@ def image_size(path: str | Path) -> tuple[int, int]:
 
         with Image.open(p) as im:
             return int(im.size[0]), int(im.size[1])
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - as in load_image: PIL raises many types for a bad header
         raise DatasetError(f"{p}: corrupt or unsupported image header ({type(exc).__name__}: {exc})") from None
 
 

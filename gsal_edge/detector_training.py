@@ -244,6 +244,7 @@ def train_detector(
     max_iters: int | None = None,
     cache_images: bool = True,
     device: str = "cpu",
+    init_from: CTFasterRCNN | None = None,
 ) -> CTFasterRCNN:
     """Train a detector on ``dataset`` (or the ``image_ids`` subset of it) and return it (eval mode).
 
@@ -251,17 +252,20 @@ def train_detector(
     With ``out_dir``, a checkpoint is written every epoch and, with ``resume``, an existing
     ``last.pt`` there is continued (it must come from the same config, data, classes and seed).
     ``max_iters`` stops early after that many iterations in total (for timing and tests).
-    ``cache_images`` keeps the slices in memory as stored after their first read. The caller's
-    global torch RNG state is left as it was.
+    ``cache_images`` keeps the slices in memory as stored after their first read. ``init_from``
+    starts from that model's weights (same architecture and classes) instead of a fresh
+    initialization: fine-tuning, e.g. the previous active-learning round's detector; the
+    optimizer and LR schedule still start fresh. The caller's global torch RNG state is left as it was.
     """
     with torch.random.fork_rng(devices=[]):
         return _train(dataset, cfg, epochs, out_dir, seed, resume, image_ids, window, progress, max_iters,
-                      cache_images, torch.device(device))
+                      cache_images, torch.device(device), init_from)
 
 
 def _train(dataset: DetectionDataset, cfg: str | DetectorConfig, epochs: int | None, out_dir: str | Path | None,
            seed: int, resume: bool, image_ids: Sequence[str] | None, window: tuple[float, float] | None,
-           progress: bool, max_iters: int | None, cache_images: bool, device: torch.device) -> CTFasterRCNN:
+           progress: bool, max_iters: int | None, cache_images: bool, device: torch.device,
+           init_from: CTFasterRCNN | None = None) -> CTFasterRCNN:
     cfg = resolve_config(cfg)
     tcfg = cfg.train
     epochs = tcfg.epochs if epochs is None else int(epochs)
@@ -284,7 +288,10 @@ def _train(dataset: DetectionDataset, cfg: str | DetectorConfig, epochs: int | N
     fingerprint = {"config": cfg.model_dump(mode="json"), "classes": classes, "ids": _ids_digest(ids),
                    "seed": int(seed), "window": list(window) if window else None}
 
-    model = build_detector(cfg, len(classes), seed=seed).to(device)
+    model = build_detector(cfg, len(classes), seed=seed)
+    if init_from is not None:
+        _load_init(model, init_from, cfg, classes)
+    model = model.to(device)
     model.classes = classes
     params = [p for p in model.parameters() if p.requires_grad]
     opt = make_optimizer(params, tcfg)
@@ -365,6 +372,18 @@ def _train(dataset: DetectionDataset, cfg: str | DetectorConfig, epochs: int | N
                "versions": _versions(), "git_commit": _git_commit()}
         (out / "run.json").write_text(json.dumps(run, indent=2))
     return model
+
+
+def _load_init(model: CTFasterRCNN, init_from: CTFasterRCNN, cfg: DetectorConfig, classes: list[str]) -> None:
+    """Copy ``init_from``'s weights into the fresh ``model``; refuse another architecture or class list."""
+    src_classes = list(getattr(init_from, "classes", []) or [])
+    if src_classes != classes:
+        raise TrainingError(f"init_from: the model has classes {src_classes}, training needs {classes}")
+    src_cfg = getattr(init_from, "config", None)
+    skip = {"train", "weights", "weights_backbone"}  # how to train / where weights came from, not the architecture
+    if src_cfg is not None and src_cfg.model_dump(exclude=skip) != cfg.model_dump(exclude=skip):
+        raise TrainingError("init_from: the model was built from another detector config (only `train` may differ)")
+    model.load_state_dict({k: v.detach().cpu().clone() for k, v in init_from.state_dict().items()})
 
 
 def _restore(last: Path, model: CTFasterRCNN, opt: torch.optim.Optimizer, fingerprint: dict[str, Any],

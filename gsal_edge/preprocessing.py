@@ -36,7 +36,7 @@ def to_unit_float(img: np.ndarray, window: tuple[float, float] | None = None) ->
     channel count, unsupported dtype, NaN or Inf values, a bad window.
     """
     if not isinstance(img, np.ndarray):
-        raise ValueError(f"image must be a numpy array, got {type(img).__name__}")
+        raise ValueError(f"image must be a numpy array, got {type(img).__name__}")  # noqa: TRY004 - callers map ValueError to a bad-input reply
     if img.size == 0:
         raise ValueError(f"image is empty (shape {img.shape})")
     if img.ndim not in (2, 3):

@@ -230,6 +230,41 @@ def test_resume_after_kill_repeats_no_round(tiny_models: Path, data_cache: Path,
         run_benchmark(cfg.model_copy(update={"train_iters": 5}), run, progress=False)
 
 
+def test_finetune_rounds_resume_from_the_saved_detector(tiny_models: Path, data_cache: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    cfg = _cfg(tiny_models, data_cache, strategies=["gsal", "coreset"], seeds=[0], budget=0.4, retrain="finetune",
+               finetune_iters=2, candidates=10)
+
+    def kill_after_gsal_round_1(ev: dict) -> None:
+        if ev["strategy"] == "gsal" and ev["round"] == 1:
+            raise _Kill("simulated kill between rounds")
+
+    with pytest.raises(_Kill):
+        run_benchmark(cfg, run, progress=False, on_round_end=kill_after_gsal_round_1)
+    models = sorted(p.name for p in (run / "results" / "gsal").glob("*.pt"))
+    assert models == ["seed-0-detector-r01.pt"], "round 1's detector is kept for the resume, round 0's is gone"
+    run_benchmark(cfg, run, progress=False)
+    st = _state(run, "gsal")
+    assert st["finished"] and [r["retrain"] for r in st["rounds"]] == ["scratch", "finetune", "finetune"]
+    assert [r.get("n_candidates") for r in st["rounds"][:-1]] == [10, 10]
+    assert all(r["times"]["epochs"] >= 1 for r in st["rounds"])
+    assert not list((run / "results" / "gsal").glob("*.pt")), "no detector is left behind after the last round"
+    # every pick is one of that round's candidates, drawn from the unlabeled pool with the (seed, round) rule
+    bench = Benchmark(cfg, run, progress=False)
+    bench.prepare()
+    for name in ("gsal", "coreset"):
+        st = _state(run, name)
+        for r, rnd in enumerate(st["rounds"][:-1]):
+            labeled = st["labeled"][: rnd["n_labeled"]]
+            unlabeled = [i for i in bench.pool_ids if i not in set(labeled)]
+            cand = bench.candidate_ids(unlabeled, 0, r)
+            assert len(cand) == 10 and {p["image_id"] for p in rnd["picks"]} <= set(cand)
+    co = _state(run, "coreset")["rounds"][0]
+    assert co["assigner_sources"] is None  # core-set read only the cached whole-slice embeddings
+    text = (run / "report.md").read_text()
+    assert "fine-tuned from that strategy's previous-round detector" in text and "10 unlabeled images" in text
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["coco", "yolo"])
 def test_dataset_formats_and_binary_mode(fmt: str, tiny_models: Path, data_cache: Path, tmp_path: Path) -> None:

@@ -162,6 +162,28 @@ def test_resume_refuses_other_data_or_config(tmp_path) -> None:
     train_detector(ds, get_config("tiny"), 1, tmp_path / "r", seed=0, resume=False, progress=False)
 
 
+def test_init_from_fine_tunes_and_refuses_another_architecture(tmp_path) -> None:
+    ds = _squares_dataset(tmp_path / "d", 12)
+    cfg = get_config("tiny", {"train": {"batch_size": 4, "lr": 0.02, "warmup_iters": 2}})
+    first = train_detector(ds, cfg, 3, seed=1, progress=False)
+    before = {k: v.clone() for k, v in first.state_dict().items()}
+    # zero iterations of fine-tuning (max_iters=0) returns the source's weights exactly: they were copied
+    copy = train_detector(ds, cfg, 1, seed=2, progress=False, init_from=first, max_iters=0)
+    assert all(torch.equal(before[k], v) for k, v in copy.state_dict().items())
+    tuned = train_detector(ds, cfg, 2, seed=2, progress=False, init_from=first)
+    fresh = train_detector(ds, cfg, 2, seed=2, progress=False)
+    changed = [k for k, v in tuned.state_dict().items() if v.is_floating_point() and not torch.equal(v, before[k])]
+    assert changed, "fine-tuning left every weight as it was"
+    assert all(torch.equal(before[k], v) for k, v in first.state_dict().items()), "the source model was modified"
+    w = "backbone.body.0.0.weight"
+    assert w in before and not torch.allclose(tuned.state_dict()[w], fresh.state_dict()[w])
+    with pytest.raises(TrainingError, match="another detector config"):
+        train_detector(ds, get_config("tiny", {"small_widths": [4, 12]}), 1, progress=False, init_from=first)
+    agnostic = get_config("tiny", {"class_agnostic": True})
+    with pytest.raises(TrainingError, match="classes"):
+        train_detector(ds, agnostic, 1, progress=False, init_from=first)
+
+
 def test_bad_inputs_are_named(tmp_path) -> None:
     ds = _squares_dataset(tmp_path / "d", 4)
     with pytest.raises(TrainingError, match="nope"):

@@ -64,7 +64,12 @@ def bench(
     step: Annotated[float | None, typer.Option(help="labeled share added per round")] = None,
     budget: Annotated[float | None, typer.Option(help="final labeled share")] = None,
     detector: Annotated[str | None, typer.Option(help="detector preset (paper|edge|cpu|tiny) or YAML")] = None,
-    train_iters: Annotated[int | None, typer.Option(help="detector iterations per round")] = None,
+    train_iters: Annotated[int | None, typer.Option(help="detector iterations of a from-scratch training")] = None,
+    retrain: Annotated[str | None, typer.Option(help="scratch (every round) | finetune (round 0 from scratch, "
+                                                     "then the previous round's detector)")] = None,
+    finetune_iters: Annotated[int | None, typer.Option(help="detector iterations of a fine-tuning round")] = None,
+    candidates: Annotated[int | None, typer.Option(help="score a seeded random subset of this many unlabeled "
+                                                         "images per round (default: the preset's)")] = None,
     models: Annotated[Path | None, typer.Option(help="folder with prior/ (or diffusion/) and clip/ "
                                                          "[default: artifacts/models, from `models train-defaults`]")] = None,
     prior: Annotated[Path | None, typer.Option(help="diffusion prior folder")] = None,
@@ -100,7 +105,8 @@ def bench(
                 raise BenchError(f"--seeds must be >= 1, got {seeds}")
             ov["seeds"] = list(range(seeds))
         for k, v in (("init", init), ("step", step), ("budget", budget), ("detector", detector),
-                     ("train_iters", train_iters), ("graph", graph), ("threads", threads)):
+                     ("train_iters", train_iters), ("retrain", retrain), ("finetune_iters", finetune_iters),
+                     ("candidates", candidates), ("graph", graph), ("threads", threads)):
             if v is not None:
                 ov[k] = v
         if models is not None:
