@@ -303,6 +303,59 @@ def plot_gallery(run: RunData, out: Path, per_strategy: int = 4) -> Path | None:
 # ----------------------------------------------------------------------------------------- report
 
 
+def _box_iou(a: Any, b: Any) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def check_driver(pick: dict[str, Any], class_to_concept: dict[str, str], rare_concepts: set[str],
+                 iou_thr: float = 0.1) -> dict[str, bool] | None:
+    """Judge one pick's rationale against the revealed truth: did the proposal that drove it lie on a
+    labeled box (IoU >= ``iou_thr``), was its Eq. 3 concept that box's class, and did it claim a rare
+    concept (and was it right)? ``None`` for picks without a driving proposal."""
+    prop = (pick.get("rationale") or {}).get("proposal")
+    if not prop or "box" not in prop:
+        return None
+    gt = [(box, class_to_concept.get(c, c)) for box, c in pick.get("gt", [])]
+    best = max(((_box_iou(prop["box"], box), c) for box, c in gt), default=(0.0, None))
+    on_defect = best[0] >= iou_thr
+    concept = prop.get("concept")
+    right = on_defect and best[1] == concept
+    return {"on_defect": on_defect, "concept_right": right, "claims_rare": concept in rare_concepts,
+            "rare_right": concept in rare_concepts and right}
+
+
+def rationale_check_rows(run: RunData) -> list[list[str]]:
+    """Per strategy with proposal-driven rationale: how often the driving proposal and its concept were true."""
+    info = run.info
+    c2c = dict(info.get("class_to_concept", {}))
+    rare = {c2c.get(c, c) for c in info.get("rare_classes", [])}
+    slugs = info.get("strategy_slugs", {})
+    rows = []
+    for s in run.strategies:
+        judged = []
+        for seed in run.results[s]:
+            folder = run.run_dir / "picks" / slugs.get(s, s) / f"seed-{seed}"
+            for f in sorted(folder.glob("round-*.json")):
+                picks = json.loads(f.read_text()).get("picks", [])
+                gts = {r["image_id"]: r["gt"] for rnd in run.results[s][seed] for r in rnd.get("picks", [])}
+                for p in picks:
+                    j = check_driver({**p, "gt": gts.get(p["image_id"], [])}, c2c, rare)
+                    if j is not None:
+                        judged.append(j)
+        if not judged:
+            continue
+        n = len(judged)
+        claims = sum(j["claims_rare"] for j in judged)
+        rows.append([s, str(n), f"{np.mean([j['on_defect'] for j in judged]):.2f}",
+                     f"{np.mean([j['concept_right'] for j in judged]):.2f}", str(claims),
+                     f"{sum(j['rare_right'] for j in judged) / claims:.2f}" if claims else "–"])
+    return rows
+
+
 def _first_full_coverage(run: RunData, s: str) -> str:
     n_rare = len(run.info.get("rare_classes", []))
     out = []
@@ -365,6 +418,15 @@ def write_report(run_dir: str | Path) -> Path:
 
     lines += ["Share of each round's picks with at least one defect (truth revealed after the pick):", "",
               _md_table(pick_heads, [row[:-1] for row in metric_table(run, yield_get, "{:.2f}")]), ""]
+    check = rationale_check_rows(run)
+    if check:
+        lines += ["## Rationale check (each pick's driving proposal against the revealed truth, all seeds and rounds)",
+                  "",
+                  ("on a defect: the proposal that drove the pick overlaps a labeled box (IoU >= 0.1); concept right: "
+                   "and its Eq. 3 concept is that box's class; rare claims: picks whose driving concept is a rare "
+                   "class, and the share of those that were right."), "",
+                  _md_table(["strategy", "picks", "on a defect", "concept right", "rare claims", "rare claims right"],
+                            check), ""]
     classes = info.get("classes", [])
     last = len(run.budgets) - 1
     rows = []
@@ -397,8 +459,9 @@ def write_report(run_dir: str | Path) -> Path:
                      if any("picks" in r for r in recs) else "–", str(len(recs))])
     lines += ["## Wall time per round (seconds, mean)", "",
               ("Round 0 is trained, evaluated and scored once per seed and label mode and shared by all strategies; "
-               "score = the station scorer over the unlabeled pool (image-level diffusion scores come from a cache "
-               "after their first computation), select = fusion + selection."), "",
+               "score = the station scorer over the round's candidates (the unlabeled pool or its seeded subset; "
+               "image-level diffusion scores come from a cache after their first computation; core-set reads only "
+               "cached whole-slice embeddings), select = fusion + selection."), "",
               _md_table(["strategy", "train", "eval", "score", "select", "rounds"], rows), ""]
     sens = sensitivity_rows(run)
     if sens:

@@ -83,3 +83,37 @@ def test_write_report_files_and_sections(run_dir: Path) -> None:
 def test_missing_run_folder_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="run.json"):
         write_report(tmp_path)
+
+
+def _pick(box: list[float], concept: str) -> dict:
+    return {"rationale": {"proposal": {"box": box, "concept": concept}}}
+
+
+def test_check_driver_judges_the_driving_proposal() -> None:
+    from gsal_edge.al_report import check_driver
+
+    gt = [[[10, 10, 20, 20], "petal"], [[50, 50, 60, 60], "void"]]
+    c2c, rare = {"petal": "petal", "void": "void"}, {"petal"}
+    right = check_driver({**_pick([11, 11, 21, 21], "petal"), "gt": gt}, c2c, rare)
+    assert right == {"on_defect": True, "concept_right": True, "claims_rare": True, "rare_right": True}
+    # a rare claim on the void box: on a defect, wrong concept
+    wrong = check_driver({**_pick([50, 50, 59, 61], "petal"), "gt": gt}, c2c, rare)
+    assert wrong == {"on_defect": True, "concept_right": False, "claims_rare": True, "rare_right": False}
+    # on background (IoU 0 with both boxes), and a pick with no driving proposal
+    assert check_driver({**_pick([100, 100, 110, 110], "void"), "gt": gt}, c2c, rare)["on_defect"] is False
+    assert check_driver({"rationale": {"driver": "hard image"}, "gt": gt}, c2c, rare) is None
+    # the class -> concept map applies to the truth
+    mapped = check_driver({**_pick([10, 10, 20, 20], "petal"), "gt": [[[10, 10, 20, 20], "Petal"]]},
+                          {"Petal": "petal"}, rare)
+    assert mapped["rare_right"]
+
+
+def test_rationale_check_section_reads_the_pick_files(run_dir: Path) -> None:
+    folder = run_dir / "picks" / "gsal" / "seed-0"
+    folder.mkdir(parents=True)
+    picks = [{"image_id": "s1", **_pick([10, 10, 20, 20], "petal")},
+             {"image_id": "s1", **_pick([100, 100, 120, 120], "petal")}]
+    (folder / "round-00.json").write_text(json.dumps({"picks": picks}))
+    text = write_report(run_dir).read_text()
+    assert "## Rationale check" in text
+    assert "| gsal | 2 | 0.50 | 0.50 | 2 | 0.50 |" in text
