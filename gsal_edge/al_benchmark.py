@@ -154,6 +154,8 @@ class BenchConfig(_Strict):
     rare_fraction: float = Field(0.2, gt=0, le=1, description="rare = bottom share of classes by instances")
     rare_classes: list[str] | None = None
     threads: int = Field(1, ge=1)
+    device: str = Field("cpu", description="where the detector trains and is evaluated: cpu | cuda[:N] | auto "
+                                           "(cuda when torch sees a GPU); scoring stays on the CPU engines")
     score_batch: int = Field(32, ge=1)
     mc_dropout_T: int = Field(10, ge=2)
     gallery_picks: int = Field(4, ge=1, description="picks per strategy shown in the gallery")
@@ -178,8 +180,26 @@ class BenchConfig(_Strict):
                 raise ValueError(f"sweep {name!r}: no values")
         return self
 
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if not re.fullmatch(r"cpu|auto|cuda(:\d+)?", v):
+            raise ValueError(f"device must be cpu, auto, cuda or cuda:N, got {v!r}")
+        return v
+
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu``; a named cuda device must exist."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise BenchError(f"device {device!r}: torch sees no GPU here (use --device cpu or auto)")
+    return device
 
 
 def preset_names(path: str | Path = PRESETS_FILE) -> list[str]:
@@ -538,6 +558,7 @@ class Benchmark:
         import torch
 
         torch.set_num_threads(self.cfg.threads)
+        self.device = resolve_device(self.cfg.device)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.graph: ConceptGraph = load_graph(self.cfg.graph)
         self.dataset = self._load_data()
@@ -649,7 +670,10 @@ class Benchmark:
         split = {"test": self.test_ids, "pool": self.pool_ids, "init": {str(s): v for s, v in self.init_sets.items()}}
         if path.is_file():
             old = _read_json(path)
-            diff = _config_diff(old.get("config", {}), cfg, ignore={"threads"})
+            # where and how fast it runs (threads, device) may change on resume; nothing else may
+            # a field added after the run started counts as its default (older run folders stay resumable)
+            old_cfg = {**BenchConfig().to_dict(), **old.get("config", {})}
+            diff = _config_diff(old_cfg, cfg, ignore={"threads", "device"})
             if diff:
                 raise BenchError(f"{path}: this run folder was started with another config ({'; '.join(diff[:6])}); "
                                  "resume it with the same options (or only --out), or use a new --out")
@@ -770,9 +794,10 @@ class Benchmark:
         epochs = self.epochs_for(len(labeled), dcfg.train.batch_size, iters)
         t0 = time.perf_counter()
         model = train_detector(self.dataset, dcfg, epochs=epochs, seed=int(seed) * 1000 + r, image_ids=labeled,
-                               window=self.cfg.data.window, progress=False, init_from=init)
+                               window=self.cfg.data.window, progress=False, init_from=init, device=self.device)
         t1 = time.perf_counter()
-        metrics = evaluate_detector(model, self.dataset, self.test_ids, window=self.cfg.data.window)
+        metrics = evaluate_detector(model, self.dataset, self.test_ids, window=self.cfg.data.window,
+                                    device=self.device)
         t2 = time.perf_counter()
         times = {"train": t1 - t0, "eval": t2 - t1, "epochs": epochs}
         if label_mode == "binary":

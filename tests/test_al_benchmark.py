@@ -349,3 +349,28 @@ def test_coreset_hybrid_and_mc_dropout_strategies_run(tiny_models: Path, data_ca
     assert labeled_concepts and {c for c, s in hyb["assigner_sources"].items() if s == "prototype"} == labeled_concepts
     sel = json.loads((run / "picks" / info["strategy_slugs"]["mc_dropout"] / "seed-0" / "round-00.json").read_text())
     assert all("mc_dropout" in p["sentence"] for p in sel["picks"])
+
+
+def test_device_option_and_older_run_folders(tiny_models: Path, data_cache: Path, tmp_path: Path) -> None:
+    from gsal_edge.al_benchmark import resolve_device
+
+    with pytest.raises(ValueError, match="device"):
+        _cfg(tiny_models, data_cache, device="gpu0")
+    assert resolve_device("cpu") == "cpu"
+    import torch
+
+    assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(BenchError, match="no GPU"):
+            resolve_device("cuda")
+    # a run folder written before the newer fields existed resumes: absent fields count as their defaults
+    run = tmp_path / "run"
+    cfg = _cfg(tiny_models, data_cache, strategies=["random"], seeds=[0], budget=0.3)
+    run_benchmark(cfg, run, progress=False)
+    info = json.loads((run / "run.json").read_text())
+    for k in ("retrain", "finetune_iters", "candidates", "device"):
+        info["config"].pop(k)
+    (run / "run.json").write_text(json.dumps(info))
+    run_benchmark(cfg.model_copy(update={"device": "auto"}), run, progress=False)
+    with pytest.raises(BenchError, match="retrain"):
+        run_benchmark(cfg.model_copy(update={"retrain": "finetune"}), run, progress=False)

@@ -79,6 +79,7 @@ def bench(
     sweep: Annotated[list[str] | None, typer.Option(help="one-at-a-time sweep name=v1,v2,... (repeatable); "
                                                             "alpha_beta=v sets alpha=v, beta=1-v")] = None,
     threads: Annotated[int | None, typer.Option(help="torch threads")] = None,
+    device: Annotated[str | None, typer.Option(help="detector training/eval device: cpu | cuda[:N] | auto")] = None,
     n_images: Annotated[int | None, typer.Option(help="synthetic data: images generated (pool + test)")] = None,
     report_only: Annotated[Path | None, typer.Option("--report-only", help="only rewrite RUN_DIR's report")] = None,
     quiet: Annotated[bool, typer.Option(help="no progress bars")] = False,
@@ -106,7 +107,7 @@ def bench(
             ov["seeds"] = list(range(seeds))
         for k, v in (("init", init), ("step", step), ("budget", budget), ("detector", detector),
                      ("train_iters", train_iters), ("retrain", retrain), ("finetune_iters", finetune_iters),
-                     ("candidates", candidates), ("graph", graph), ("threads", threads)):
+                     ("candidates", candidates), ("graph", graph), ("threads", threads), ("device", device)):
             if v is not None:
                 ov[k] = v
         if models is not None:
@@ -119,11 +120,10 @@ def bench(
             ov["gsal"] = list(ov.get("gsal", load_preset(preset).gsal)) + list(set_)
         if sweep:
             ov["sweep"] = _sweep(sweep)
-        only_threads = set(ov) <= {"threads"}
-        if (out / "run.json").is_file() and only_threads:
+        only_placement = set(ov) <= {"threads", "device"}
+        if (out / "run.json").is_file() and only_placement:
             cfg = stored_config(out)
-            if threads is not None:
-                cfg = cfg.model_copy(update={"threads": threads})
+            cfg = cfg.model_copy(update={k: ov[k] for k in ("threads", "device") if k in ov})
             typer.echo(f"resuming {out} (preset {cfg.preset})")
         else:
             cfg = load_preset(preset, ov)
