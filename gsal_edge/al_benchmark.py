@@ -501,30 +501,36 @@ class DiffusionCache:
         self.dirty = False
 
     def attach(self, scorer: Any, namespace: str, storable_ids: set[str]) -> None:
-        """Wrap ``scorer._difficulty`` (the GSALScorer stage that runs VAE + UNet) with this cache."""
-        inner = scorer._difficulty
+        """Memoize ``scorer``'s diffusion stage (``GSALScorer.difficulty_memo``) with this cache."""
 
-        def cached(images01: np.ndarray, ids: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-            images01 = np.ascontiguousarray(images01)
-            keys = [f"{namespace}|{iid}|{_sha(images01[j].tobytes(), 20)}" for j, iid in enumerate(ids)]
-            miss = [j for j, k in enumerate(keys) if k not in self.entries]
-            fresh: dict[int, tuple[float, float, np.ndarray, np.ndarray]] = {}
-            if miss:
-                E, V, em, vm = inner(images01[miss], [ids[j] for j in miss])
-                for n, j in enumerate(miss):
-                    fresh[j] = (float(E[n]), float(V[n]), np.array(em[n]), np.array(vm[n]))
-                    if ids[j] in storable_ids:
-                        self.entries[keys[j]] = fresh[j]
-                        self.dirty = True
-            self.hits += len(ids) - len(miss)
-            self.misses += len(miss)
-            rows = [fresh[j] if j in fresh else self.entries[keys[j]] for j in range(len(ids))]
-            if not rows:
-                return inner(images01, ids)
-            return (np.array([r[0] for r in rows]), np.array([r[1] for r in rows]),
-                    np.stack([r[2] for r in rows]), np.stack([r[3] for r in rows]))
+        def memo(images01: np.ndarray, ids: list[str], compute: Callable[..., Any]
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+            return self.lookup(images01, ids, compute, namespace, storable_ids)
 
-        scorer._difficulty = cached
+        scorer.difficulty_memo = memo
+
+    def lookup(self, images01: np.ndarray, ids: list[str], compute: Callable[..., Any], namespace: str,
+               storable_ids: set[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The stage's result for these rows: cached rows from memory, the others from ``compute``
+        (stored when their id is in ``storable_ids``: whole pool slices, never proposal crops)."""
+        images01 = np.ascontiguousarray(images01)
+        keys = [f"{namespace}|{iid}|{_sha(images01[j].tobytes(), 20)}" for j, iid in enumerate(ids)]
+        miss = [j for j, k in enumerate(keys) if k not in self.entries]
+        fresh: dict[int, tuple[float, float, np.ndarray, np.ndarray]] = {}
+        if miss:
+            E, V, em, vm = compute(images01[miss], [ids[j] for j in miss])
+            for n, j in enumerate(miss):
+                fresh[j] = (float(E[n]), float(V[n]), np.array(em[n]), np.array(vm[n]))
+                if ids[j] in storable_ids:
+                    self.entries[keys[j]] = fresh[j]
+                    self.dirty = True
+        self.hits += len(ids) - len(miss)
+        self.misses += len(miss)
+        rows = [fresh[j] if j in fresh else self.entries[keys[j]] for j in range(len(ids))]
+        if not rows:
+            return compute(images01, ids)
+        return (np.array([r[0] for r in rows]), np.array([r[1] for r in rows]),
+                np.stack([r[2] for r in rows]), np.stack([r[3] for r in rows]))
 
 
 # ------------------------------------------------------------------------------------- the runner

@@ -15,7 +15,7 @@ Nothing here depends on the pool: normalization and fusion happen at selection t
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -103,8 +103,19 @@ class ScoreTimings:
     extra: dict[str, float] = field(default_factory=dict)
 
 
+DifficultyResult = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+DifficultyStage = Callable[[np.ndarray, list[str]], DifficultyResult]
+# a memo around the diffusion stage: (images01, ids, compute) -> the stage's result, calling ``compute``
+# for what it does not hold (e.g. the benchmark's cache of whole-slice scores, which never change per model)
+DifficultyMemo = Callable[[np.ndarray, list[str], DifficultyStage], DifficultyResult]
+
+
 class GSALScorer:
-    """Score slices with a detector, a latent diffusion prior and a CLIP image tower."""
+    """Score slices with a detector, a latent diffusion prior and a CLIP image tower.
+
+    ``difficulty_memo`` (optional, settable) wraps the diffusion stage (Eqs. 5-6) of both whole slices
+    and proposal crops; it must return exactly what ``compute`` would.
+    """
 
     def __init__(
         self,
@@ -137,6 +148,7 @@ class GSALScorer:
         self.backend = backend or next(iter(engines.values())).backend
         self.graph_name = graph_name
         self.timings = ScoreTimings()
+        self.difficulty_memo: DifficultyMemo | None = None
 
     # ------------------------------------------------------------------ public API
     def info(self) -> dict[str, Any]:
@@ -187,7 +199,7 @@ class GSALScorer:
 
         # image-level diffusion difficulty (Eqs. 5-6), all images of the batch together
         prior_in = np.stack([resize_image(x, (sp.prior_resolution, sp.prior_resolution)) for x in images])
-        E_img, V_img, e_map, v_map = self._difficulty(prior_in, list(image_ids))
+        E_img, V_img, e_map, v_map = self.difficulty(prior_in, list(image_ids))
         prop_e: list[np.ndarray] = []
         prop_v: list[np.ndarray] = []
         if sp.proposal_mode == "latent_roi":
@@ -206,7 +218,7 @@ class GSALScorer:
                     crop_ids.extend(f"{image_ids[i]}#p{j}" for j in range(len(cs)))
                     owner.extend([i] * len(cs))
             if crops:
-                Ec, Vc, _, _ = self._difficulty(np.stack(crops), crop_ids)
+                Ec, Vc, _, _ = self.difficulty(np.stack(crops), crop_ids)
             else:
                 Ec = Vc = np.zeros(0)
             owner_arr = np.asarray(owner, dtype=np.int64)
@@ -283,10 +295,14 @@ class GSALScorer:
             "all_class_probs": np.asarray(out["class_probs"], dtype=np.float32),
         }
 
-    def _difficulty(
-        self, images01: np.ndarray, ids: list[str]
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """E_rec, V_den and their per-position maps for a stack of [0,1] slices (Eqs. 5-6)."""
+    def difficulty(self, images01: np.ndarray, ids: list[str]) -> DifficultyResult:
+        """E_rec, V_den and their per-position maps for a stack of [0,1] slices (Eqs. 5-6), through
+        ``difficulty_memo`` when one is set. ``ids`` seed the K trajectories (spec §4)."""
+        if self.difficulty_memo is not None:
+            return self.difficulty_memo(images01, ids, self._difficulty)
+        return self._difficulty(images01, ids)
+
+    def _difficulty(self, images01: np.ndarray, ids: list[str]) -> DifficultyResult:
         z0 = self._run_chunked("vae_encoder", {"image": prepare_vae_input(images01)}, "latent")
         unet = self.engines["unet"]
 
