@@ -156,42 +156,13 @@ def _plt() -> Any:
     return plt
 
 
-def plot_curves(run: RunData, out: Path) -> Path:
-    """F1, mAP@50 and AP vs labeled share: mean per strategy with a ±1 std band."""
+def _plot_bands(run: RunData, panels: list[tuple[str, str]], title: str, path: Path, width: float,
+                panel_titles: bool) -> Path:
+    """One panel per (record key, label): each strategy's mean vs labeled share with a ±1 std band."""
     plt = _plt()
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    fig, axes = plt.subplots(1, len(panels), figsize=(width, 4.2))
     x = np.array(run.budgets) * 100
-    for ax, (key, label) in zip(axes, METRICS):
-        for s in run.strategies:
-            vals = run.values(s, _get(f"metrics.{key}"))
-            idx = [i for i, v in enumerate(vals) if v]
-            if not idx:
-                continue
-            m = np.array([np.mean(vals[i]) for i in idx])
-            sd = np.array([np.std(vals[i]) for i in idx])
-            (line,) = ax.plot(x[idx], m, marker="o", ms=3, label=s)
-            ax.fill_between(x[idx], m - sd, m + sd, color=line.get_color(), alpha=0.15)
-        ax.set_xlabel("labeled share of the pool (%)")
-        ax.set_ylabel(label)
-        ax.set_title(label)
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7, loc="best")
-    fig.suptitle(f"learning curves (mean ± std over {len(run.seeds)} seed(s))")
-    fig.tight_layout()
-    path = out / "learning_curves.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def plot_rare(run: RunData, out: Path) -> Path:
-    """Rare classes with >= 1 labeled instance, and rare instances labeled, vs labeled share."""
-    plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    x = np.array(run.budgets) * 100
-    n_rare = len(run.info.get("rare_classes", []))
-    for ax, (key, label) in zip(axes, (("rare.n_covered", f"rare classes covered (of {n_rare})"),
-                                      ("rare.instances", "rare instances labeled"))):
+    for ax, (key, label) in zip(axes, panels):
         for s in run.strategies:
             vals = run.values(s, _get(key))
             idx = [i for i, v in enumerate(vals) if v]
@@ -203,14 +174,31 @@ def plot_rare(run: RunData, out: Path) -> Path:
             ax.fill_between(x[idx], m - sd, m + sd, color=line.get_color(), alpha=0.15)
         ax.set_xlabel("labeled share of the pool (%)")
         ax.set_ylabel(label)
+        if panel_titles:
+            ax.set_title(label)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7, loc="best")
-    fig.suptitle(f"rare-class retrieval; rare = {', '.join(run.info.get('rare_classes', []))}")
+    fig.suptitle(title)
     fig.tight_layout()
-    path = out / "rare_retrieval.png"
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_curves(run: RunData, out: Path) -> Path:
+    """F1, mAP@50 and AP vs labeled share: mean per strategy with a ±1 std band."""
+    return _plot_bands(run, [(f"metrics.{key}", label) for key, label in METRICS],
+                       f"learning curves (mean ± std over {len(run.seeds)} seed(s))", out / "learning_curves.png",
+                       15, panel_titles=True)
+
+
+def plot_rare(run: RunData, out: Path) -> Path:
+    """Rare classes with >= 1 labeled instance, and rare instances labeled, vs labeled share."""
+    rare = run.info.get("rare_classes", [])
+    return _plot_bands(run, [("rare.n_covered", f"rare classes covered (of {len(rare)})"),
+                             ("rare.instances", "rare instances labeled")],
+                       f"rare-class retrieval; rare = {', '.join(rare)}", out / "rare_retrieval.png", 11,
+                       panel_titles=False)
 
 
 def sensitivity_rows(run: RunData) -> dict[str, list[tuple[Any, str, list[float]]]]:
@@ -339,9 +327,9 @@ def rationale_check_rows(run: RunData) -> list[list[str]]:
         judged = []
         for seed in run.results[s]:
             folder = run.run_dir / "picks" / slugs.get(s, s) / f"seed-{seed}"
+            gts = {r["image_id"]: r["gt"] for rnd in run.results[s][seed] for r in rnd.get("picks", [])}
             for f in sorted(folder.glob("round-*.json")):
                 picks = json.loads(f.read_text()).get("picks", [])
-                gts = {r["image_id"]: r["gt"] for rnd in run.results[s][seed] for r in rnd.get("picks", [])}
                 for p in picks:
                     j = check_driver({**p, "gt": gts.get(p["image_id"], [])}, c2c, rare)
                     if j is not None:
