@@ -28,7 +28,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from gsal_edge.clip_model import CLIP_META, CLIP_WEIGHTS
 
@@ -39,10 +39,12 @@ __all__ = [
     "ClipArchConfig",
     "ClipTrainConfig",
     "CorpusConfig",
+    "background_boxes",
     "build_corpus",
     "caption",
     "corpus_synth_config",
     "multi_positive_clip_loss",
+    "proposal_view",
     "train_clip",
 ]
 
@@ -87,6 +89,26 @@ class CorpusConfig(_Cfg):
     size_scale: tuple[float, float] = (0.8, 1.25)  # class size range widened by these factors
     class_frequency: float = Field(0.35, gt=0, le=1)  # balanced: every class this often
     defect_free_share: float = Field(0.15, ge=0, lt=1)
+    # Detector proposals are rarely tight: a young detector's box can be 3-4x the defect and off
+    # centre, and a CLIP that only saw tight crops calls such a view something else (a small bright
+    # inclusion in a corner of a loose box reads as a petal). So each region also gets `views - 1`
+    # proposal-like views (see `proposal_view`), captioned like the region itself.
+    views: int = Field(1, ge=1, description="crops per region: its own box plus views-1 proposal-like views")
+    view_scale: tuple[float, float] = (0.7, 3.5)  # log-uniform side scale of a view's box, per axis
+    view_shift: float = Field(0.8, ge=0, le=1, description="view centre offset, fraction of its half side")
+    # A detector's false positives sit where the background has structure (layer interfaces, the
+    # surface, noise clumps), not at uniformly random places: this share of the background boxes is
+    # the highest-contrast of `hard_background_candidates` random placements.
+    hard_background_share: float = Field(0.0, ge=0, le=1)
+    hard_background_candidates: int = Field(16, ge=1)
+
+    @model_validator(mode="after")
+    def _check_ranges(self) -> CorpusConfig:
+        for name in ("margin_range", "contrast_scale", "size_scale", "view_scale"):
+            lo, hi = getattr(self, name)
+            if not 0 < lo <= hi:
+                raise ValueError(f"{name} must be (lo, hi) with 0 < lo <= hi, got {(lo, hi)}")
+        return self
 
 
 class ClipTrainConfig(_Cfg):
@@ -177,6 +199,56 @@ _LOOKALIKE = {
 }
 
 
+def proposal_view(box: tuple[float, ...] | np.ndarray, rng: np.random.Generator, scale: tuple[float, float],
+                  shift: float) -> tuple[float, float, float, float]:
+    """A detector-proposal-like box around a region: each side scaled log-uniformly in ``scale``, the
+    centre moved by up to ``shift`` of the new half side, so the region's centre stays inside the box."""
+    x0, y0, x1, y1 = (float(v) for v in box)
+    w, h = max(x1 - x0, 1.0), max(y1 - y0, 1.0)
+    lo, hi = np.log(scale[0]), np.log(scale[1])
+    nw, nh = w * float(np.exp(rng.uniform(lo, hi))), h * float(np.exp(rng.uniform(lo, hi)))
+    cx = (x0 + x1) / 2 + float(rng.uniform(-shift, shift)) * nw / 2
+    cy = (y0 + y1) / 2 + float(rng.uniform(-shift, shift)) * nh / 2
+    return (cx - nw / 2, cy - nh / 2, cx + nw / 2, cy + nh / 2)
+
+
+def background_boxes(img: np.ndarray, taken: list[tuple[float, ...]], sizes: list[tuple[float, float]], n: int,
+                     rng: np.random.Generator, scale: tuple[float, float] = (1.0, 1.0), hard_share: float = 0.0,
+                     candidates: int = 16, gap: float = 4.0) -> list[tuple[float, float, float, float]]:
+    """``n`` background boxes clear of every box in ``taken`` (by ``gap`` px; appended to it).
+
+    Sides are a region size from ``sizes`` times a log-uniform factor in ``scale``. With probability
+    ``hard_share`` a box is the highest-contrast (pixel std) of ``candidates`` clear placements:
+    where a detector's false positives would be."""
+    H, W = img.shape
+    out: list[tuple[float, float, float, float]] = []
+    lo, hi = np.log(scale[0]), np.log(scale[1])
+
+    def clear(b: tuple[float, ...]) -> bool:
+        return not any(b[0] < o[2] + gap and o[0] < b[2] + gap and b[1] < o[3] + gap and o[1] < b[3] + gap
+                       for o in taken)
+
+    for _ in range(n):
+        w, h = sizes[int(rng.integers(len(sizes)))]
+        f = float(np.exp(rng.uniform(lo, hi))) if hi > lo else float(np.exp(lo))  # no draw when fixed
+        w, h = min(max(w * f, 4.0), W - 1.0), min(max(h * f, 4.0), H - 1.0)
+        want = candidates if hard_share > 0 and rng.random() < hard_share else 1
+        found: list[tuple[float, tuple[float, float, float, float]]] = []
+        for _try in range(100):
+            x0, y0 = float(rng.uniform(0, W - w)), float(rng.uniform(0, H - h))
+            b = (x0, y0, x0 + w, y0 + h)
+            if clear(b):
+                patch = img[int(y0):int(np.ceil(y0 + h)), int(x0):int(np.ceil(x0 + w))]
+                found.append((float(patch.std()) if want > 1 else 0.0, b))
+                if len(found) == want:
+                    break
+        if found:
+            b = max(found, key=lambda t: t[0])[1]
+            out.append(b)
+            taken.append(b)
+    return out
+
+
 def caption(kind: str, attrs: dict[str, Any], rng: np.random.Generator) -> str:
     """A caption drawn from the region's attributes: ``kind`` is a defect class, a look-alike type or
     ``background``; ``attrs`` holds polarity, shape, cnr and the box side (``side`` px)."""
@@ -217,7 +289,6 @@ def build_corpus(cfg: ClipTrainConfig, progress: bool = False) -> dict[str, Any]
         it = tqdm(it, total=cc.n_slices, desc="caption corpus", unit="slice")
     for s in it:
         img = to_unit_float(s.image)
-        H, W = img.shape
         taken = [tuple(a.box) for a in s.annotations] + [tuple(lk["box"]) for lk in s.lookalikes]
         regions: list[tuple[tuple[float, ...], str, dict[str, Any]]] = []
         for a in s.annotations:
@@ -226,21 +297,18 @@ def build_corpus(cfg: ClipTrainConfig, progress: bool = False) -> dict[str, Any]
         for lk in s.lookalikes:
             regions.append((tuple(lk["box"]), lk["type"], {"polarity": lk.get("polarity", "dark")}))
         sizes = [(b[2] - b[0], b[3] - b[1]) for b, _, _ in regions] or [(12.0, 12.0)]
-        for _ in range(cc.background_per_slice):
-            w, h = sizes[int(rng.integers(len(sizes)))]
-            w, h = max(w, 4.0), max(h, 4.0)
-            for _try in range(100):
-                x0, y0 = rng.uniform(0, W - w), rng.uniform(0, H - h)
-                b = (x0, y0, x0 + w, y0 + h)
-                if not any(b[0] < o[2] + 4 and o[0] < b[2] + 4 and b[1] < o[3] + 4 and o[1] < b[3] + 4 for o in taken):
-                    regions.append((b, "background", {}))
-                    taken.append(b)
-                    break
+        n_bg = cc.background_per_slice * cc.views  # background gets as many crops as a region with its views
+        for b in background_boxes(img, taken, sizes, n_bg, rng, cc.view_scale if cc.views > 1 else (1.0, 1.0),
+                                  cc.hard_background_share, cc.hard_background_candidates):
+            regions.append((b, "background", {}))
         for box, kind, at in regions:
-            m = float(rng.uniform(*cc.margin_range))
-            crops.append(crop_regions(img, [box], margin=m, size=S)[0].astype(np.float16))
-            kinds.append(kind)
-            attrs.append({k: at[k] for k in ("polarity", "shape", "cnr", "side") if k in at})
+            kept = {k: at[k] for k in ("polarity", "shape", "cnr", "side") if k in at}
+            for v in range(1 if kind == "background" else cc.views):
+                view = box if v == 0 else proposal_view(box, rng, cc.view_scale, cc.view_shift)
+                m = float(rng.uniform(*cc.margin_range))
+                crops.append(crop_regions(img, [view], margin=m, size=S)[0].astype(np.float16))
+                kinds.append(kind)
+                attrs.append(kept)
     return {"crops": np.stack(crops), "kinds": kinds, "attrs": attrs}
 
 

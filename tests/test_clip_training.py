@@ -15,10 +15,12 @@ from gsal_edge.clip_model import ClipModel, concept_text_embeddings
 from gsal_edge.clip_training import (
     ClipTrainConfig,
     CorpusConfig,
+    background_boxes,
     build_corpus,
     caption,
     corpus_synth_config,
     multi_positive_clip_loss,
+    proposal_view,
     train_clip,
 )
 
@@ -67,6 +69,51 @@ def test_corpus_crops() -> None:
     assert "background" in c["kinds"]
     again = build_corpus(cfg)
     np.testing.assert_array_equal(c["crops"], again["crops"])
+
+
+def test_proposal_views_cover_the_region_centre_at_proposal_scales() -> None:
+    rng = np.random.default_rng(0)
+    box = (40.0, 50.0, 46.0, 54.0)  # 6 x 4, centre (43, 52)
+    views = np.array([proposal_view(box, rng, (0.7, 3.5), 0.8) for _ in range(2000)])
+    w, h = views[:, 2] - views[:, 0], views[:, 3] - views[:, 1]
+    assert w.min() >= 6 * 0.7 - 1e-9 and w.max() <= 6 * 3.5 + 1e-9 and h.min() >= 4 * 0.7 - 1e-9
+    assert (w > 12).mean() > 0.3 and (w < 6).mean() > 0.1  # loose and partial views both occur
+    assert np.all((views[:, 0] < 43) & (43 < views[:, 2]) & (views[:, 1] < 52) & (52 < views[:, 3]))
+    off = np.abs((views[:, 0] + views[:, 2]) / 2 - 43) / (w / 2)
+    assert off.max() <= 0.8 + 1e-9 and off.max() > 0.6  # off centre, up to the shift
+    assert proposal_view(box, np.random.default_rng(1), (1.0, 1.0), 0.0) == pytest.approx(box)
+
+
+def test_corpus_views_add_proposal_like_crops_of_each_region() -> None:
+    one = build_corpus(ClipTrainConfig.model_validate(TINY))
+    three = build_corpus(ClipTrainConfig.model_validate({**TINY, "corpus": {"n_slices": 4, "views": 3}}))
+    from collections import Counter
+
+    c1, c3 = Counter(one["kinds"]), Counter(three["kinds"])
+    assert c3 == Counter({k: 3 * n for k, n in c1.items()})  # every region 3 crops, background 3x boxes
+    first = next(i for i, k in enumerate(three["kinds"]) if k != "background")
+    assert not np.array_equal(three["crops"][first], three["crops"][first + 1])  # a view differs from its box
+    with pytest.raises(ValueError, match="view_scale"):
+        CorpusConfig(view_scale=(2.0, 1.0))
+
+
+def test_background_boxes_stay_clear_and_hard_ones_find_structure() -> None:
+    img = np.full((160, 160), 0.5, np.float32)
+    img[40:, :] = 0.9  # one layer interface at y = 40; elsewhere flat
+    defect = (10.0, 10.0, 20.0, 20.0)
+    for share, expect_edge in ((0.0, False), (1.0, True)):
+        taken = [defect]
+        boxes = background_boxes(img, taken, [(8.0, 8.0)], 6, np.random.default_rng(0), hard_share=share,
+                                 candidates=64)
+        assert len(boxes) == 6 and taken[1:] == boxes
+        for b in boxes:
+            assert 0 <= b[0] and b[2] <= 160 and 0 <= b[1] and b[3] <= 160
+            assert not (b[0] < 24 and 6 < b[2] and b[1] < 24 and 6 < b[3])  # 4 px clear of the defect
+        on_edge = np.mean([b[1] < 40 < b[3] for b in boxes])
+        assert (on_edge >= 0.5) if expect_edge else (on_edge <= 0.2), on_edge
+    scaled = background_boxes(img, [], [(8.0, 8.0)], 60, np.random.default_rng(1), scale=(0.5, 2.0))
+    sides = np.array([b[2] - b[0] for b in scaled])
+    assert sides.min() >= 4.0 and sides.max() <= 16.0 + 1e-9 and sides.std() > 1.5
 
 
 def test_loss_reduces_to_clip_and_hand_cases() -> None:
