@@ -5,7 +5,11 @@
    assigner with 5 exemplars per concept; confusion matrices saved as a PNG.
 2. Diffusion difficulty: AUROC of crop-level E_rec and V_den (and D = z(E) + z(V), equal weights)
    for defect regions vs. same-size background regions, and defect vs. benign look-alike regions,
-   in both proposal modes: ``crop`` and ``latent_roi`` (mean and max reduce).
+   in both proposal modes: ``crop`` and ``latent_roi`` (mean and max reduce); per class, the median crop
+   E_rec too (the magnitude decides which defects GSAL's D(p) ranks first, not only the AUROC).
+   Polarity probe: the same Gaussian blob added bright or dark to the background crops (amplitude
+   ``--blob-amplitude`` in unit intensity, about the defects' contrast): a prior that treats both
+   polarities alike raises E_rec by the same amount.
 3. Training time and model size, read from the models' own records.
 
     .venv/bin/python bench/eval_models.py --models artifacts/models --out artifacts/eval_models
@@ -72,6 +76,15 @@ def background_box(rng: np.random.Generator, w: float, h: float, H: int, W: int,
     return None
 
 
+def add_blob(crops: np.ndarray, amplitude: float, sigma: float) -> np.ndarray:
+    """[N,S,S] crops in [0,1] with a centred Gaussian blob of peak ``amplitude`` (negative = dark), clipped."""
+    S = crops.shape[-1]
+    yy, xx = np.mgrid[:S, :S]
+    c = (S - 1) / 2
+    blob = np.exp(-((yy - c) ** 2 + (xx - c) ** 2) / (2 * sigma ** 2))
+    return np.clip(crops + amplitude * blob[None], 0.0, 1.0).astype(np.float32)
+
+
 def _zscore(x: np.ndarray) -> np.ndarray:
     return (x - x.mean()) / (x.std() + 1e-8)
 
@@ -115,7 +128,8 @@ def region_sets(slices: list[Any], seed: int) -> list[dict[str, Any]]:
 
 # ---------------------------------------------------------------------- diffusion
 def eval_diffusion(prior_dir: Path, regions: list[dict[str, Any]], K: int, t_fracs: list[float], base_seed: int,
-                   margin: float, batch: int) -> dict[str, Any]:
+                   margin: float, batch: int, blob_amplitude: float = 0.065,
+                   blob_sigmas: tuple[float, ...] = (0.09, 0.16)) -> dict[str, Any]:
     """AUROCs of E_rec(p), V_den(p), D(p) for defect vs background / look-alike in both proposal modes."""
     from gsal_edge.diffusion_prior import DiffusionPrior
 
@@ -163,6 +177,16 @@ def eval_diffusion(prior_dir: Path, regions: list[dict[str, Any]], K: int, t_fra
                                 base_seed, max_batch=batch)
             E, V, _, _ = dd.difficulty(crop_z[g], zh)
             scores["crop"][g] = {"E": E, "V": V}
+        polarity: dict[str, Any] = {"amplitude": blob_amplitude,
+                                    "none": round(float(scores["crop"]["background"]["E"].mean()), 5)}
+        bg = np.stack(crop_sets["background"])
+        for frac in blob_sigmas:  # blob sigma as a fraction of the crop side
+            for name, sign in (("bright", 1.0), ("dark", -1.0)):
+                x = add_blob(bg, sign * blob_amplitude, frac * prior.crop_resolution)
+                zx = prior.encode(x, size=prior.crop_resolution)
+                zh = dd.reconstruct(zx, crop_ids["background"], prior.predict_eps, prior.alphas_cumprod, K, t_index,
+                                    base_seed, max_batch=batch)
+                polarity[f"{name}_sigma{frac}"] = round(float(dd.difficulty(zx, zh)[0].mean()), 5)
         out: dict[str, Any] = {"t_index": t_index, "abar_t": float(prior.alphas_cumprod[t_index]),
                                "seconds": round(time.perf_counter() - t0, 1)}
         for mode, sc in scores.items():
@@ -178,11 +202,15 @@ def eval_diffusion(prior_dir: Path, regions: list[dict[str, Any]], K: int, t_fra
                            "defect_vs_matched_background": round(auroc(d_, mb_), 4),
                            "defect_vs_lookalike": round(auroc(d_, l_), 4)}
                 if name == "E_rec":
+                    m[name]["per_class_median"] = {
+                        c: round(float(np.median(d_[np.array(classes) == c])), 5) for c in sorted(set(classes))}
+                    m[name]["background_median"] = round(float(np.median(b_)), 5)
                     m[name]["per_class_vs_background"] = {
                         c: round(auroc(d_[np.array(classes) == c], b_), 4) for c in sorted(set(classes))}
                     m[name]["per_lookalike_vs_background"] = {
                         t: round(auroc(l_[np.array(la_types) == t], b_), 4) for t in sorted(set(la_types))}
             out[mode] = m
+        out["crop_polarity_probe"] = polarity
         res["by_t"][str(t_frac)] = out
     return res
 
@@ -302,6 +330,7 @@ def main(
     graph: str = typer.Option("thin_film_ct", help="concept graph for Eq. 3"),
     n_exemplars: int = typer.Option(5, help="exemplars per concept for the prototype assigner"),
     batch: int = typer.Option(64, help="UNet batch"),
+    blob_amplitude: float = typer.Option(0.065, help="polarity probe: blob peak in unit intensity"),
     threads: int = typer.Option(1, help="torch threads"),
     skip_clip: bool = typer.Option(False), skip_diffusion: bool = typer.Option(False),
 ) -> None:
@@ -322,7 +351,7 @@ def main(
         t0 = time.perf_counter()
         results["diffusion"] = eval_diffusion(models / "diffusion", region_sets(slices[:n_diff], seed), K,
                                               [float(v) for v in t_fracs.split(",")], base_seed=0, margin=margin,
-                                              batch=batch)
+                                              batch=batch, blob_amplitude=blob_amplitude)
         results["diffusion"]["eval_seconds"] = round(time.perf_counter() - t0, 1)
     if not skip_clip:
         t0 = time.perf_counter()
@@ -354,6 +383,9 @@ def _print_summary(r: dict[str, Any]) -> None:
                 print(f"  {mode:16s} {row}")
                 print(f"  {'':16s} E_rec per class vs bg: {m[mode]['E_rec']['per_class_vs_background']}"
                       f"  look-alike types vs bg: {m[mode]['E_rec']['per_lookalike_vs_background']}")
+                print(f"  {'':16s} E_rec median per class: {m[mode]['E_rec']['per_class_median']}"
+                      f" (background {m[mode]['E_rec']['background_median']})")
+            print(f"  crop polarity probe (mean background-crop E_rec): {m['crop_polarity_probe']}")
     if "clip" in r:
         c = r["clip"]
         print(f"CLIP {c['clip']['model_name']} ({c['clip']['params']} params), test crops {c['n_test_crops']}")
