@@ -393,6 +393,35 @@ def _bar(total: int, initial: int, desc: str, enabled: bool, position: int = 0) 
                 leave=position == 0)
 
 
+def _run_stage(name: str, desc: str, shown: str, stage_cfg: Any, opt: torch.optim.Optimizer,
+               step_loss: Callable[[int], tuple[torch.Tensor, torch.Tensor]], state: dict[str, Any], budget: int,
+               save_state: Callable[[], None], checkpoint_every: int, progress: bool, bar_position: int) -> int:
+    """Optimizer steps of one stage from ``state["step"]`` up to ``stage_cfg.steps`` or until ``budget`` steps
+    are spent (-1: no limit), with the warmup-cosine lr, a checkpoint every ``checkpoint_every`` steps and the
+    stage's clock. ``step_loss(step)`` returns (loss to minimize, value to log). Returns the budget left."""
+    bar = _bar(stage_cfg.steps, state["step"], desc, progress, bar_position)
+    clock = _Clock(state, name)
+    while state["step"] < stage_cfg.steps and budget != 0:
+        step = state["step"]
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, stage_cfg.steps, stage_cfg.lr, stage_cfg.warmup)
+        loss, logged = step_loss(step)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        state["loss"][name].append(float(logged.item()))
+        state["step"] = step + 1
+        budget -= 1
+        bar.update(1)
+        bar.set_postfix({shown: f"{logged.item():.4f}"})
+        if state["step"] % checkpoint_every == 0:
+            clock.lap()
+            save_state()
+    bar.close()
+    clock.lap()
+    return budget
+
+
 def train_diffusion(
     data_dir: str | Path,
     out_dir: str | Path,
@@ -473,30 +502,15 @@ def train_diffusion(
     # ---------------- stage 1: VAE
     if state["stage"] == "vae":
         vae.train()
-        bar = _bar(cfg.vae.steps, state["step"], "train VAE", progress, bar_position)
-        clock = _Clock(state, "vae")
-        while state["step"] < cfg.vae.steps and budget != 0:
-            step = state["step"]
-            for g in vae_opt.param_groups:
-                g["lr"] = lr_at(step, cfg.vae.steps, cfg.vae.lr, cfg.vae.warmup)
+
+        def vae_step(step: int) -> tuple[torch.Tensor, torch.Tensor]:
             x, gen = _vae_batch(images, cfg, step, crops)
             post = vae.encode(x).latent_dist
-            rec = vae.decode(post.sample(generator=gen)).sample
-            rec_loss = (rec - x).abs().mean()
-            loss = rec_loss + cfg.vae.kl_weight * post.kl().mean()
-            vae_opt.zero_grad(set_to_none=True)
-            loss.backward()
-            vae_opt.step()
-            state["loss"]["vae"].append(float(rec_loss.item()))
-            state["step"] = step + 1
-            budget -= 1
-            bar.update(1)
-            bar.set_postfix(l1=f"{rec_loss.item():.4f}")
-            if state["step"] % cfg.checkpoint_every == 0:
-                clock.lap()
-                save_state()
-        bar.close()
-        clock.lap()
+            rec_loss = (vae.decode(post.sample(generator=gen)).sample - x).abs().mean()
+            return rec_loss + cfg.vae.kl_weight * post.kl().mean(), rec_loss
+
+        budget = _run_stage("vae", "train VAE", "l1", cfg.vae, vae_opt, vae_step, state, budget, save_state,
+                            cfg.checkpoint_every, progress, bar_position)
         if state["step"] < cfg.vae.steps:
             save_state()
             return {"stopped": True, "stage": "vae", "step": state["step"]}
@@ -524,28 +538,14 @@ def train_diffusion(
     # ---------------- stage 2: UNet
     if state["stage"] == "unet":
         unet.train()
-        bar = _bar(cfg.unet.steps, state["step"], "train UNet", progress, bar_position)
-        clock = _Clock(state, "unet")
-        while state["step"] < cfg.unet.steps and budget != 0:
-            step = state["step"]
-            for g in unet_opt.param_groups:
-                g["lr"] = lr_at(step, cfg.unet.steps, cfg.unet.lr, cfg.unet.warmup)
+
+        def unet_step(step: int) -> tuple[torch.Tensor, torch.Tensor]:
             z0, noise, t = _unet_batch(latents, cfg, step, crop_latents)
-            z_t = sched.add_noise(z0, noise, t)
-            loss = torch.nn.functional.mse_loss(unet(z_t, t).sample, noise)
-            unet_opt.zero_grad(set_to_none=True)
-            loss.backward()
-            unet_opt.step()
-            state["loss"]["unet"].append(float(loss.item()))
-            state["step"] = step + 1
-            budget -= 1
-            bar.update(1)
-            bar.set_postfix(mse=f"{loss.item():.4f}")
-            if state["step"] % cfg.checkpoint_every == 0:
-                clock.lap()
-                save_state()
-        bar.close()
-        clock.lap()
+            loss = torch.nn.functional.mse_loss(unet(sched.add_noise(z0, noise, t), t).sample, noise)
+            return loss, loss
+
+        budget = _run_stage("unet", "train UNet", "mse", cfg.unet, unet_opt, unet_step, state, budget, save_state,
+                            cfg.checkpoint_every, progress, bar_position)
         if state["step"] < cfg.unet.steps:
             save_state()
             return {"stopped": True, "stage": "unet", "step": state["step"]}
