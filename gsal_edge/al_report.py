@@ -202,12 +202,26 @@ def plot_rare(run: RunData, out: Path) -> Path:
 
 
 def sensitivity_rows(run: RunData) -> dict[str, list[tuple[Any, str, list[float]]]]:
-    """Per swept parameter: (value, strategy, final-budget F1 of each seed)."""
+    """Per swept parameter: (value, strategy, final-budget F1 of each seed), by value.
+
+    The sweep base (``sweep_base``, e.g. plain ``gsal``) is a point of every sweep at its own setting of
+    the parameter when the run has it and no swept value already names it: without it a sweep of
+    ``gamma=0.25,1`` would plot a line through two points that skips the default 0.5."""
     out: dict[str, list[tuple[Any, str, list[float]]]] = {}
     last = len(run.budgets) - 1
+    base = run.info.get("config", {}).get("sweep_base", "gsal")
+    base_cfg = (run.info.get("gsal_configs") or {}).get(base, {})
     for name, rows in (run.info.get("sweep") or {}).items():
+        pts = [(v, key) for v, key in rows]
+        field = "alpha" if name == "alpha_beta" else name
+        if base in run.results and all(key != base for _, key in pts) and field in base_cfg:
+            pts.append((base_cfg[field], base))
+        try:
+            pts.sort(key=lambda p: float(p[0]))
+        except (TypeError, ValueError):
+            pass  # a non-numeric parameter keeps the order it was given in
         out[name] = [(v, key, run.values(key, _get("metrics.f1"))[last] if key in run.results else [])
-                     for v, key in rows]
+                     for v, key in pts]
     return out
 
 

@@ -80,6 +80,21 @@ def test_write_report_files_and_sections(run_dir: Path) -> None:
         assert (run_dir / png).stat().st_size > 5000, png
 
 
+def test_sensitivity_includes_the_base_at_its_own_value(run_dir: Path) -> None:
+    from gsal_edge.al_report import sensitivity_rows
+
+    info = json.loads((run_dir / "run.json").read_text())
+    info["sweep"] = {"gamma": [[1.0, "gsal[gamma=1]"], [0.25, "gsal[gamma=0.25]"]]}  # the base value not swept
+    info["gsal_configs"] = {"gsal": {"gamma": 0.5, "alpha": 0.5}}
+    (run_dir / "run.json").write_text(json.dumps(info))
+    rows = sensitivity_rows(load_run(run_dir))["gamma"]
+    assert [(v, k) for v, k, _ in rows] == [(0.25, "gsal[gamma=0.25]"), (0.5, "gsal"), (1.0, "gsal[gamma=1]")]
+    assert rows[1][2] == [0.4, 0.6] and rows[0][2] == []  # the base's final F1 per seed; a missing point stays empty
+    info["sweep"] = {"gamma": [[0.5, "gsal"], [1.0, "gsal[gamma=1]"]]}  # already named: not added twice
+    (run_dir / "run.json").write_text(json.dumps(info))
+    assert [k for _, k, _ in sensitivity_rows(load_run(run_dir))["gamma"]] == ["gsal", "gsal[gamma=1]"]
+
+
 def test_missing_run_folder_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="run.json"):
         write_report(tmp_path)
