@@ -9,8 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from gsal_edge.config_files import read_yaml_mapping
 
 
 class ExportConfigError(ValueError):
@@ -125,13 +126,7 @@ def load_export_config(path: str | Path | None = None, **overrides: object) -> E
     where = "export config"
     if path is not None:
         where = str(path)
-        try:
-            loaded = yaml.safe_load(Path(path).read_text()) or {}
-        except (OSError, yaml.YAMLError) as e:
-            raise ExportConfigError(f"{where}: cannot read ({e})") from e
-        if not isinstance(loaded, dict):
-            raise ExportConfigError(f"{where}: expected a mapping at the top level")
-        data.update(loaded)
+        data.update(read_yaml_mapping(path, ExportConfigError, "export config"))
     try:
         cfg = ExportConfig.model_validate(data)
     except ValidationError as e:

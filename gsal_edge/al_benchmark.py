@@ -48,10 +48,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from gsal_edge.concept_graph import ConceptGraph, load_graph
+from gsal_edge.config_files import read_yaml_mapping
 from gsal_edge.datasets import DetectionDataset, load_dataset, load_image
 from gsal_edge.gsal_config import ConfigError, GSALConfig
 from gsal_edge.preprocessing import resize_image, to_unit_float
@@ -208,13 +208,7 @@ def preset_names(path: str | Path = PRESETS_FILE) -> list[str]:
 
 
 def _read_presets(path: str | Path) -> dict[str, Any]:
-    try:
-        raw = yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError) as e:
-        raise BenchError(f"{path}: cannot read benchmark presets ({e})") from None
-    if not isinstance(raw, dict):
-        raise BenchError(f"{path}: expected a mapping of preset name -> config")
-    return raw
+    return read_yaml_mapping(path, BenchError, "benchmark presets (preset name -> config)")
 
 
 def _deep_merge(base: dict[str, Any], upd: dict[str, Any]) -> dict[str, Any]:

@@ -27,7 +27,6 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor, nn
 from torchvision.models import mobilenet_v3_large, resnet50
@@ -39,6 +38,8 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import MultiScaleRoIAlign, roi_align
 from torchvision.ops import boxes as box_ops
 from torchvision.ops.misc import FrozenBatchNorm2d
+
+from gsal_edge.config_files import read_yaml_mapping
 
 log = logging.getLogger(__name__)
 
@@ -166,14 +167,7 @@ class DetectorConfig(BaseModel):
 
 def load_presets(path: str | Path = PRESETS_FILE) -> dict[str, dict[str, Any]]:
     """The raw preset dicts of a presets YAML file, by name."""
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise DetectorConfigError(f"{path}: cannot read presets: {exc}") from exc
-    if not isinstance(data, dict):
-        raise DetectorConfigError(f"{path}: expected a mapping of preset name -> config")
-    return data
+    return read_yaml_mapping(path, DetectorConfigError, "detector presets (preset name -> config)")
 
 
 def _deep_update(base: dict[str, Any], upd: dict[str, Any]) -> dict[str, Any]:
@@ -200,13 +194,7 @@ def get_config(preset: str, overrides: dict[str, Any] | None = None) -> Detector
 
 def load_config(path: str | Path) -> DetectorConfig:
     """A detector config from a YAML file: either a full config, or ``preset: NAME`` plus overrides."""
-    path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise DetectorConfigError(f"{path}: cannot read detector config: {exc}") from exc
-    if not isinstance(raw, dict):
-        raise DetectorConfigError(f"{path}: expected a mapping")
+    raw = read_yaml_mapping(path, DetectorConfigError, "detector config")
     preset = raw.pop("preset", None)
     try:
         return get_config(preset, raw) if preset else DetectorConfig.model_validate(raw)

@@ -43,6 +43,7 @@ import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 from tqdm import tqdm
 
+from gsal_edge.config_files import read_yaml_mapping, validation_message
 from gsal_edge.datasets import Annotation, DetectionDataset, ImageEntry, write_coco
 
 DEFAULT_CONFIG_PATH = Path(__file__).parent / "configs" / "synth_default.yaml"
@@ -246,20 +247,11 @@ class SynthConfig(_Model):
     @classmethod
     def from_yaml(cls, path: str | Path) -> SynthConfig:
         """Load a config; unknown keys and bad values raise SynthConfigError naming file and field."""
-        path = Path(path)
-        try:
-            data = yaml.safe_load(path.read_text())
-        except (OSError, yaml.YAMLError) as exc:
-            raise SynthConfigError(f"{path}: cannot read YAML ({exc})") from None
-        if data is None:
-            data = {}
-        if not isinstance(data, dict):
-            raise SynthConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
+        data = read_yaml_mapping(path, SynthConfigError, "generator config")
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
-            errs = "; ".join(f"{'.'.join(str(x) for x in e['loc']) or '<root>'}: {e['msg']}" for e in exc.errors())
-            raise SynthConfigError(f"{path}: {errs}") from None
+            raise SynthConfigError(f"{path}: {validation_message(exc)}") from None
 
     def to_yaml(self, path: str | Path) -> None:
         """Write this config as YAML (round-trips through ``from_yaml``)."""

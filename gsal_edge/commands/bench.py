@@ -25,6 +25,7 @@ from gsal_edge.al_benchmark import (
     run_benchmark,
     stored_config,
 )
+from gsal_edge.config_files import read_yaml_mapping
 
 
 def _sweep(items: list[str]) -> dict[str, list[Any]]:
@@ -40,15 +41,7 @@ def _sweep(items: list[str]) -> dict[str, list[Any]]:
 
 
 def _read_config(path: Path) -> dict[str, Any]:
-    import yaml
-
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as e:
-        raise BenchError(f"--config {path}: cannot read ({e})") from None
-    if not isinstance(raw, dict):
-        raise BenchError(f"--config {path}: expected a mapping of benchmark fields")
-    return raw
+    return read_yaml_mapping(path, BenchError, "--config (a mapping of benchmark fields)")
 
 
 def bench(

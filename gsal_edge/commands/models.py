@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import typer
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from gsal_edge.clip_training import ClipTrainConfig
+from gsal_edge.config_files import read_yaml_mapping, validation_message
 from gsal_edge.diffusion_training import DiffusionTrainConfig
 
 DEFAULT_MODELS_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "models_default.yaml"
@@ -59,17 +59,11 @@ class ModelsConfig(BaseModel):
 def load_models_config(path: str | Path | None = None) -> ModelsConfig:
     """The models config at ``path`` (default: the packaged YAML); errors name the file and field."""
     p = Path(path) if path is not None else DEFAULT_MODELS_CONFIG
-    try:
-        data = yaml.safe_load(p.read_text()) or {}
-    except (OSError, yaml.YAMLError) as e:
-        raise ModelsConfigError(f"{p}: cannot read YAML ({e})") from None
-    if not isinstance(data, dict):
-        raise ModelsConfigError(f"{p}: top level must be a mapping")
+    data = read_yaml_mapping(p, ModelsConfigError, "models config")
     try:
         return ModelsConfig.model_validate(data)
     except ValidationError as e:
-        errs = "; ".join(f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}" for err in e.errors())
-        raise ModelsConfigError(f"{p}: {errs}") from None
+        raise ModelsConfigError(f"{p}: {validation_message(e)}") from None
 
 
 def _normalized_source(path: Path) -> str:
