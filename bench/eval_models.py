@@ -171,11 +171,16 @@ def eval_diffusion(prior_dir: Path, regions: list[dict[str, Any]], K: int, t_fra
                         E.append(e)
                         V.append(v)
                 scores[mode][g] = {"E": np.concatenate(E), "V": np.concatenate(V)}
+
+        def crop_difficulty(z: np.ndarray, ids: list[str], t_index: int = t_index) -> tuple[np.ndarray, np.ndarray]:
+            zh = dd.reconstruct(z, ids, prior.predict_eps, prior.alphas_cumprod, K, t_index, base_seed,
+                                max_batch=batch)
+            E, V, _, _ = dd.difficulty(z, zh)
+            return E, V
+
         scores["crop"] = {}
         for g in groups:
-            zh = dd.reconstruct(crop_z[g], crop_ids[g], prior.predict_eps, prior.alphas_cumprod, K, t_index,
-                                base_seed, max_batch=batch)
-            E, V, _, _ = dd.difficulty(crop_z[g], zh)
+            E, V = crop_difficulty(crop_z[g], crop_ids[g])
             scores["crop"][g] = {"E": E, "V": V}
         polarity: dict[str, Any] = {"amplitude": blob_amplitude,
                                     "none": round(float(scores["crop"]["background"]["E"].mean()), 5)}
@@ -183,10 +188,8 @@ def eval_diffusion(prior_dir: Path, regions: list[dict[str, Any]], K: int, t_fra
         for frac in blob_sigmas:  # blob sigma as a fraction of the crop side
             for name, sign in (("bright", 1.0), ("dark", -1.0)):
                 x = add_blob(bg, sign * blob_amplitude, frac * prior.crop_resolution)
-                zx = prior.encode(x, size=prior.crop_resolution)
-                zh = dd.reconstruct(zx, crop_ids["background"], prior.predict_eps, prior.alphas_cumprod, K, t_index,
-                                    base_seed, max_batch=batch)
-                polarity[f"{name}_sigma{frac}"] = round(float(dd.difficulty(zx, zh)[0].mean()), 5)
+                E, _ = crop_difficulty(prior.encode(x, size=prior.crop_resolution), crop_ids["background"])
+                polarity[f"{name}_sigma{frac}"] = round(float(E.mean()), 5)
         out: dict[str, Any] = {"t_index": t_index, "abar_t": float(prior.alphas_cumprod[t_index]),
                                "seconds": round(time.perf_counter() - t0, 1)}
         for mode, sc in scores.items():
