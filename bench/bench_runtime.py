@@ -74,6 +74,10 @@ def candidates(bundle: Path, threads: int) -> list[tuple[str, dict[str, Any] | N
     cuda = torch.cuda.is_available()
     gpu_note = "" if cuda else "no CUDA GPU"
     out.append(("torch-cuda", {"backend": "torch", "device": "cuda"} if cuda and has_torch else None, gpu_note))
+    # the same with TF32 allowed (PyTorch's default for cuDNN convolutions; our torch backend turns it off):
+    # what TF32 would buy in speed, and what it costs in parity with the CPU records
+    out.append(("torch-cuda-tf32", {"backend": "torch", "device": "cuda", "allow_tf32": True}
+                if cuda and has_torch else None, gpu_note or "TF32 allowed"))
     has_cuda_ep = "CUDAExecutionProvider" in ort.get_available_providers()
     out.append(("onnxruntime-cuda", {"backend": "onnxruntime", "providers": gpu_providers()} if has_cuda_ep else None,
                 "" if has_cuda_ep else "onnxruntime has no CUDAExecutionProvider (onnxruntime-gpu not installed)"))
@@ -161,12 +165,17 @@ def main(argv: list[str] | None = None) -> int:
             row["parity_vs"] = "reference"
         else:
             rp = records_parity(ref_records, recs, ParityConfig(top_b=min(4, len(ids))))
+            failed = {k: c.to_dict() for k, c in rp.fields.items() if not c.ok}
             row["parity_vs_first"] = {"ok": rp.ok, "e_rec_max_rel": rp.fields["e_rec"].max_rel,
-                                      "selection_same": rp.selection_ok}
+                                      "selection_same": rp.selection_ok, "failed_fields": failed,
+                                      "structure_notes": rp.structure_notes[:5]}
         rows.append(row)
         par = row.get("parity_vs_first")
         par_s = "" if par is None else (f"  e_rec max rel err vs {rows[0]['backend']} {par['e_rec_max_rel']:.1e}, "
-                                        f"top-b {'same' if par['selection_same'] else 'DIFFERENT'}")
+                                        f"top-b {'same' if par['selection_same'] else 'DIFFERENT'}"
+                                        + "".join(f"; {k} over tolerance (max abs {c['max_abs']:.2g}, rel "
+                                                  f"{c['max_rel']:.2g})" for k, c in par["failed_fields"].items())
+                                        + "".join(f"; {n}" for n in par["structure_notes"][:2]))
         print(f"  {label:<18} batch 1: {ips1:8.2f} img/s   batch {args.batch}: {ipsb:8.2f} img/s   "
               f"ms/img det {stage['detector']:.1f} diff {stage['diffusion']:.1f} clip {stage['clip']:.1f}{par_s}"
               + (f"  ({note})" if note else ""))

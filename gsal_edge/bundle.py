@@ -294,7 +294,7 @@ def build_torch_modules(
     }
 
 
-def _torch_engines(manifest: Manifest, device: str) -> dict[str, Any]:
+def _torch_engines(manifest: Manifest, device: str, allow_tf32: bool = False) -> dict[str, Any]:
     """Rebuild the PyTorch wrappers from the bundle's ``torch/`` sources (the same ones that were exported)."""
     from gsal_edge.runtime.torch_backend import TorchEngine
 
@@ -309,7 +309,7 @@ def _torch_engines(manifest: Manifest, device: str) -> dict[str, Any]:
         modules = build_torch_modules({k: str(manifest.path(v)) for k, v in sources.items()}, device=device)
     except (OSError, ValueError, KeyError) as e:
         raise BundleError(f"{manifest.root / 'torch'}: cannot rebuild the PyTorch models ({e})") from e
-    return {n: TorchEngine(n, modules[n], device=device) for n in ENGINE_NAMES}
+    return {n: TorchEngine(n, modules[n], device=device, allow_tf32=allow_tf32) for n in ENGINE_NAMES}
 
 
 def load_concepts(manifest: Manifest) -> tuple[dict[str, Any], np.ndarray]:
@@ -340,11 +340,13 @@ def load_bundle(
     threads: int | None = None,
     device: str = "cpu",
     station: str = "",
+    allow_tf32: bool = False,
 ) -> Any:
     """Verify a bundle and return a ready :class:`gsal_edge.scoring.GSALScorer` on ``backend``.
 
     Refuses (:class:`BundleError` naming the file) a bundle whose hashes or signature do not match.
     ``device`` is the torch device for ``backend="torch"``; for TensorRT, ``"cuda:N"`` picks GPU N.
+    ``allow_tf32``: let ``backend="torch"`` on CUDA round convolutions to TF32 (off: records match the CPU's).
     """
     from gsal_edge.scoring import GSALScorer, ScorerSpec
 
@@ -362,7 +364,7 @@ def load_bundle(
         gpu = int(device.split(":")[1]) if device.startswith("cuda:") else 0
         engines = _tensorrt_engines(manifest, threads, gpu)
     else:
-        engines = _torch_engines(manifest, device)
+        engines = _torch_engines(manifest, device, allow_tf32)
     graph_name = str(manifest.data.get("concept_graph", {}).get("name", ""))
     try:
         return GSALScorer(

@@ -95,3 +95,16 @@ def test_tensorrt_absent_is_one_clear_line(tmp_path: Path) -> None:
     assert not ok and "\n" not in why and ("TensorRT" in why)
     with pytest.raises(EngineError, match=r"model\.plan: cannot run engine 'unet': TensorRT"):
         TrtEngine("unet", tmp_path / "model.plan")
+
+
+def test_set_cuda_tf32_sets_both_process_wide_flags() -> None:
+    from gsal_edge.runtime.torch_backend import set_cuda_tf32
+
+    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    try:
+        set_cuda_tf32(True)
+        assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
+        set_cuda_tf32(False)
+        assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
