@@ -1,20 +1,30 @@
 #!/usr/bin/env bash
-# GPU check of issue 7 (export + runtime backends), prepared to run ONCE on a lent GPU machine.
+# GPU check, prepared to run ONCE on a lent GPU machine (device tool), in three timed parts:
+#   A. runtime backends: full GSAL scoring per backend side by side (PyTorch CPU/CUDA, ONNX Runtime
+#      CPU/CUDA, TensorRT), batch 1 and batched, records parity vs the first backend (bench/bench_runtime.py).
+#      With GSAL_GPU_BUNDLE (+ GSAL_GPU_PUB) it scores that bundle (e.g. the demo's trained embedded
+#      default); else it builds and exports "small" random-init models (TensorRT FP16 plans where
+#      TensorRT exists, each parity-checked against ONNX Runtime).
+#   B. detector training steps on CUDA vs CPU (`gsal-edge detector bench --device`): the `cpu` preset on
+#      both, the `paper` preset (ResNet-50 FPN, 600 px) on CUDA.
+#   C. the active-learning benchmark's `tiny` preset end to end with the detector on CUDA (--device cuda),
+#      on the bundle's PyTorch prior and CLIP (needs GSAL_GPU_BUNDLE).
 #
-#   1. here:  download the wheels listed in bench/gsal_gpu_check_wheels.txt into .whl/ (command in that file)
-#   2. device tool:  run(command="bash bench/gpu_check.sh", carry=[".whl"], timeout_s=480)
+#   here:    download the wheels of bench/gsal_gpu_check_wheels.txt into .whl/ (command in that file)
+#   device:  run(command="GSAL_GPU_BUNDLE=artifacts/demo/bundles/bundle-ID GSAL_GPU_PUB=artifacts/demo/keys/
+#                signing_key.pub.pem bash bench/gpu_check.sh",
+#                carry=[".whl", "artifacts/demo/bundles/bundle-ID", "artifacts/demo/keys/signing_key.pub.pem"])
 #
-# Installs nothing from the network: the carried wheels go to /tmp/site. It builds "small" random-init
-# models with the real builders, exports them (ONNX + TensorRT FP16 where TensorRT exists, each plan
-# parity-checked against ONNX Runtime), then benchmarks full GSAL scoring per backend side by side
-# (PyTorch CPU/CUDA, ONNX Runtime CPU/CUDA, TensorRT), batch 1 and 8, with records parity vs PyTorch.
-# A backend that is missing on the machine gets one line saying so. Whole run capped at GSAL_GPU_CHECK_LIMIT
-# seconds (default 420, well under the 8-minute budget). Results: $OUT/bench_runtime.json + $OUT/gpu_check.log.
+# Installs nothing from the network. A backend or part that cannot run prints one line saying why; the
+# others still run. Each part has its own time limit; GSAL_GPU_PARTS=A (or AB ...) runs only those. Results: $OUT/gpu_check.log, $OUT/bench_runtime.json,
+# $OUT/bench_al_tiny.json.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-LIMIT=${GSAL_GPU_CHECK_LIMIT:-420}
 PY=${PY:-python3}
 OUTDIR=${OUT:-artifacts/gpu_check}
+BUNDLE=${GSAL_GPU_BUNDLE:-}
+PUB=${GSAL_GPU_PUB:-}
+PARTS=${GSAL_GPU_PARTS:-ABC}  # which parts to run, e.g. GSAL_GPU_PARTS=A
 mkdir -p "$OUTDIR"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 if ls .whl/*.whl >/dev/null 2>&1; then
@@ -24,13 +34,23 @@ if ls .whl/*.whl >/dev/null 2>&1; then
 else
   export PYTHONPATH=$PWD
 fi
+CLI=($PY -c "from gsal_cli.main import app; app()")
+part() {  # part NAME LIMIT_S CMD...: run CMD under a limit, say how it ended
+  local name=$1 limit=$2; shift 2
+  echo "== $name (limit ${limit}s)"
+  local t0=$SECONDS
+  timeout "$limit" "$@"
+  local rc=$?
+  echo "-- $name: rc $rc in $((SECONDS - t0))s$([ $rc -eq 124 ] && echo ", stopped at the limit")"
+}
 {
   echo "== machine"
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | head -2
+  echo "  cpu cores: $(nproc)"
   $PY - <<'EOF'
-import importlib, importlib.metadata as md
+import importlib.metadata as md
 for n in ("torch", "torchvision", "onnx", "onnxruntime", "onnxruntime-gpu", "tensorrt", "diffusers", "open_clip_torch",
-          "pydantic", "cryptography"):
+          "pydantic", "cryptography", "typer", "grpcio"):
     try:
         print(f"  {n:<16} {md.version(n)}")
     except md.PackageNotFoundError:
@@ -41,23 +61,39 @@ print("  onnxruntime providers:", ort.get_available_providers())
 from gsal_edge.runtime.tensorrt_backend import tensorrt_status
 print("  tensorrt:", tensorrt_status()[1])
 EOF
-  echo "== export + benchmark (limit ${LIMIT}s)"
-  timeout "$LIMIT" $PY bench/bench_runtime.py --model-size small --images 16 --batch 8 --threads 8 --repeats 2 \
-    --tensorrt auto --fp16 --work /tmp/gsal_gpu_check --out "$OUTDIR/bench_runtime.json"
-  rc=$?
-  [ $rc -eq 124 ] && echo "gpu_check: stopped at the ${LIMIT}s limit"
-  echo "== TensorRT builds and parity (from the bundle manifest)"
-  $PY - <<'EOF'
-import json, pathlib
-for m in sorted(pathlib.Path("/tmp/gsal_gpu_check/bundles").glob("bundle-*/manifest.json")):
-    d = json.loads(m.read_text())
-    print(" ", m.parent.name, "tensorrt:", json.dumps(d.get("tensorrt", {}))[:300])
-    for n, e in d["engines"].items():
-        b = e.get("tensorrt_build")
-        if b:
-            outs = b["parity_vs_onnxruntime"]["outputs"]
-            print(f"    {n:<12} build {b['seconds']}s fp16={b['fp16']} " +
-                  " ".join(f"{o}: max_abs={c['max_abs']} max_rel={c['max_rel']} ok={c['ok']}" for o, c in outs.items()))
+  if [[ $PARTS != *A* ]]; then
+    echo "== A. not asked for (GSAL_GPU_PARTS=$PARTS)"
+  elif [ -n "$BUNDLE" ]; then
+    part "A. runtime backends on $BUNDLE" 200 $PY bench/bench_runtime.py --bundle "$BUNDLE" --pub "$PUB" \
+      --images 32 --batch 16 --threads 16 --repeats 2 --out "$OUTDIR/bench_runtime.json"
+  else
+    part "A. runtime backends, small random-init bundle" 300 $PY bench/bench_runtime.py --model-size small \
+      --images 16 --batch 8 --threads 8 --repeats 2 --tensorrt auto --fp16 --work /tmp/gsal_gpu_check \
+      --out "$OUTDIR/bench_runtime.json"
+  fi
+  if [[ $PARTS == *B* ]]; then
+    part "B1. detector training steps, cpu preset, cuda" 60 "${CLI[@]}" detector bench --preset cpu --device cuda \
+      --threads 16 --batch 8 --steps 10
+    part "B2. detector training steps, cpu preset, cpu" 60 "${CLI[@]}" detector bench --preset cpu --device cpu \
+      --threads 16 --batch 8 --steps 3
+    part "B3. detector training steps, paper preset, cuda" 90 "${CLI[@]}" detector bench --preset paper --device cuda \
+      --threads 16 --batch 8 --steps 10
+  fi
+  if [[ $PARTS != *C* ]]; then
+    echo "== C. not asked for (GSAL_GPU_PARTS=$PARTS)"
+  elif [ -n "$BUNDLE" ]; then
+    part "C. bench --preset tiny --device cuda" 120 "${CLI[@]}" bench --preset tiny --device cuda --threads 16 \
+      --prior "$BUNDLE/torch/prior" --clip "$BUNDLE/torch/clip" --out /tmp/gsal_bench_tiny --quiet
+    $PY - "$OUTDIR/bench_al_tiny.json" <<'EOF'
+import json, pathlib, sys
+run = pathlib.Path("/tmp/gsal_bench_tiny")
+rows = {str(p.relative_to(run)): json.loads(p.read_text()) for p in sorted(run.glob("results/**/*.json"))}
+cfg = json.loads((run / "run.json").read_text()) if (run / "run.json").is_file() else {}
+pathlib.Path(sys.argv[1]).write_text(json.dumps({"config_device": cfg.get("config", {}).get("device"),
+                                                 "versions": cfg.get("versions"), "git": cfg.get("git"), "results": rows}, indent=1))
+print(f"  bench tiny: {len(rows)} result files -> {sys.argv[1]}")
 EOF
-  exit $rc
+  else
+    echo "== C. skipped: needs GSAL_GPU_BUNDLE (its torch/prior and torch/clip)"
+  fi
 } 2>&1 | grep --line-buffered -v -e "accelerate" -e '^```' -e '^\.$' | tee "$OUTDIR/gpu_check.log"

@@ -23,6 +23,7 @@ from gsal_edge.detector_training import (
     make_target,
     repeat_factors,
     split_ids,
+    time_train_steps,
     train_detector,
 )
 
@@ -116,6 +117,16 @@ def test_repeat_factor_sampling_lengthens_the_epoch(tmp_path) -> None:
     n = int(repeat_factors(ds, 1.0).sum())
     assert n > len(ds)
     assert json.loads((tmp_path / "run" / "train_log.jsonl").read_text())["iters"] == -(-n // 2)
+
+
+def test_time_train_steps_times_real_steps_on_the_named_device(tmp_path) -> None:
+    ds = _squares_dataset(tmp_path, 6)
+    r = time_train_steps(ds, "tiny", steps=2, warmup=1, batch_size=2, device="cpu")
+    assert r["batch_size"] == 2 and 0 < r["step_min_s"] <= r["step_median_s"]
+    assert r["per_image_median_s"] == pytest.approx(r["step_median_s"] / 2)
+    if not torch.cuda.is_available():  # torch names the missing device; no silent fallback to the CPU
+        with pytest.raises((RuntimeError, AssertionError)):
+            time_train_steps(ds, "tiny", steps=1, warmup=0, batch_size=2, device="cuda")
 
 
 def test_epoch_seed_differs_per_epoch_and_seed() -> None:

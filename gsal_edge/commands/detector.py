@@ -180,6 +180,10 @@ def bench(
     batch: int = typer.Option(8, "--batch", min=1, help="Batch size."),
     steps: int = typer.Option(10, "--steps", min=1, help="Timed steps per thread count (after 2 warm-up steps)."),
     sets: list[str] = typer.Option([], "--set", help="Config override KEY=VALUE."),
+    device: str = typer.Option("cpu", "--device", help="torch device to time on (cpu, cuda); on cuda the "
+                                                       "thread count only affects host-side work."),
+    n_synth: int = typer.Option(32, "--synth-images", min=1, help="Synthetic slices generated when --data is "
+                                                                   "not given."),
 ) -> None:
     """Time training steps (forward + backward + optimizer) per image, at each thread count."""
     import tempfile
@@ -197,14 +201,14 @@ def bench(
         if data is None:
             from gsal_edge.synthetic_ct import generate_dataset
 
-            ds = generate_dataset(Path(tmp) / "synth", 32, seed=0, progress=False)
+            ds = generate_dataset(Path(tmp) / "synth", n_synth, seed=0, progress=False)
         else:
             ds = load_dataset(data)
         n_params = count_parameters(build_detector(cfg, len(ds.classes)))
         for t in threads:
             torch.set_num_threads(t)
-            r = time_train_steps(ds, cfg, steps=steps, batch_size=batch)
-            typer.echo(f"{cfg.name}: {n_params / 1e6:.3f} M params, batch {batch}, {t} thread(s): "
+            r = time_train_steps(ds, cfg, steps=steps, batch_size=batch, device=device)
+            typer.echo(f"{cfg.name}: {n_params / 1e6:.3f} M params, batch {batch}, {device}, {t} thread(s): "
                        f"{1000 * r['per_image_median_s']:.1f} ms/image median, "
                        f"{1000 * r['per_image_min_s']:.1f} ms/image min ({steps} steps)")
 
