@@ -33,6 +33,7 @@ __all__ = [
     "FusionResult",
     "ScorePool",
     "combine",
+    "concept_groups",
     "concept_indices",
     "diffusion_terms",
     "fuse",
@@ -346,12 +347,26 @@ class DiffusionTerms:
 
 
 def diffusion_terms(pool: ScorePool, alpha: float, beta: float, groups: np.ndarray | None = None,
-                    n_groups: int | None = None) -> DiffusionTerms:
-    """D_img = alpha z(E_rec_img) + beta z(V_den_img); D(p) = alpha z(E_rec(p)) + beta z(V_den(p))."""
-    pg = None if groups is None else groups[pool.prop_image]
+                    n_groups: int | None = None, prop_groups: np.ndarray | None = None,
+                    n_prop_groups: int | None = None) -> DiffusionTerms:
+    """D_img = alpha z(E_rec_img) + beta z(V_den_img); D(p) = alpha z(E_rec(p)) + beta z(V_den(p)).
+
+    Proposal z-scores are taken within ``prop_groups`` (int codes [P]) when given, else within the
+    image groups of their images."""
+    pg, npg = (prop_groups, n_prop_groups) if prop_groups is not None else (
+        None if groups is None else groups[pool.prop_image], n_groups)
     D_img = alpha * zscore(pool.e_rec, groups, n_groups) + beta * zscore(pool.v_den, groups, n_groups)
-    D_p = alpha * zscore(pool.prop_e_rec, pg, n_groups) + beta * zscore(pool.prop_v_den, pg, n_groups)
-    return DiffusionTerms(D_img, zscore(D_img, groups, n_groups), D_p, zscore(D_p, pg, n_groups))
+    D_p = alpha * zscore(pool.prop_e_rec, pg, npg) + beta * zscore(pool.prop_v_den, pg, npg)
+    return DiffusionTerms(D_img, zscore(D_img, groups, n_groups), D_p, zscore(D_p, pg, npg))
+
+
+def concept_groups(pool: ScorePool, concept_index: np.ndarray, n_concepts: int, groups: np.ndarray | None = None,
+                   n_groups: int | None = None) -> tuple[np.ndarray, int]:
+    """Proposal group codes for ``difficulty_within=concept`` [ours]: one group per (image group, fine
+    concept) pair; ``n_concepts`` counts the fine concepts plus ``unknown``."""
+    if groups is None:
+        return np.asarray(concept_index, dtype=np.int64), n_concepts
+    return groups[pool.prop_image] * n_concepts + concept_index, int(n_groups or 1) * n_concepts
 
 
 def concept_indices(pool: ScorePool, graph: ConceptGraph, missing_concept: str = "error",
@@ -472,9 +487,11 @@ def fuse(pool: ScorePool, graph: ConceptGraph, counts: Mapping[str, float] | Cov
     cov = counts if isinstance(counts, Coverage) else coverage(graph, counts, config.percentile)
     groups, names = pool.groups(config.group_by)
     n_groups = len(names) if groups is not None else None
-    if terms is None:
-        terms = diffusion_terms(pool, config.alpha, config.beta, groups, n_groups)
     cidx = concept_indices(pool, graph, config.missing_concept, config.novelty_threshold)
+    if terms is None:
+        pg, npg = (concept_groups(pool, cidx, len(graph.fine) + 1, groups, n_groups)
+                   if config.difficulty_within == "concept" else (None, None))
+        terms = diffusion_terms(pool, config.alpha, config.beta, groups, n_groups, pg, npg)
     table = bonus_table(graph, cov, config.mu, config.thresholds, config.levels, config.rarity)
     probs = None
     if config.assignment == "soft" and pool.similarity is not None:

@@ -124,6 +124,12 @@ class GSALConfig(BaseModel):
         "of the labeled boxes.",
     )
     group_by: str | None = Field(None, description="[ours] Eq. 11 z-scores within each meta[group_by].")
+    difficulty_within: Literal["pool", "concept"] = Field(
+        "pool",
+        description="[ours] population of z(E_rec(p)), z(V_den(p)) and z(D(p)): 'pool' = all proposals "
+        "(spec §6); 'concept' = the proposals assigned the same fine concept (within group_by groups), so "
+        "a concept whose regions are all harder to reconstruct does not crowd out the rest.",
+    )
     batch_aware: bool = Field(
         False, description="[ours] greedy picks updating provisional counts n(v) after each pick."
     )

@@ -17,10 +17,10 @@ import numpy as np
 
 from gsal_edge.concept_graph import BACKGROUND, UNKNOWN, ConceptGraph
 from gsal_edge.fusion import (
+    DiffusionTerms,
     FusionResult,
     ScorePool,
     combine,
-    diffusion_terms,
     fuse,
     proposal_bonus,
     segment_max,
@@ -186,9 +186,8 @@ def _batch_aware(pool: ScorePool, graph: ConceptGraph, cov: Coverage, config: GS
     background/unknown excluded) to provisional counts n(v), recompute thresholds and S(p), re-fuse.
     Populations stay the round's pool U (Eq. 11), so only the symbolic terms change; the fusion is
     recomputed only when the bonus table S_c changes."""
-    groups, names = pool.groups(config.group_by)
-    terms = diffusion_terms(pool, config.alpha, config.beta, groups, len(names) if groups is not None else None)
-    res = fuse(pool, graph, cov, config, terms=terms)
+    res = fuse(pool, graph, cov, config)
+    terms = DiffusionTerms(res.D_img, res.zD_img, res.D_p, res.zD_p)  # fixed for the round: only S(p) changes
     n_fine = cov.n_fine.copy()
     taken = np.zeros(pool.n_images, dtype=bool)
     A_open = res.A.copy()  # A(x) with the images picked so far masked to -inf

@@ -132,6 +132,41 @@ def test_group_by_normalizes_within_groups() -> None:
         fuse(pool, TINY, {}, GSALConfig(group_by="line"))
 
 
+def test_difficulty_within_concept_removes_a_concept_wide_offset() -> None:
+    """[ours] difficulty_within=concept: z(D(p)) per assigned concept, so a concept whose regions are all
+    harder to reconstruct (here A, +10 on every proposal's E_rec) stops outranking the others."""
+    def pool(offset: float) -> ScorePool:
+        rng = np.random.default_rng(1)
+        recs = []
+        for i in range(30):
+            c = ("A", "B", "background")[i % 3]
+            e, v = float(rng.random()), float(rng.random())
+            recs.append(rec(f"x{i:02d}", 1.0, 1.0, [prop(e + (offset if c == "A" else 0), v, c)]))
+        return ScorePool.from_records(recs)
+
+    flat, shifted = pool(0.0), pool(10.0)
+    is_a = np.array([flat.concepts[j] == "A" for j in flat.prop_concept])
+    by_pool = fuse(shifted, TINY, {}, GSALConfig())
+    assert by_pool.zD_p[is_a].mean() > by_pool.zD_p[~is_a].mean() + 1  # the offset crowds out B and background
+    cfg = GSALConfig(difficulty_within="concept")
+    by_concept, by_concept_flat = fuse(shifted, TINY, {}, cfg), fuse(flat, TINY, {}, cfg)
+    assert by_concept.zD_p == pytest.approx(by_concept_flat.zD_p, abs=1e-6)  # the offset is gone
+    for c in ("A", "B", "background"):
+        m = np.array([shifted.concepts[j] == c for j in shifted.prop_concept])
+        assert by_concept.zD_p[m].mean() == pytest.approx(0, abs=1e-9)
+        assert by_concept.zD_p[m].std() == pytest.approx(1, abs=1e-6)
+    assert by_concept.zD_img == pytest.approx(by_pool.zD_img)  # image terms keep the pool population
+
+
+def test_difficulty_within_concept_combines_with_group_by() -> None:
+    recs = [rec(f"{g}{i}", 1.0, 1.0, [prop(float(i) * (10 if g == "Q" else 1), 0.0, c)], meta={"product": g})
+            for g in ("P", "Q") for i, c in enumerate(("A", "A", "B", "B"))]
+    pool = ScorePool.from_records(recs)
+    res = fuse(pool, TINY, {}, GSALConfig(group_by="product", difficulty_within="concept"))
+    # every (product, concept) pair holds two proposals: each pair is normalized to -1, +1 on its own
+    assert res.zD_p == pytest.approx([-1, 1] * 4, abs=1e-6)
+
+
 def test_from_records_columns_and_validation() -> None:
     pool = ScorePool.from_records([
         rec("a", 1, 2, [prop(3, 4, "A", score=0.9, sim={"A": 0.5})], uncertainty={"entropy": 0.3}, embedding=[1.0, 0.0]),
