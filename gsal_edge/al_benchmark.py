@@ -431,14 +431,29 @@ def git_state() -> dict[str, Any]:
     return {"commit": head.stdout.strip() or None, "dirty": bool(dirty.stdout.strip()) if dirty.returncode == 0 else None}
 
 
-def folder_fingerprint(folder: Path, skip: Iterable[str] = ("checkpoints",)) -> str:
-    """sha256 over the relative paths and bytes of a model folder (training checkpoints skipped)."""
+def folder_fingerprint(folder: Path, skip: Iterable[str] = ("checkpoints",), provenance: bool = False) -> str:
+    """sha256 over the relative paths and contents of a model folder: its weights and the configs that load them.
+
+    Training provenance is left out unless ``provenance``: ``checkpoints/``, the top-level ``run.json`` and the
+    ``train`` section of a top-level JSON descriptor (``gsal_prior.json``, ``gsal_clip.json``: wall times,
+    losses). So a retrain that gives bit-identical weights keeps the fingerprint, and with it the run folders
+    and diffusion caches made with it. ``provenance=True`` is the old fingerprint (every file but checkpoints),
+    still accepted when resuming run folders started before this rule.
+    """
     h = hashlib.sha256()
     skip = set(skip)
     for p in sorted(folder.rglob("*")):
         rel = p.relative_to(folder)
         if not p.is_file() or (rel.parts and rel.parts[0] in skip):
             continue
+        if not provenance and len(rel.parts) == 1 and p.suffix == ".json":
+            if p.name == "run.json":
+                continue
+            doc = _read_json(p)
+            if isinstance(doc, dict) and "train" in doc:
+                h.update(str(rel).encode())
+                h.update(json.dumps({k: v for k, v in doc.items() if k != "train"}, sort_keys=True).encode())
+                continue
         h.update(str(rel).encode())
         with p.open("rb") as fh:
             for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -680,8 +695,11 @@ class Benchmark:
             old_split = _read_json(self.run_dir / "split.json") if (self.run_dir / "split.json").is_file() else None
             if old_split is not None and old_split != split:
                 raise BenchError(f"{self.run_dir}/split.json: the data or split differ from the stored run")
-            if old.get("models", {}).get("prior_fingerprint") not in (None, self.prior_fp):
-                raise BenchError(f"{path}: the diffusion prior changed since the run started ({self.prior_dir})")
+            if old.get("models", {}).get("prior_fingerprint") not in (
+                    None, self.prior_fp, folder_fingerprint(self.prior_dir, provenance=True)):
+                raise BenchError(f"{path}: the diffusion prior changed since the run started ({self.prior_dir}): "
+                                 "its weights or configs differ; resume with the same --models/--prior, or use a "
+                                 "new --out")
             return
         write_json_atomic(self.run_dir / "split.json", split)
         info = {

@@ -16,6 +16,7 @@ from gsal_edge.al_benchmark import (
     DiffusionCache,
     budget_schedule,
     expand_strategies,
+    folder_fingerprint,
     load_preset,
     parse_strategy,
     rare_classes,
@@ -58,6 +59,29 @@ def test_budget_schedule_and_rare_classes() -> None:
     counts = {"void": 300, "inclusion": 250, "crack": 180, "petal": 25, "drill_hole": 20}
     assert rare_classes(counts, 0.2) == ["drill_hole"]
     assert rare_classes(counts, 0.4) == ["drill_hole", "petal"]
+
+
+def test_model_fingerprint_ignores_training_provenance(tmp_path: Path) -> None:
+    m = tmp_path / "prior"
+    (m / "unet").mkdir(parents=True)
+    (m / "checkpoints").mkdir()
+    (m / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"weights-1")
+    desc = {"resolution": 128, "scaling_factor": 0.27, "train": {"wall_seconds": {"unet": 261.9}}}
+    (m / "gsal_prior.json").write_text(json.dumps(desc))
+    (m / "run.json").write_text('{"wall_seconds": 1}')
+    (m / "checkpoints" / "last.pt").write_bytes(b"a")
+    fp, legacy = folder_fingerprint(m), folder_fingerprint(m, provenance=True)
+    # a retrain with bit-identical weights: other timings, run record and checkpoints
+    (m / "gsal_prior.json").write_text(json.dumps({**desc, "train": {"wall_seconds": {"unet": 250.0}}}, indent=2))
+    (m / "run.json").write_text('{"wall_seconds": 2}')
+    (m / "checkpoints" / "last.pt").write_bytes(b"b")
+    assert folder_fingerprint(m) == fp and folder_fingerprint(m, provenance=True) != legacy
+    (m / "gsal_prior.json").write_text(json.dumps({**desc, "scaling_factor": 0.3}))  # what loading reads
+    assert folder_fingerprint(m) != fp
+    (m / "gsal_prior.json").write_text(json.dumps(desc))
+    assert folder_fingerprint(m) == fp
+    (m / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"weights-2")
+    assert folder_fingerprint(m) != fp
 
 
 def test_config_errors_name_the_field() -> None:
