@@ -9,6 +9,8 @@
 #      both, the `paper` preset (ResNet-50 FPN, 600 px) on CUDA.
 #   C. the active-learning benchmark's `tiny` preset end to end with the detector on CUDA (--device cuda),
 #      on the bundle's PyTorch prior and CLIP (needs GSAL_GPU_BUNDLE).
+#   D. (only with GSAL_GPU_PARTS containing D) the `paper` preset, shrunk to fit a few minutes: ResNet-50 FPN
+#      on CUDA, 600 synthetic slices, gsal + entropy, 1% -> 3%, 60 iterations a round.
 #
 #   here:    download the wheels of bench/gsal_gpu_check_wheels.txt into .whl/ (command in that file)
 #   device:  run(command="GSAL_GPU_BUNDLE=artifacts/demo/bundles/bundle-ID GSAL_GPU_PUB=artifacts/demo/keys/
@@ -95,5 +97,12 @@ print(f"  bench tiny: {len(rows)} result files -> {sys.argv[1]}")
 EOF
   else
     echo "== C. skipped: needs GSAL_GPU_BUNDLE (its torch/prior and torch/clip)"
+  fi
+  if [[ $PARTS == *D* && -n "$BUNDLE" ]]; then  # not in the default parts: a smoke of the `paper` preset
+    part "D. bench --preset paper, shrunk (600 slices, 2 strategies, 1-3%, 60 iterations)" 330 "${CLI[@]}" bench \
+      --preset paper --n-images 600 --strategies gsal,entropy --seeds 1 --budget 0.03 --train-iters 60 \
+      --candidates 200 --device cuda --threads 16 --prior "$BUNDLE/torch/prior" --clip "$BUNDLE/torch/clip" \
+      --out /tmp/gsal_bench_paper --quiet
+    cp /tmp/gsal_bench_paper/report.md "$OUTDIR/bench_paper_report.md" 2>/dev/null || true
   fi
 } 2>&1 | grep --line-buffered -v -e "accelerate" -e '^```' -e '^\.$' | tee "$OUTDIR/gpu_check.log"

@@ -154,8 +154,9 @@ class BenchConfig(_Strict):
     rare_fraction: float = Field(0.2, gt=0, le=1, description="rare = bottom share of classes by instances")
     rare_classes: list[str] | None = None
     threads: int = Field(1, ge=1)
-    device: str = Field("cpu", description="where the detector trains and is evaluated: cpu | cuda[:N] | auto "
-                                           "(cuda when torch sees a GPU); scoring stays on the CPU engines")
+    device: str = Field("cpu", description="where the detector trains and is evaluated and the pool is scored: "
+                                           "cpu | cuda[:N] | auto (cuda when torch sees a GPU); on CUDA the "
+                                           "scorer runs in fp32 (TF32 off), so its records match the CPU's")
     score_batch: int = Field(32, ge=1)
     mc_dropout_T: int = Field(10, ge=2)
     gallery_picks: int = Field(4, ge=1, description="picks per strategy shown in the gallery")
@@ -840,13 +841,13 @@ class Benchmark:
         if sc is None:
             sc = scorer_from_models(model, list(model.classes), self.prior, self.clip, self.graph,
                                     bundle_id=f"bench-{self.prior_fp[:8]}-{self.clip_fp[:8]}", station="bench",
-                                    **spec_kw)
+                                    device=self.device, **spec_kw)
             self._text_emb[key] = np.array(sc.assigner.embeddings, copy=True)
             ns = _digest([self.prior_fp, sc.spec.K, sc.spec.t_index, sc.spec.ddim_steps, sc.spec.base_seed,
                           sc.spec.prior_resolution, self.cfg.data.window])
             self.diffusion_cache.attach(sc, ns, set(self.pool_ids))
             self._scorers[key] = sc
-        sc.engines["detector"] = TorchEngine("detector", DetectorWrapper(model))
+        sc.engines["detector"] = TorchEngine("detector", DetectorWrapper(model), device=self.device)
         sc.spec.classes = list(model.classes)
         self._scorer_key[id(sc)] = key
         return sc

@@ -64,16 +64,18 @@ def scorer_from_models(
     bundle_id: str = "torch-unbundled",
     station: str = "",
     gsal_config: GSALConfig | None = None,
+    device: str = "cpu",
     **spec_overrides: Any,
 ) -> GSALScorer:
-    """Wrap loaded models as TorchEngines and precompute f_T(c) for every fine concept (Eq. 3)."""
+    """Wrap loaded models as TorchEngines on ``device`` (on CUDA in fp32, TF32 off) and precompute f_T(c)
+    for every fine concept (Eq. 3)."""
     g = load_graph(graph)
     spec = model_spec(classes, prior, clip, g, gsal_config, **spec_overrides)
     engines = {
-        "detector": TorchEngine("detector", DetectorWrapper(detector)),
-        "vae_encoder": TorchEngine("vae_encoder", prior.vae_encoder_module()),
-        "unet": TorchEngine("unet", prior.unet_module()),
-        "clip_image": TorchEngine("clip_image", clip.image_module()),
+        "detector": TorchEngine("detector", DetectorWrapper(detector), device=device),
+        "vae_encoder": TorchEngine("vae_encoder", prior.vae_encoder_module(), device=device),
+        "unet": TorchEngine("unet", prior.unet_module(), device=device),
+        "clip_image": TorchEngine("clip_image", clip.image_module(), device=device),
     }
     return GSALScorer(engines, spec, concept_embedding_matrix(clip, g), bundle_id=bundle_id, station=station,
                       graph_name=g.name)

@@ -88,7 +88,8 @@ def mc_dropout_probs(model: CTFasterRCNN, image: np.ndarray, T: int = 10, seed: 
         raise ValueError(f"image must be float32 HxW in [0, 1], got {img.dtype} {img.shape}")
     was_training = model.training
     model.eval()
-    x = [torch.from_numpy(np.ascontiguousarray(img))[None]]
+    dev = next(model.parameters()).device  # dropout draws come from this device's RNG (seeded either way)
+    x = [torch.from_numpy(np.ascontiguousarray(img))[None].to(dev)]
     try:
         with torch.inference_mode():
             images, _ = model.transform(x)
@@ -97,7 +98,7 @@ def mc_dropout_probs(model: CTFasterRCNN, image: np.ndarray, T: int = 10, seed: 
             pooled = model.roi_heads.box_roi_pool(features, proposals, images.image_sizes)
             head.mc_p = p
             out = []
-            with torch.random.fork_rng(devices=[]):
+            with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
                 torch.manual_seed(seed)
                 for _ in range(T):
                     logits, _ = model.roi_heads.box_predictor(head(pooled))
@@ -105,7 +106,7 @@ def mc_dropout_probs(model: CTFasterRCNN, image: np.ndarray, T: int = 10, seed: 
     finally:
         head.mc_p = 0.0
         model.train(was_training)
-    return torch.stack(out).numpy()
+    return torch.stack(out).cpu().numpy()
 
 
 def mc_dropout_uncertainty(model: CTFasterRCNN, image: np.ndarray, T: int = 10, seed: int = 0,

@@ -72,7 +72,8 @@ def bench(
     sweep: Annotated[list[str] | None, typer.Option(help="one-at-a-time sweep name=v1,v2,... (repeatable); "
                                                             "alpha_beta=v sets alpha=v, beta=1-v")] = None,
     threads: Annotated[int | None, typer.Option(help="torch threads")] = None,
-    device: Annotated[str | None, typer.Option(help="detector training/eval device: cpu | cuda[:N] | auto")] = None,
+    device: Annotated[str | None, typer.Option(help="device of detector training, evaluation and scoring: "
+                                                     "cpu | cuda[:N] | auto")] = None,
     n_images: Annotated[int | None, typer.Option(help="synthetic data: images generated (pool + test)")] = None,
     report_only: Annotated[Path | None, typer.Option("--report-only", help="only rewrite RUN_DIR's report")] = None,
     quiet: Annotated[bool, typer.Option(help="no progress bars")] = False,
