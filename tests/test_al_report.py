@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gsal_edge.al_report import load_run, metric_table, write_report
+from gsal_edge.al_report import RunData, instances_f1_correlation, load_run, metric_table, write_report
 from gsal_edge.synthetic_ct import write_png16
 
 
@@ -76,8 +76,30 @@ def test_write_report_files_and_sections(run_dir: Path) -> None:
     assert "- gsal: 20%, 20%" in text and "- random: not yet" in text
     assert "## Sensitivity" in text and "| 1.0 | `gsal[gamma=1]` | – |" in text
     assert "label mode: typed" in text
-    for png in ("learning_curves.png", "rare_retrieval.png", "sensitivity.png", "gallery.png"):
+    assert "## Labeled instances and F1" in text
+    assert "| gsal | **5.0 ± 0.0** | 7.0 ± 0.0 |" in text  # 5 + round + rare instances covered
+    assert "follows the labeled instance count" not in text  # one strategy per (seed, round): no comparison
+    for png in ("learning_curves.png", "rare_retrieval.png", "sensitivity.png", "instances_f1.png", "gallery.png"):
         assert (run_dir / png).stat().st_size > 5000, png
+
+
+def test_instances_f1_correlation_compares_strategies_within_seed_and_round() -> None:
+    def run_with(f1_of) -> RunData:
+        run = RunData(Path("."), {"strategies": ["a", "b", "c"], "budgets": [0.1, 0.2, 0.3], "seeds": [0, 1]})
+        for k, s in enumerate(run.info["strategies"]):
+            for seed in (0, 1):
+                # every seed and round shifts both numbers: the centring must take that out
+                run.results.setdefault(s, {})[seed] = [
+                    {"round": r, "instances": 10 * r + 3 * k + 50 * seed,
+                     "metrics": {"f1": 0.2 * r + 0.3 * seed + f1_of(k)}} for r in range(3)]
+        return run
+
+    up = instances_f1_correlation(run_with(lambda k: 0.01 * k))
+    assert up is not None and up["n"] == 12  # rounds 1 and 2 of 3 strategies x 2 seeds
+    assert up["pearson"] == pytest.approx(1.0) and up["spearman"] == pytest.approx(1.0)
+    down = instances_f1_correlation(run_with(lambda k: -0.01 * k))
+    assert down is not None and down["spearman"] == pytest.approx(-1.0)
+    assert instances_f1_correlation(run_with(lambda k: 0.0)) is None  # F1 does not vary between strategies
 
 
 def test_sensitivity_includes_the_base_at_its_own_value(run_dir: Path) -> None:
