@@ -31,6 +31,11 @@ def _fail(msg: str, code: int = 2) -> typer.Exit:
 @app.command("serve")
 def serve(
     bundle: str | None = typer.Option(None, "--bundle", help="bundle directory to serve (or load later with load-bundle)"),
+    watch_bundles: Path | None = typer.Option(
+        None, "--watch-bundles", help="bundles folder to follow: whenever its LATEST names another bundle, verify, "
+        "warm up and hot-swap to it (as LoadBundle); a refused bundle is logged and the current one keeps serving"),
+    watch_interval_s: float = typer.Option(5.0, "--watch-interval-s", min=0.05, help="seconds between polls of "
+                                           "--watch-bundles"),
     host: str = typer.Option("127.0.0.1", "--host", help="address to bind"),
     port: int = typer.Option(50051, "--port", help="gRPC port (0: a free one)"),
     station_id: str | None = typer.Option(None, "--station-id", help="written to record.model.station"),
@@ -140,6 +145,19 @@ def serve(
             srv.stop(0)
             raise _fail(f"--bundle: {e}", 1) from None
         typer.echo(f"serving bundle {res.bundle_id} (load {res.load_seconds:.2f}s, warm-up {res.warmup_seconds:.2f}s)")
+    watcher = None
+    if watch_bundles is not None:
+        from gsal_edge.bundle import BundleError, resolve_bundle_dir
+        from server.bundle_watcher import BundleWatcher
+
+        current = None
+        if bundle:
+            try:
+                current = resolve_bundle_dir(bundle)
+            except BundleError:
+                current = None  # e.g. an 'untrained:' spec: the first poll loads LATEST
+        watcher = BundleWatcher(watch_bundles, srv.load_bundle, watch_interval_s, current=current).start()
+        typer.echo(f"following {watch_bundles}/LATEST every {watch_interval_s:g}s")
     done = threading.Event()
 
     def _on_signal(signum: int, _frame: object) -> None:
@@ -150,6 +168,8 @@ def serve(
     signal.signal(signal.SIGINT, _on_signal)
     while not done.wait(0.5):
         pass
+    if watcher is not None:
+        watcher.stop()
     srv.stop()
 
 

@@ -12,8 +12,10 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
-def start_serve_process(args: list[str], timeout: float = 180.0) -> tuple[subprocess.Popen, str, list[str]]:
-    """Run ``python -m server.cli serve ARGS``; return (process, 127.0.0.1:port, output lines so far).
+def start_serve_process(args: list[str], timeout: float = 180.0,
+                        ready: str = "serving bundle") -> tuple[subprocess.Popen, str, list[str]]:
+    """Run ``python -m server.cli serve ARGS``; return (process, 127.0.0.1:port, output lines so far) once a
+    line starts with ``ready``.
 
     The caller owns the process (terminate it in a ``finally``). Fails with the output when the
     server never reports its address.
@@ -32,7 +34,7 @@ def start_serve_process(args: list[str], timeout: float = 180.0) -> tuple[subpro
         lines.append(line)
         m = re.search(r"listening on (127\.0\.0\.1:\d+)", line)
         addr = addr or (m.group(1) if m else None)
-        if line.startswith("serving bundle"):
+        if line.startswith(ready):
             break
     if not addr:
         proc.kill()
