@@ -391,8 +391,14 @@ def check_driver(pick: dict[str, Any], class_to_concept: dict[str, str], rare_co
     on_defect = best[0] >= iou_thr
     concept = prop.get("concept")
     right = on_defect and best[1] == concept
+    margin = prop.get("margin")
+    if margin is None and prop.get("similarity"):  # picks written before rationales carried the margin
+        from gsal_edge.selection import concept_margin
+
+        close = concept_margin(prop["similarity"], concept)
+        margin = None if close is None else close[2]
     return {"on_defect": on_defect, "concept_right": right, "claims_rare": concept in rare_concepts,
-            "rare_right": concept in rare_concepts and right}
+            "rare_right": concept in rare_concepts and right, "margin": margin}
 
 
 def rationale_check_rows(run: RunData) -> list[list[str]]:
@@ -403,6 +409,7 @@ def rationale_check_rows(run: RunData) -> list[list[str]]:
     slugs = info.get("strategy_slugs", {})
     rows = []
     for s in run.strategies:
+        limit = float((info.get("gsal_configs") or {}).get(s, {}).get("rationale_margin", 0.1))
         judged = []
         for seed in run.results[s]:
             folder = run.run_dir / "picks" / slugs.get(s, s) / f"seed-{seed}"
@@ -417,9 +424,16 @@ def rationale_check_rows(run: RunData) -> list[list[str]]:
             continue
         n = len(judged)
         claims = sum(j["claims_rare"] for j in judged)
+
+        def right(group: list[dict[str, Any]]) -> str:
+            return f"{np.mean([j['concept_right'] for j in group]):.2f} (n={len(group)})" if group else "–"
+
+        with_margin = [j for j in judged if j.get("margin") is not None]
         rows.append([s, str(n), f"{np.mean([j['on_defect'] for j in judged]):.2f}",
                      f"{np.mean([j['concept_right'] for j in judged]):.2f}", str(claims),
-                     f"{sum(j['rare_right'] for j in judged) / claims:.2f}" if claims else "–"])
+                     f"{sum(j['rare_right'] for j in judged) / claims:.2f}" if claims else "–",
+                     right([j for j in with_margin if j["margin"] >= limit]),
+                     right([j for j in with_margin if j["margin"] < limit])])
     return rows
 
 
@@ -491,9 +505,11 @@ def write_report(run_dir: str | Path) -> Path:
                   "",
                   ("on a defect: the proposal that drove the pick overlaps a labeled box (IoU >= 0.1); concept right: "
                    "and its Eq. 3 concept is that box's class; rare claims: picks whose driving concept is a rare "
-                   "class, and the share of those that were right."), "",
-                  _md_table(["strategy", "picks", "on a defect", "concept right", "rare claims", "rare claims right"],
-                            check), ""]
+                   "class, and the share of those that were right; certain / uncertain: concept right among the "
+                   "picks whose concept beat the runner-up's similarity by at least / less than `rationale_margin` "
+                   "(the sentence calls the latter uncertain)."), "",
+                  _md_table(["strategy", "picks", "on a defect", "concept right", "rare claims", "rare claims right",
+                             "concept right, certain", "concept right, uncertain"], check), ""]
     classes = info.get("classes", [])
     last = len(run.budgets) - 1
     rows = []

@@ -133,12 +133,18 @@ class GSALConfig(BaseModel):
     batch_aware: bool = Field(
         False, description="[ours] greedy picks updating provisional counts n(v) after each pick."
     )
+    rationale_margin: float = Field(
+        0.1, ge=0,
+        description="[ours] wording only: a rationale whose driving concept beats the runner-up's CLIP "
+        "similarity by less than this says the concept is uncertain (measured: such claims are right far "
+        "less often, docs/results.md).",
+    )
     screening: ScreeningConfig = Field(default_factory=ScreeningConfig)
     seed: int = Field(0, description="Seed of every random choice (random baseline, core-set start...).")
 
     @field_validator(
         "alpha", "beta", "gamma", "rho", "eta", "lambda_", "mu", "percentile", "t_frac",
-        "context_margin", "temperature",
+        "context_margin", "temperature", "rationale_margin",
     )
     @classmethod
     def _finite(cls, v: float) -> float:

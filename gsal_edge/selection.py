@@ -33,6 +33,7 @@ __all__ = [
     "Pick",
     "ScreeningReport",
     "Selection",
+    "concept_margin",
     "gsal_select",
     "labeled_counts",
     "rationale",
@@ -238,6 +239,14 @@ def _node(name: str, n: float, tau: float, r: float) -> dict[str, Any]:
     return {"name": name, "count": _num(n), "tau": _num(tau), "rare": bool(n < tau), "indicator": float(r)}
 
 
+def concept_margin(similarity: dict[str, float], concept: str) -> tuple[str, float, float] | None:
+    """How sure Eq. 3 was: (runner-up concept, its similarity, sim(concept) - that); None without a rival."""
+    if concept not in similarity or len(similarity) < 2:
+        return None
+    other, s2 = max(((c, v) for c, v in similarity.items() if c != concept), key=lambda cv: cv[1])
+    return other, s2, similarity[concept] - s2
+
+
 def rationale(pool: ScorePool, graph: ConceptGraph, res: FusionResult, config: GSALConfig, i: int,
               rank: int) -> dict[str, Any]:
     """Why image ``i`` was picked: A and its terms, the driving proposal (box, D, S), its semantic
@@ -313,6 +322,10 @@ def rationale(pool: ScorePool, graph: ConceptGraph, res: FusionResult, config: G
         "r_f": float(tbl.r_f[ci]), "r_c": float(tbl.r_c[ci]), "r_a": float(tbl.r_a[ci]),
         "similarity": sim,
     }
+    close = concept_margin(sim, concept)
+    if close is not None:
+        prop["runner_up"] = {"concept": close[0], "similarity": close[1]}
+        prop["margin"] = close[2]
     if res.probabilities is not None and not novel and res.probabilities[j].sum() > 0:
         prop["probabilities"] = {f: float(p) for f, p in zip(graph.fine, res.probabilities[j])}
     out["proposal"] = prop
@@ -354,11 +367,23 @@ def _indicators(cov: Coverage, config: GSALConfig) -> tuple[np.ndarray, np.ndarr
 
 def sentence(r: dict[str, Any], config: GSALConfig | None = None) -> str:
     """One readable sentence from a rationale, e.g. "picked for a rare concept: drill_hole
-    (0 labeled, tau_f = 3) in a hard region"."""
+    (0 labeled, tau_f = 3) in a hard region"; when the driving concept beat the runner-up's similarity
+    by less than ``rationale_margin``, it says so ("; concept uncertain: ...")."""
     prop = r.get("proposal")
     if prop is None:
         return (f"picked for a hard image: whole-image difficulty z(D_img) = {r['terms']['z_D_img']:.2f}, "
                 "no proposals")
+    text = _sentence(r, prop, config)
+    margin = prop.get("margin")
+    limit = (config or GSALConfig()).rationale_margin
+    if margin is not None and margin < limit and not r.get("novel"):
+        ru = prop["runner_up"]
+        text += (f"; concept uncertain: {prop['concept']} {prop['similarity'][prop['concept']]:.2f} vs "
+                 f"{ru['concept']} {ru['similarity']:.2f}")
+    return text
+
+
+def _sentence(r: dict[str, Any], prop: dict[str, Any], config: GSALConfig | None) -> str:
     where = "a hard region" if prop["z_D"] > 0 else "a typical region"
     path = r["path"]
     if r["dominant"] == "rarity":

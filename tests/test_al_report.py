@@ -126,16 +126,29 @@ def _pick(box: list[float], concept: str) -> dict:
     return {"rationale": {"proposal": {"box": box, "concept": concept}}}
 
 
+def test_rationale_check_splits_certain_and_uncertain_concepts(run_dir: Path) -> None:
+    folder = run_dir / "picks" / "gsal" / "seed-0"
+    folder.mkdir(parents=True)
+    picks = [{"image_id": "s1", "rationale": {"proposal": {"box": [10, 10, 20, 20], "concept": c, "margin": m}}}
+             for c, m in (("petal", 0.3), ("void", 0.02), ("petal", 0.05))]
+    (folder / "round-00.json").write_text(json.dumps({"picks": picks}))
+    text = write_report(run_dir).read_text()
+    # default rationale_margin 0.1: one certain pick (right), two uncertain (one right)
+    assert "| gsal | 3 | 1.00 | 0.67 | 2 | 1.00 | 1.00 (n=1) | 0.50 (n=2) |" in text
+
+
 def test_check_driver_judges_the_driving_proposal() -> None:
     from gsal_edge.al_report import check_driver
 
     gt = [[[10, 10, 20, 20], "petal"], [[50, 50, 60, 60], "void"]]
     c2c, rare = {"petal": "petal", "void": "void"}, {"petal"}
     right = check_driver({**_pick([11, 11, 21, 21], "petal"), "gt": gt}, c2c, rare)
-    assert right == {"on_defect": True, "concept_right": True, "claims_rare": True, "rare_right": True}
+    assert right == {"on_defect": True, "concept_right": True, "claims_rare": True, "rare_right": True,
+                     "margin": None}
     # a rare claim on the void box: on a defect, wrong concept
     wrong = check_driver({**_pick([50, 50, 59, 61], "petal"), "gt": gt}, c2c, rare)
-    assert wrong == {"on_defect": True, "concept_right": False, "claims_rare": True, "rare_right": False}
+    assert wrong == {"on_defect": True, "concept_right": False, "claims_rare": True, "rare_right": False,
+                     "margin": None}
     # on background (IoU 0 with both boxes), and a pick with no driving proposal
     assert check_driver({**_pick([100, 100, 110, 110], "void"), "gt": gt}, c2c, rare)["on_defect"] is False
     assert check_driver({"rationale": {"driver": "hard image"}, "gt": gt}, c2c, rare) is None
@@ -153,4 +166,4 @@ def test_rationale_check_section_reads_the_pick_files(run_dir: Path) -> None:
     (folder / "round-00.json").write_text(json.dumps({"picks": picks}))
     text = write_report(run_dir).read_text()
     assert "## Rationale check" in text
-    assert "| gsal | 2 | 0.50 | 0.50 | 2 | 0.50 |" in text
+    assert "| gsal | 2 | 0.50 | 0.50 | 2 | 0.50 | – | – |" in text  # picks without similarities: no split

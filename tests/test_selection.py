@@ -91,6 +91,31 @@ def test_rationale_for_a_rare_concept() -> None:
     assert p.sentence == "picked for a rare concept: drill_hole (0 labeled, tau_f = 3) in a hard region"
 
 
+def test_rationale_says_when_the_concept_was_a_close_call() -> None:
+    g = load_graph("thin_film_ct")
+    counts = {"void": 3, "inclusion": 3, "petal": 3, "crack": 3}
+
+    def pool(sim: dict[str, float]) -> ScorePool:
+        recs = [rec(f"v{i}", float(i), [prop(float(i), "void", sim={"void": 0.8, "drill_hole": 0.1})])
+                for i in range(1, 10)]
+        recs.append(rec("r", 5.0, [prop(5.5, "drill_hole", box=(10, 20, 30, 40), sim=sim)]))
+        return ScorePool.from_records(recs)
+
+    close = gsal_select(pool({"drill_hole": 0.52, "crack": 0.47, "void": 0.1}), g, counts, GSALConfig(), 1).picks[0]
+    assert close.image_id == "r"
+    prop_r = close.rationale["proposal"]
+    assert prop_r["runner_up"] == {"concept": "crack", "similarity": 0.47}
+    assert prop_r["margin"] == pytest.approx(0.05)
+    assert close.sentence == ("picked for a rare concept: drill_hole (0 labeled, tau_f = 3) in a hard region; "
+                              "concept uncertain: drill_hole 0.52 vs crack 0.47")
+    strict = gsal_select(pool({"drill_hole": 0.52, "crack": 0.47}), g, counts, GSALConfig(rationale_margin=0.01),
+                         1).picks[0]
+    assert "uncertain" not in strict.sentence  # the wording threshold is configurable
+    clear = gsal_select(pool({"drill_hole": 0.70, "crack": 0.30}), g, counts, GSALConfig(), 1).picks[0]
+    assert clear.sentence == "picked for a rare concept: drill_hole (0 labeled, tau_f = 3) in a hard region"
+    assert close.acquisition == pytest.approx(clear.acquisition)  # wording only: the scores do not change
+
+
 def test_rationale_for_hard_image_without_proposals_and_novel_concept() -> None:
     pool = ScorePool.from_records([rec("a", 1.0), rec("b", 2.0), rec("c", 9.0)])
     p = gsal_select(pool, TINY, {}, GSALConfig(), 1).picks[0]
