@@ -77,11 +77,13 @@ def records_from_arrays(arrays: dict[str, Any], n: int) -> list[ScoreRecord]:
     """The first n images of the columnar pool as spec §11 record objects (for from_records timing)."""
     concepts = arrays["concepts"]
     starts = np.searchsorted(arrays["prop_image"], np.arange(n + 1))
+    sim = arrays.get("similarity")  # with --soft: every proposal carries its similarity dict, as a station sends
     out = []
     for i in range(n):
         props = [ProposalScore(tuple(arrays["prop_box"][j].tolist()), float(arrays["prop_score"][j]),
                                float(arrays["prop_e_rec"][j]), float(arrays["prop_v_den"][j]),
-                               concepts[int(arrays["prop_concept"][j])])
+                               concepts[int(arrays["prop_concept"][j])],
+                               {} if sim is None else dict(zip(concepts, sim[j].tolist())))
                  for j in range(starts[i], starts[i + 1])]
         out.append(ScoreRecord(str(arrays["image_ids"][i]), float(arrays["e_rec"][i]), float(arrays["v_den"][i]),
                                props, {"entropy": float(arrays["uncertainty"]["entropy"][i])}))

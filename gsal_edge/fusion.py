@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import chain
 
 import numpy as np
 
@@ -173,14 +174,21 @@ class ScorePool:
                 p_lab.append(pr.label)
                 sims.append(pr.similarity)
         n, p = len(ids), len(p_img)
-        vocab = sorted(set(p_con).union(*[s.keys() for s in sims]) if p else set())
+        # proposals of one scorer share one key order, so the similarity dicts fall into a few key layouts:
+        # fill the matrix one layout at a time instead of element by element
+        layouts: dict[tuple[str, ...], list[int]] = {}
+        for row, s in enumerate(sims):
+            if s:
+                layouts.setdefault(tuple(s), []).append(row)
+        vocab = sorted(set(p_con).union(*layouts))
         vidx = {c: j for j, c in enumerate(vocab)}
         similarity = None
-        if any(sims):
+        if layouts:
             similarity = np.full((p, len(vocab)), np.nan)
-            for row, s in enumerate(sims):
-                for k, v in s.items():
-                    similarity[row, vidx[k]] = v
+            for keys, rows in layouts.items():
+                vals = np.fromiter(chain.from_iterable(sims[r].values() for r in rows), dtype=np.float64,
+                                   count=len(rows) * len(keys)).reshape(len(rows), len(keys))
+                similarity[np.ix_(rows, [vidx[k] for k in keys])] = vals
         labels = sorted({lb for lb in p_lab if lb is not None})
         lidx = {c: j for j, c in enumerate(labels)}
         prop_label = np.array([lidx[lb] if lb is not None else -1 for lb in p_lab], dtype=np.int64) if labels else None

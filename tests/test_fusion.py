@@ -185,6 +185,20 @@ def test_from_records_columns_and_validation() -> None:
         ScorePool(np.array(["a"]), [np.nan], [1], [], np.zeros((0, 4)), [], [], [], [], ("A",))
 
 
+def test_from_records_similarity_with_mixed_key_layouts() -> None:
+    """Records from different scorers may list similarities in other orders or for other concepts; each
+    value must land in its concept's column, NaN where a record gave none."""
+    pool = ScorePool.from_records([
+        rec("a", 1, 1, [prop(1, 1, "A", sim={"A": 0.1, "B": 0.2}), prop(1, 1, "B", sim={"B": 0.3, "A": 0.4})]),
+        rec("b", 1, 1, [prop(1, 1, "A", sim={"A": 0.5, "B": 0.6}), prop(1, 1, "C", sim={"C": 0.7})]),
+        rec("c", 1, 1, [prop(1, 1, "B")]),
+    ])
+    assert pool.concepts == ("A", "B", "C")
+    nan = float("nan")
+    expected = np.array([[0.1, 0.2, nan], [0.4, 0.3, nan], [0.5, 0.6, nan], [nan, nan, 0.7], [nan, nan, nan]])
+    np.testing.assert_array_equal(pool.similarity, expected)
+
+
 def test_prefilter_keeps_top_M_by_score_and_subset() -> None:
     pool = ScorePool.from_records([
         rec("a", 1, 1, [prop(1, 1, "A", 0.2), prop(2, 2, "B", 0.9), prop(3, 3, "A", 0.5)]),
