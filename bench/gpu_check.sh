@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU check, prepared to run ONCE on a lent GPU machine (device tool), in three timed parts:
+# GPU check, prepared to run ONCE on a lent GPU machine (device tool), in timed parts (A-C by default):
 #   A. runtime backends: full GSAL scoring per backend side by side (PyTorch CPU/CUDA, ONNX Runtime
 #      CPU/CUDA, TensorRT), batch 1 and batched, records parity vs the first backend (bench/bench_runtime.py).
 #      With GSAL_GPU_BUNDLE (+ GSAL_GPU_PUB) it scores that bundle (e.g. the demo's trained embedded
@@ -18,8 +18,10 @@
 #                carry=[".whl", "artifacts/demo/bundles/bundle-ID", "artifacts/demo/keys/signing_key.pub.pem"])
 #
 # Installs nothing from the network. A backend or part that cannot run prints one line saying why; the
-# others still run. Each part has its own time limit; GSAL_GPU_PARTS=A (or AB ...) runs only those. Results: $OUT/gpu_check.log, $OUT/bench_runtime.json,
-# $OUT/bench_al_tiny.json.
+# others still run. Each part has its own time limit; GSAL_GPU_PARTS=A (or AB, ABCD ...) runs only those.
+# Results: $OUT/gpu_check.log, $OUT/bench_runtime.json, $OUT/bench_al_tiny.json, $OUT/bench_paper_report.md.
+# Measured on an H100 (2026-11-27): A 62-75 s, B 50 s, C 30 s, D > 330 s (scoring-bound then; see
+# docs/results.md "On a GPU").
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-python3}
