@@ -60,9 +60,9 @@ def candidates(bundle: Path, threads: int) -> list[tuple[str, dict[str, Any] | N
     import onnxruntime as ort
     import torch
 
-    from gsal_edge.bundle import read_manifest
-    from gsal_edge.runtime.onnxruntime_backend import gpu_providers
-    from gsal_edge.runtime.tensorrt_backend import tensorrt_status
+    from gsal_edge.scoring.bundle import read_manifest
+    from gsal_edge.scoring.runtime.onnxruntime_backend import gpu_providers
+    from gsal_edge.scoring.runtime.tensorrt_backend import tensorrt_status
 
     m = read_manifest(bundle)
     has_torch = "torch" in m.data
@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     from export.config import ParityConfig
     from export.parity import records_parity
     from export.pipeline import parity_slices
-    from gsal_edge.bundle import load_bundle, resolve_bundle_dir
+    from gsal_edge.scoring.bundle import load_bundle, resolve_bundle_dir
 
     if args.bundle:
         bundle, pubs = resolve_bundle_dir(args.bundle), list(args.pub or [])

@@ -29,11 +29,11 @@ from typing import Any
 
 import numpy as np
 
-from gsal_edge.concept_graph import load_graph
-from gsal_edge.fusion import ScorePool, fuse
-from gsal_edge.gsal_config import GSALConfig
-from gsal_edge.records import ProposalScore, ScoreRecord
-from gsal_edge.selection import gsal_select, top_b
+from gsal_edge.acquisition.concept_graph import load_graph
+from gsal_edge.acquisition.config import GSALConfig
+from gsal_edge.acquisition.fusion import ScorePool, fuse
+from gsal_edge.acquisition.records import ProposalScore, ScoreRecord
+from gsal_edge.acquisition.selection import gsal_select, top_b
 
 # thin-film CT concepts and their share among proposals (background dominates; crack/drill_hole rare)
 CONCEPT_SHARE = {"background": 0.50, "void": 0.20, "inclusion": 0.15, "petal": 0.08, "drill_hole": 0.04,

@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
     import torch
 
-    from gsal_edge.torch_scorer import untrained_scorer
+    from gsal_edge.scoring.torch_scorer import untrained_scorer
 
     torch.set_num_threads(args.threads)
     slices = make_slices(max(args.count, 16), args.size)

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import typer
 
-from gsal_edge import diffusion_difficulty as dd
+from gsal_edge.acquisition import diffusion_difficulty as dd
 
 app = typer.Typer(add_completion=False)
 
@@ -92,14 +92,14 @@ def _zscore(x: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------------- data
 def pool_slices(n: int, seed: int) -> list[Any]:
     """Held-out slices of the POOL generator (default SynthConfig) with a seed never trained on."""
-    from gsal_edge.synthetic_ct import SynthConfig, iter_slices
+    from gsal_edge.data.synthetic_ct import SynthConfig, iter_slices
 
     return list(iter_slices(SynthConfig(), n, seed))
 
 
 def region_sets(slices: list[Any], seed: int) -> list[dict[str, Any]]:
     """Per slice: unit image, defect boxes+classes, look-alike boxes+types, same-size background boxes."""
-    from gsal_edge.preprocessing import to_unit_float
+    from gsal_edge.data.preprocessing import to_unit_float
 
     rng = np.random.default_rng([seed, 3])
     out = []
@@ -131,7 +131,7 @@ def eval_diffusion(prior_dir: Path, regions: list[dict[str, Any]], K: int, t_fra
                    margin: float, batch: int, blob_amplitude: float = 0.065,
                    blob_sigmas: tuple[float, ...] = (0.09, 0.16)) -> dict[str, Any]:
     """AUROCs of E_rec(p), V_den(p), D(p) for defect vs background / look-alike in both proposal modes."""
-    from gsal_edge.diffusion_prior import DiffusionPrior
+    from gsal_edge.models.diffusion_prior import DiffusionPrior
 
     prior = DiffusionPrior.from_pretrained(prior_dir)
     res: dict[str, Any] = {"prior": prior.info(), "K": K, "margin": margin, "by_t": {}}
@@ -222,9 +222,9 @@ def eval_diffusion(prior_dir: Path, regions: list[dict[str, Any]], K: int, t_fra
 def eval_clip(clip_dir: Path, graph_name: str, slices: list[Any], n_exemplars: int, margin: float,
               seed: int, png: Path) -> dict[str, Any]:
     """Zero-shot text assignment vs. prototype assignment on held-out pool crops; confusion PNG."""
-    from gsal_edge.assignment import assign, make_assigner
-    from gsal_edge.clip_model import ClipModel, concept_text_embeddings
-    from gsal_edge.concept_graph import BACKGROUND, load_graph
+    from gsal_edge.acquisition.assignment import assign, make_assigner
+    from gsal_edge.acquisition.concept_graph import BACKGROUND, load_graph
+    from gsal_edge.models.clip_model import ClipModel, concept_text_embeddings
 
     clip = ClipModel.from_folder(clip_dir)
     graph = load_graph(graph_name)

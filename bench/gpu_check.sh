@@ -62,7 +62,7 @@ for n in ("torch", "torchvision", "onnx", "onnxruntime", "onnxruntime-gpu", "ten
 import torch, onnxruntime as ort
 print("  cuda:", torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else "")
 print("  onnxruntime providers:", ort.get_available_providers())
-from gsal_edge.runtime.tensorrt_backend import tensorrt_status
+from gsal_edge.scoring.runtime.tensorrt_backend import tensorrt_status
 print("  tensorrt:", tensorrt_status()[1])
 EOF
   if [[ $PARTS != *A* ]]; then

@@ -3,5 +3,5 @@
 ``onnx_export`` (one engine -> ONNX), ``parity`` (ONNX Runtime vs PyTorch, TensorRT vs ORT),
 ``tensorrt_build`` (plans, lazy), ``bundle_writer`` + ``signing`` (folder, manifest, ed25519),
 ``pipeline`` (the whole ``gsal-edge export``), ``cli`` (its typer app). Stations read bundles with
-``gsal_edge.bundle`` and never import this package.
+``gsal_edge.scoring.bundle`` and never import this package.
 """

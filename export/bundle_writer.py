@@ -1,6 +1,6 @@
 """Write a bundle folder: stage files, hash them, write ``manifest.json``, sign, move into place.
 
-The reading side (hash + signature verification, loading) is ``gsal_edge.bundle``; this module only
+The reading side (hash + signature verification, loading) is ``gsal_edge.scoring.bundle``; this module only
 writes. A bundle is staged in ``OUT/.staging-*`` and renamed to ``OUT/bundle-<id12>`` once complete,
 so a station never sees a half-written bundle; ``OUT/LATEST`` names the newest.
 """
@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from gsal_edge.bundle import (
+from gsal_edge.scoring.bundle import (
     EMBEDDINGS_FILE,
     FORMAT,
     FORMAT_VERSION,

@@ -67,7 +67,7 @@ def export(
     from export.pipeline import ExportError, run_export
     from export.signing import DEFAULT_KEY, generate_keypair, load_private_key
     from export.sources import SourceError, discover_sources
-    from gsal_edge.bundle import BundleError
+    from gsal_edge.scoring.bundle import BundleError
 
     try:
         cfg = load_export_config(config, simplify=simplify or None, fp16=fp16 or None, tensorrt_mode=tensorrt,
@@ -95,7 +95,7 @@ def keygen(
 ) -> None:
     """Create an ed25519 signing key pair."""
     from export.signing import DEFAULT_KEY, generate_keypair
-    from gsal_edge.bundle import key_id, load_public_key
+    from gsal_edge.scoring.bundle import key_id, load_public_key
 
     try:
         priv, pub = generate_keypair(key or DEFAULT_KEY, overwrite=force)
@@ -113,7 +113,7 @@ def verify(
 ) -> None:
     """Check every file's sha256 and the ed25519 signature of a bundle."""
     from export.signing import DEFAULT_KEY, public_key_path
-    from gsal_edge.bundle import BundleError, load_bundle, verify_bundle
+    from gsal_edge.scoring.bundle import BundleError, load_bundle, verify_bundle
 
     keys = list(pub or [public_key_path(DEFAULT_KEY)])
     try:

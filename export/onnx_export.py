@@ -18,7 +18,7 @@ import onnx
 import torch
 
 from export.config import ExportConfig
-from gsal_edge.runtime.base import ENGINE_SIGNATURES
+from gsal_edge.scoring.runtime.base import ENGINE_SIGNATURES
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from export.config import ParityConfig, Tolerance
-from gsal_edge.runtime.base import ENGINE_SIGNATURES, Engine
+from gsal_edge.scoring.runtime.base import ENGINE_SIGNATURES, Engine
 
 
 @dataclass
@@ -176,12 +176,12 @@ class RecordsParity:
 
 
 def _top_b(records: Sequence[Any], b: int, graph: Any | None) -> tuple[str, list[str]]:
-    """Top-b image ids by GSAL A(x) (``gsal_edge.selection.gsal_select``, default config, no labels yet);
+    """Top-b image ids by GSAL A(x) (``gsal_edge.acquisition.selection.gsal_select``, default config, no labels yet);
     without a concept graph, by raw image E_rec (said in the returned method)."""
     if graph is not None:
-        from gsal_edge.fusion import ScorePool
-        from gsal_edge.gsal_config import GSALConfig
-        from gsal_edge.selection import gsal_select
+        from gsal_edge.acquisition.config import GSALConfig
+        from gsal_edge.acquisition.fusion import ScorePool
+        from gsal_edge.acquisition.selection import gsal_select
 
         sel = gsal_select(ScorePool.from_records(list(records)), graph, {}, GSALConfig(), b)
         return "gsal_select (A(x), default GSALConfig, empty coverage)", sel.image_ids

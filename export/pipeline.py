@@ -27,8 +27,8 @@ from export.parity import (
     records_parity,
 )
 from export.sources import ModelSources, Reference, hash_source, load_reference, model_files
-from gsal_edge.bundle import ENGINE_NAMES
-from gsal_edge.runtime.base import ENGINE_SIGNATURES
+from gsal_edge.scoring.bundle import ENGINE_NAMES
+from gsal_edge.scoring.runtime.base import ENGINE_SIGNATURES
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +53,8 @@ class ExportResult:
 
 def parity_slices(n: int, size: int, seed: int) -> tuple[list[np.ndarray], list[str]]:
     """``n`` synthetic thin-film CT slices (uint16, as a station receives them) resized to ``size``."""
-    from gsal_edge.preprocessing import resize_image, to_unit_float
-    from gsal_edge.synthetic_ct import SynthConfig, generate_slice, slice_seed
+    from gsal_edge.data.preprocessing import resize_image, to_unit_float
+    from gsal_edge.data.synthetic_ct import SynthConfig, generate_slice, slice_seed
 
     cfg = SynthConfig()
     out, ids = [], []
@@ -79,7 +79,7 @@ def _sample(feeds: list[dict[str, np.ndarray]], name: str, batch: int) -> dict[s
 
 def _detector_feeds(slices: list[np.ndarray], sizes: list[int], window: Any) -> list[dict[str, np.ndarray]]:
     """The detector at extra input sizes (dynamic H/W is checked, not assumed)."""
-    from gsal_edge.preprocessing import resize_image, to_unit_float
+    from gsal_edge.data.preprocessing import resize_image, to_unit_float
 
     out = []
     for s in sizes:
@@ -89,8 +89,8 @@ def _detector_feeds(slices: list[np.ndarray], sizes: list[int], window: Any) -> 
 
 
 def _ort_scorer(ref: Reference, paths: dict[str, Path], providers: list[Any] | None = None) -> Any:
-    from gsal_edge.runtime.onnxruntime_backend import OrtEngine
-    from gsal_edge.scoring import GSALScorer
+    from gsal_edge.scoring.runtime.onnxruntime_backend import OrtEngine
+    from gsal_edge.scoring.scorer import GSALScorer
 
     engines = {n: OrtEngine(n, paths[n], providers=providers) for n in ENGINE_NAMES}
     return GSALScorer(engines, ref.spec, ref.concept_embeddings, backend="onnxruntime", graph_name=ref.graph.name)
@@ -189,7 +189,7 @@ def run_export(
     except BaseException:
         writer.abort()
         raise
-    from gsal_edge.bundle import read_manifest
+    from gsal_edge.scoring.bundle import read_manifest
 
     return ExportResult(
         bundle_dir=bundle_dir,
@@ -214,7 +214,7 @@ def build_tensorrt(
 ) -> dict[str, Any]:
     """Build TensorRT plans per ``cfg.tensorrt`` and check them against ORT; never fatal in ``auto``."""
     from export.tensorrt_build import TensorRTBuildError, build_plan, profile_for, spatial_ranges
-    from gsal_edge.runtime.tensorrt_backend import TrtEngine, tensorrt_status
+    from gsal_edge.scoring.runtime.tensorrt_backend import TrtEngine, tensorrt_status
 
     tcfg = cfg.tensorrt
     if tcfg.mode == "off":

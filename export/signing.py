@@ -1,4 +1,4 @@
-"""Ed25519 keys and bundle signing (the verifying half lives in ``gsal_edge.bundle``)."""
+"""Ed25519 keys and bundle signing (the verifying half lives in ``gsal_edge.scoring.bundle``)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from gsal_edge.bundle import MANIFEST, SIGNATURE, BundleError, key_id
+from gsal_edge.scoring.bundle import MANIFEST, SIGNATURE, BundleError, key_id
 
 DEFAULT_KEY = Path(os.environ.get("GSAL_SIGNING_KEY", "artifacts/keys/gsal_signing_key.pem"))
 

@@ -2,7 +2,7 @@
 
 ``--models DIR`` is searched by convention (each part can be named explicitly instead):
 
-- detector: ``detector.pt`` (else ``detector/*.pt``, else the only ``*.pt``): a ``gsal_edge.detector`` checkpoint
+- detector: ``detector.pt`` (else ``detector/*.pt``, else the only ``*.pt``): a ``gsal_edge.models.detector`` checkpoint
 - prior: the folder with ``unet/`` + ``vae/`` + ``scheduler/`` (``prior/``, ``diffusion_prior/`` or DIR itself)
 - clip: the folder with ``gsal_clip.json`` (``clip/`` or any sub-folder)
 - graph: ``graph.yaml`` / ``concept_graph.yaml`` / ``.json`` in DIR, else the packaged ``thin_film_ct``
@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from gsal_edge.bundle import build_torch_modules, sha256_file
+from gsal_edge.scoring.bundle import build_torch_modules, sha256_file
 
 DEFAULT_GRAPH = "thin_film_ct"
 
@@ -132,15 +132,15 @@ class Reference:
     """The PyTorch side of an export: engine modules, scorer spec, concept graph and text embeddings."""
 
     modules: dict[str, Any]  # engine name -> nn.Module wrapper
-    spec: Any  # gsal_edge.scoring.ScorerSpec
+    spec: Any  # gsal_edge.scoring.scorer.ScorerSpec
     concept_embeddings: np.ndarray  # [len(spec.concepts), d]
-    graph: Any  # gsal_edge.concept_graph.ConceptGraph
+    graph: Any  # gsal_edge.acquisition.concept_graph.ConceptGraph
     info: dict[str, Any]  # per-model info() for the manifest
 
     def scorer(self, device: str = "cpu") -> Any:
         """A :class:`GSALScorer` on the PyTorch backend over these modules."""
-        from gsal_edge.runtime.torch_backend import TorchEngine
-        from gsal_edge.scoring import GSALScorer
+        from gsal_edge.scoring.runtime.torch_backend import TorchEngine
+        from gsal_edge.scoring.scorer import GSALScorer
 
         engines = {n: TorchEngine(n, m, device=device) for n, m in self.modules.items()}
         return GSALScorer(engines, self.spec, self.concept_embeddings, backend="torch", graph_name=self.graph.name)
@@ -148,12 +148,12 @@ class Reference:
 
 def load_reference(sources: ModelSources, device: str = "cpu") -> Reference:
     """Load the checkpoints, build the engine wrappers, the scorer spec and the concept text embeddings."""
-    from gsal_edge.clip_model import ClipModel
-    from gsal_edge.concept_graph import load_graph
-    from gsal_edge.detector import load_checkpoint
-    from gsal_edge.diffusion_prior import DiffusionPrior
-    from gsal_edge.gsal_config import GSALConfig
-    from gsal_edge.torch_scorer import concept_embedding_matrix, model_spec
+    from gsal_edge.acquisition.concept_graph import load_graph
+    from gsal_edge.acquisition.config import GSALConfig
+    from gsal_edge.models.clip_model import ClipModel
+    from gsal_edge.models.detector import load_checkpoint
+    from gsal_edge.models.diffusion_prior import DiffusionPrior
+    from gsal_edge.scoring.torch_scorer import concept_embedding_matrix, model_spec
 
     graph = load_graph(sources.graph)
     gcfg = GSALConfig.from_yaml(sources.gsal_config) if sources.gsal_config else GSALConfig()

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from export.config import TensorRTConfig
-from gsal_edge.runtime.tensorrt_backend import tensorrt_status
+from gsal_edge.scoring.runtime.tensorrt_backend import tensorrt_status
 
 Shape = tuple[int, ...]
 

@@ -1,6 +1,6 @@
 """Tiny random-init models in the ``--models DIR`` layout, as export :class:`ModelSources`.
 
-The writers live in :mod:`gsal_edge.tiny_models` (the station's transport tests use them too).
+The writers live in :mod:`gsal_edge.models.tiny_models` (the station's transport tests use them too).
 """
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from export.sources import ModelSources
-from gsal_edge.tiny_models import TinySizes
-from gsal_edge.tiny_models import write_tiny_models as _write
+from gsal_edge.models.tiny_models import TinySizes
+from gsal_edge.models.tiny_models import write_tiny_models as _write
 
 __all__ = ["TinySizes", "write_tiny_models"]
 

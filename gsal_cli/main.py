@@ -12,9 +12,9 @@ import os
 import typer
 
 from export import cli as export_cli
-from gsal_edge.commands import data, detector, graph, models
-from gsal_edge.commands.bench import bench
-from gsal_edge.commands.select import select
+from gsal_cli.commands import data, detector, graph, models
+from gsal_cli.commands.bench import bench
+from gsal_cli.commands.select import select
 from server import cli as station_cli
 from trainer import cli as trainer_cli
 

@@ -9,7 +9,9 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-__all__ = ["read_yaml_mapping", "validation_message"]
+__all__ = ["CONFIGS_DIR", "read_yaml_mapping", "validation_message"]
+
+CONFIGS_DIR = Path(__file__).parent / "configs"  # the shipped default configs and presets (package data)
 
 
 def read_yaml_mapping(path: str | Path, error: type[Exception], what: str = "YAML") -> dict[str, Any]:

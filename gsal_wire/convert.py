@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from gsal_edge.records import ProposalScore, RecordError, ScoreRecord
-from gsal_edge.slices import DEFAULT_LIMITS, SliceLimits, decode_slice, encode_slice
+from gsal_edge.acquisition.records import ProposalScore, RecordError, ScoreRecord
+from gsal_edge.data.slices import DEFAULT_LIMITS, SliceLimits, decode_slice, encode_slice
 from gsal_wire.pb import common_pb2
 
 DTYPE_TO_PB = {
@@ -109,8 +109,8 @@ def slice_meta(msg: common_pb2.Slice) -> dict[str, str]:
 
 
 def decode_pb_slice(msg: common_pb2.Slice, limits: SliceLimits = DEFAULT_LIMITS) -> np.ndarray:
-    """Decode a ``gsal.v1.Slice``'s pixels; raises :class:`gsal_edge.slices.SliceError` naming the field."""
-    from gsal_edge.slices import SliceError
+    """Decode a ``gsal.v1.Slice``'s pixels; raises :class:`gsal_edge.data.slices.SliceError` naming the field."""
+    from gsal_edge.data.slices import SliceError
 
     if msg.encoding not in PB_TO_ENCODING:
         name = common_pb2.Encoding.Name(msg.encoding) if msg.encoding in common_pb2.Encoding.values() else msg.encoding

@@ -10,7 +10,7 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from gsal_edge.records import ScoreRecord
+from gsal_edge.acquisition.records import ScoreRecord
 from gsal_wire import MiB
 from gsal_wire.convert import make_pb_slice, record_from_pb
 from gsal_wire.pb import scorer_pb2, scorer_pb2_grpc

@@ -23,7 +23,7 @@ from typing import Self
 import grpc
 import numpy as np
 
-from gsal_edge.records import ScoreRecord
+from gsal_edge.acquisition.records import ScoreRecord
 from gsal_wire.convert import DTYPE_TO_PB, ENCODING_TO_PB, make_pb_slice, record_to_pb
 from gsal_wire.pb import common_pb2, trainer_pb2, trainer_pb2_grpc
 

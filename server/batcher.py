@@ -25,13 +25,13 @@ from typing import Generic, Protocol, TypeVar
 
 import numpy as np
 
-from gsal_edge.records import ScoreRecord
+from gsal_edge.acquisition.records import ScoreRecord
 
 log = logging.getLogger(__name__)
 
 
 class BatchScorer(Protocol):
-    """What the batcher needs of a scorer (``gsal_edge.scoring.GSALScorer`` fits)."""
+    """What the batcher needs of a scorer (``gsal_edge.scoring.scorer.GSALScorer`` fits)."""
 
     bundle_id: str
 

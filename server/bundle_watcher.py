@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from gsal_edge.bundle import BundleError, resolve_bundle_dir
+from gsal_edge.scoring.bundle import BundleError, resolve_bundle_dir
 from server.station import SwapError, SwapResult
 
 log = logging.getLogger(__name__)

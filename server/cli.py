@@ -147,7 +147,7 @@ def serve(
         typer.echo(f"serving bundle {res.bundle_id} (load {res.load_seconds:.2f}s, warm-up {res.warmup_seconds:.2f}s)")
     watcher = None
     if watch_bundles is not None:
-        from gsal_edge.bundle import BundleError, resolve_bundle_dir
+        from gsal_edge.scoring.bundle import BundleError, resolve_bundle_dir
         from server.bundle_watcher import BundleWatcher
 
         current = None
@@ -219,8 +219,8 @@ def score(
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from gsal_edge.records import ScoreRecord
-    from gsal_edge.slices import SLICE_SUFFIXES, SliceError, read_slice_file
+    from gsal_edge.acquisition.records import ScoreRecord
+    from gsal_edge.data.slices import SLICE_SUFFIXES, SliceError, read_slice_file
     from gsal_wire.convert import make_pb_slice
     from gsal_wire.pb import scorer_pb2
     from gsal_wire.scorer_client import ItemFailed, to_result

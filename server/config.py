@@ -7,7 +7,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from gsal_edge.slices import SliceLimits
+from gsal_edge.data.slices import SliceLimits
 from gsal_wire import MiB
 from gsal_wire.security import TLSConfig
 

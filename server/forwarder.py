@@ -37,7 +37,7 @@ from typing import cast
 import grpc
 from prometheus_client.core import CollectorRegistry, CounterMetricFamily, GaugeMetricFamily, Metric
 
-from gsal_edge.records import ScoreRecord
+from gsal_edge.acquisition.records import ScoreRecord
 from gsal_wire.convert import PB_TO_DTYPE, PB_TO_ENCODING
 from gsal_wire.pb import common_pb2
 from gsal_wire.trainer_client import PushError, PushItem, PushResult, RetryPolicy, TrainerPushClient

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from gsal_edge.slices import SliceError, check_slice_id
+from gsal_edge.data.slices import SliceError, check_slice_id
 from gsal_wire.convert import decode_pb_slice, record_to_pb, slice_meta
 from gsal_wire.pb import common_pb2, scorer_pb2, scorer_pb2_grpc
 from server.batcher import BatcherError

@@ -2,7 +2,7 @@
 
 The gRPC servicer only translates messages and calls this object; tests and benchmarks can use it
 directly. ``scorer_factory(spec) -> GSALScorer`` builds a scorer from a bundle path (by default
-:func:`gsal_edge.bundle.load_bundle`, see :func:`default_scorer_factory`). With a
+:func:`gsal_edge.scoring.bundle.load_bundle`, see :func:`default_scorer_factory`). With a
 :class:`server.forwarder.RecordForwarder`, every successfully scored item submitted with its received
 payload is also queued for the trainer.
 """
@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from gsal_edge.records import ScoreRecord
+from gsal_edge.acquisition.records import ScoreRecord
 from server.batcher import BatchScorer, DynamicBatcher, ScorerSlot
 from server.config import ServerConfig
 from server.metrics import ServerMetrics
@@ -73,20 +73,20 @@ def default_scorer_factory(
     station: str = "",
     threads: int | None = None,
 ) -> ScorerFactory:
-    """A factory that loads signed bundles with :func:`gsal_edge.bundle.load_bundle`.
+    """A factory that loads signed bundles with :func:`gsal_edge.scoring.bundle.load_bundle`.
 
     With ``allow_untrained``, the spec ``untrained:seed=N,size=N`` builds
-    :func:`gsal_edge.torch_scorer.untrained_scorer` instead (transport tests and benchmarks only).
+    :func:`gsal_edge.scoring.torch_scorer.untrained_scorer` instead (transport tests and benchmarks only).
     """
 
     def factory(spec: str) -> BatchScorer:
         if spec.startswith(UNTRAINED_PREFIX):
             if not allow_untrained:
                 raise SwapError("FAILED_PRECONDITION", "untrained scorers are not allowed on this server")
-            from gsal_edge.torch_scorer import untrained_scorer
+            from gsal_edge.scoring.torch_scorer import untrained_scorer
 
             return untrained_scorer(**parse_untrained_spec(spec))
-        from gsal_edge.bundle import load_bundle, trusted_keys_from
+        from gsal_edge.scoring.bundle import load_bundle, trusted_keys_from
 
         keys = trusted_keys_from(trusted_keys) if trusted_keys else None
         return load_bundle(

@@ -33,7 +33,7 @@ from typing import Any, Literal
 from urllib.parse import unquote, urlparse
 from xml.sax.saxutils import quoteattr
 
-from gsal_edge.concept_graph import UNKNOWN, ConceptGraph
+from gsal_edge.acquisition.concept_graph import UNKNOWN, ConceptGraph
 from trainer.images import atomic_write, decode_image, to_display_uint8
 from trainer.pool_store import ImageLabels, LabelBox, PoolStore, SliceInfo, StoreError
 
@@ -126,10 +126,10 @@ def bundle_clip_assigner(bundle_dir: str | Path, *, trusted_keys: Sequence[str |
     """
     import numpy as np
 
-    from gsal_edge import diffusion_difficulty as dd
-    from gsal_edge.bundle import load_bundle, trusted_keys_from
-    from gsal_edge.clip_model import prepare_clip_input
-    from gsal_edge.preprocessing import to_unit_float
+    from gsal_edge.acquisition import diffusion_difficulty as dd
+    from gsal_edge.data.preprocessing import to_unit_float
+    from gsal_edge.models.clip_model import prepare_clip_input
+    from gsal_edge.scoring.bundle import load_bundle, trusted_keys_from
 
     keys = trusted_keys_from(trusted_keys) if trusted_keys else None
     scorer = load_bundle(bundle_dir, backend=backend, trusted_keys=keys, allow_unsigned=not trusted_keys)

@@ -189,8 +189,8 @@ BinaryClassOpt = typer.Option("defect", "--binary-class", help="The one label cl
 
 
 def _graph_and_config(graph: str, config: Path | None, sets: list[str] | None):
-    from gsal_edge.concept_graph import GraphError, load_graph
-    from gsal_edge.gsal_config import ConfigError, GSALConfig
+    from gsal_edge.acquisition.concept_graph import GraphError, load_graph
+    from gsal_edge.acquisition.config import ConfigError, GSALConfig
 
     try:
         cfg = GSALConfig.from_yaml(config) if config else GSALConfig()
@@ -210,8 +210,8 @@ def select(
     strategy: str = typer.Option("gsal", "--strategy", help="gsal (default) or a baseline/ablation name."),
 ) -> None:
     """Fuse the unlabeled pool with the graph and coverage counts; write picks + rationale (DB + audit log)."""
-    from gsal_edge.fusion import FusionError
-    from gsal_edge.rarity import RarityError
+    from gsal_edge.acquisition.fusion import FusionError
+    from gsal_edge.acquisition.rarity import RarityError
     from trainer.rounds import RoundError, select_round
 
     g, cfg = _graph_and_config(graph, config, set_)
@@ -277,7 +277,7 @@ def import_labels(
                                  "stored proposal), auto (clip when a bundle is serving)."),
 ) -> None:
     """Validate finished labels completely, then store them in one transaction (nothing half-written)."""
-    from gsal_edge.bundle import BundleError
+    from gsal_edge.scoring.bundle import BundleError
     from trainer.annotation import AnnotationError
     from trainer.pool_store import StoreError
     from trainer.rounds import RoundError

@@ -61,7 +61,7 @@ class DeployReport:
 
 def bundle_identity(path: str | Path) -> tuple[str, str]:
     """(bundle id, resolved folder) of a bundle folder (or a bundles folder with LATEST); hashes checked."""
-    from gsal_edge.bundle import BundleError, read_manifest, verify_hashes
+    from gsal_edge.scoring.bundle import BundleError, read_manifest, verify_hashes
 
     try:
         m = read_manifest(path)

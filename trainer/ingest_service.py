@@ -24,8 +24,8 @@ from pathlib import Path
 
 import grpc
 
-from gsal_edge.records import RecordError
-from gsal_edge.slices import SliceError
+from gsal_edge.acquisition.records import RecordError
+from gsal_edge.data.slices import SliceError
 from gsal_wire.convert import PB_TO_ENCODING, decode_pb_slice, record_from_pb
 from gsal_wire.pb import TRAINER_SERVICE, common_pb2, trainer_pb2, trainer_pb2_grpc
 from trainer.images import ImageError, encode_pixels

@@ -127,7 +127,7 @@ def resolve_sources(store: PoolStore, models_dir: Path | None) -> Sources:
     if serving is None or not serving.get("path"):
         raise RetrainError(f"{store.db_path}: no serving bundle registered; run `trainer deploy --bundle DIR` "
                            "first or pass --models DIR")
-    from gsal_edge.bundle import BundleError, read_manifest
+    from gsal_edge.scoring.bundle import BundleError, read_manifest
 
     try:
         m = read_manifest(serving["path"])
@@ -160,9 +160,9 @@ def retrain(
     access = access or StationAccess()
     import torch  # noqa: F401 - fail early and clearly if the training stack is missing
 
-    from gsal_edge.datasets import DatasetError, load_dataset
-    from gsal_edge.detector import AGNOSTIC_CLASS, load_checkpoint
-    from gsal_edge.detector_training import TrainingError, evaluate_detector, train_detector
+    from gsal_edge.data.datasets import DatasetError, load_dataset
+    from gsal_edge.models.detector import AGNOSTIC_CLASS, load_checkpoint
+    from gsal_edge.models.detector_training import TrainingError, evaluate_detector, train_detector
 
     say = say or (lambda msg: log.info("%s", msg))
     audit = AuditLog(store.audit_path)

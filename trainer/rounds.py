@@ -2,7 +2,7 @@
 
 ``select_round``: the current unlabeled pool (fresh records only, see ``trainer.pool_store``) is fused with
 the concept graph and the current coverage counts n(v) (spec sections 3-7) by the library
-(``ScorePool.from_records`` + a ``gsal_edge.strategies`` strategy); the picks and their rationale go to
+(``ScorePool.from_records`` + a ``gsal_edge.acquisition.strategies`` strategy); the picks and their rationale go to
 the ``selections`` table and, in the same step, to ``audit.jsonl`` (the entry's hash is kept on the
 round, so the database and the log can be checked against each other).
 
@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from gsal_edge.concept_graph import BACKGROUND, UNKNOWN, ConceptGraph
-from gsal_edge.gsal_config import GSALConfig
+from gsal_edge.acquisition.concept_graph import BACKGROUND, UNKNOWN, ConceptGraph
+from gsal_edge.acquisition.config import GSALConfig
 from trainer import annotation
 from trainer.audit_log import AuditLog, verify
 from trainer.pool_store import Pick, PoolStore, StoreError
@@ -71,8 +71,8 @@ def select_round(
     strategy: str = "gsal",
 ) -> RoundResult:
     """Fuse the pool with graph + coverage, pick ``budget`` images, write selections and the audit entry."""
-    from gsal_edge.fusion import ScorePool
-    from gsal_edge.strategies import get_strategy
+    from gsal_edge.acquisition.fusion import ScorePool
+    from gsal_edge.acquisition.strategies import get_strategy
 
     if budget <= 0:
         raise RoundError(f"--budget must be > 0, got {budget}")

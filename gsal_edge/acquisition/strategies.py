@@ -1,0 +1,303 @@
+"""Baselines and ablations of spec §8 behind one `Strategy` interface, selectable by name.
+
+Every strategy takes the same inputs (a `ScorePool`, fine-node coverage counts, the concept graph,
+a `GSALConfig`, the budget b, a seeded ``numpy.random.Generator`` and optional labeled embeddings)
+and returns the same output: a `Selection` of ordered picks, each with a score and a rationale.
+
+Names (``available_strategies()``):
+
+- ``gsal`` / ``full``: spec §§5-7 (three-level graph).
+- ``diffusion_only``: lambda = gamma = 0.  ``symbolic_only``: alpha = beta = 0 (no diffusion term;
+  the "CLIP-only" row of the paper).
+- graph ablations: ``fine_only``, ``coarse_only``, ``abstract_only``, ``fine_coarse`` (config ``levels``).
+- ``gsal_no_rarity``: every rarity indicator set to 1 (config ``rarity=False``): the symbolic term
+  rewards a named (non-background) concept whatever its coverage.
+- ``random``; ``entropy``, ``margin``, ``mc_dropout``: the record's image-level ``uncertainty`` value
+  (entropy and mc_dropout: higher = more uncertain; margin = top-1 minus top-2 probability, lower =
+  more uncertain). The per-image aggregation is the scorer's (see its docs); these rank what it wrote.
+- ``coreset``: k-center greedy (Sener & Savarese) on the records' ``embedding``, Euclidean distance,
+  centers seeded by the labeled embeddings (or one seeded random pick when there are none).
+- ``uniform_by_label``: per-class quotas by predicted labels (round-robin over classes, seeded random
+  order within a class), no diffusion.
+
+BADGE is left out: it needs, per image, the gradient embedding (p - onehot(y_hat)) (x) h of the
+detector's classification head (h = penultimate RoI features, p = class probabilities). A score record
+carries neither h nor the class-probability vectors (only an image embedding and scalar
+uncertainties), so no sound gradient embedding can be formed from records.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+
+from gsal_edge.acquisition.concept_graph import BACKGROUND, UNKNOWN, ConceptGraph
+from gsal_edge.acquisition.config import GSALConfig
+from gsal_edge.acquisition.fusion import FusionError, ScorePool
+from gsal_edge.acquisition.selection import Pick, Selection, gsal_select, top_b
+
+__all__ = [
+    "STRATEGIES",
+    "CoresetStrategy",
+    "GSALStrategy",
+    "RandomStrategy",
+    "Strategy",
+    "UncertaintyStrategy",
+    "UniformByLabelStrategy",
+    "available_strategies",
+    "get_strategy",
+    "k_center_greedy",
+]
+
+Counts = Mapping[str, float] | np.ndarray
+
+
+class Strategy(ABC):
+    """One acquisition strategy. Subclasses implement `select`."""
+
+    name: str = "strategy"
+
+    @abstractmethod
+    def select(self, pool: ScorePool, counts: Counts, graph: ConceptGraph, config: GSALConfig, budget: int,
+               rng: np.random.Generator, labeled_embeddings: np.ndarray | None = None) -> Selection:
+        """Pick ``budget`` images of ``pool`` in order, each with a score and a rationale."""
+
+
+class GSALStrategy(Strategy):
+    """GSAL (spec §§5-7) with config overrides (ablations)."""
+
+    def __init__(self, name: str, overrides: Mapping[str, Any] | None = None, what: str = ""):
+        self.name = name
+        self.overrides = dict(overrides or {})
+        self.what = what
+
+    def select(self, pool: ScorePool, counts: Counts, graph: ConceptGraph, config: GSALConfig, budget: int,
+               rng: np.random.Generator, labeled_embeddings: np.ndarray | None = None) -> Selection:
+        cfg = config.replace(**self.overrides) if self.overrides else config
+        sel = gsal_select(pool, graph, counts, cfg, budget, strategy=self.name)
+        sel.info["overrides"] = {("lambda" if k == "lambda_" else k): (list(v) if isinstance(v, tuple) else v)
+                                 for k, v in self.overrides.items()}
+        return sel
+
+
+def _simple_picks(name: str, pool: ScorePool, order: np.ndarray, scores: np.ndarray, what: str,
+                  extra: Callable[[int, int], dict[str, Any]] | None = None) -> list[Pick]:
+    picks = []
+    for r, i in enumerate(order, 1):
+        i = int(i)
+        rat: dict[str, Any] = {"rank": r, "image_id": str(pool.image_ids[i]), "strategy": name,
+                               "score": float(scores[i]), "score_name": what}
+        if extra is not None:
+            rat.update(extra(i, r))
+        picks.append(Pick(str(pool.image_ids[i]), r, float(scores[i]), rat,
+                          f"picked by {name}: {what} = {float(scores[i]):.4g} (rank {r})"))
+    return picks
+
+
+class RandomStrategy(Strategy):
+    """Uniform random picks: one uniform draw per image from ``rng``, top-b of the draws."""
+
+    name = "random"
+
+    def select(self, pool: ScorePool, counts: Counts, graph: ConceptGraph, config: GSALConfig, budget: int,
+               rng: np.random.Generator, labeled_embeddings: np.ndarray | None = None) -> Selection:
+        draw = rng.random(pool.n_images)
+        order = top_b(draw, pool.image_ids, budget)
+        return Selection(self.name, _simple_picks(self.name, pool, order, draw, "uniform draw"),
+                         {"n_images": pool.n_images})
+
+
+class UncertaintyStrategy(Strategy):
+    """Ranks the record's ``uncertainty[key]`` (``sign`` = +1: higher first; -1: lower first)."""
+
+    def __init__(self, name: str, key: str, sign: float):
+        self.name, self.key, self.sign = name, key, sign
+
+    def select(self, pool: ScorePool, counts: Counts, graph: ConceptGraph, config: GSALConfig, budget: int,
+               rng: np.random.Generator, labeled_embeddings: np.ndarray | None = None) -> Selection:
+        if pool.n_images == 0:
+            return Selection(self.name, [], {"n_images": 0})
+        values = pool.uncertainty.get(self.key)
+        if values is None:
+            raise FusionError(f"strategy {self.name!r} needs uncertainty[{self.key!r}] in the score records; "
+                              f"keys present: {', '.join(sorted(pool.uncertainty)) or 'none'}")
+        missing = np.flatnonzero(np.isnan(values))
+        if missing.size:
+            raise FusionError(f"strategy {self.name!r}: image_id={str(pool.image_ids[missing[0]])!r} has no "
+                              f"uncertainty[{self.key!r}] ({missing.size} images lack it)")
+        score = self.sign * values
+        order = top_b(score, pool.image_ids, budget)
+        what = self.key if self.sign > 0 else f"-{self.key}"
+        return Selection(self.name, _simple_picks(self.name, pool, order, score, what), {"n_images": pool.n_images})
+
+
+def k_center_greedy(x: np.ndarray, centers: np.ndarray | None, budget: int, image_ids: np.ndarray,
+                    rng: np.random.Generator, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """k-center greedy: repeatedly pick the point farthest (Euclidean) from all centers.
+
+    ``centers`` = labeled embeddings [L, d] (None/empty: the first pick is a seeded random point).
+    Ties in distance go to the smaller image id. Returns (indices, distance at pick time; NaN for a
+    random first pick).
+    """
+    n = x.shape[0]
+    budget = min(budget, n)
+    min_d = np.full(n, np.inf)
+    if centers is not None and len(centers):
+        c = np.asarray(centers, dtype=np.float64)
+        if c.ndim != 2 or c.shape[1] != x.shape[1]:
+            raise ValueError(f"labeled embeddings must be [L, {x.shape[1]}], got {c.shape}")
+        x2 = np.einsum("ij,ij->i", x, x)
+        for s in range(0, c.shape[0], chunk):
+            cc = c[s: s + chunk]
+            d = x2[:, None] - 2.0 * x @ cc.T + np.einsum("ij,ij->i", cc, cc)[None, :]
+            min_d = np.minimum(min_d, np.maximum(d, 0.0).min(axis=1))
+    picked: list[int] = []
+    dist: list[float] = []
+    available = np.ones(n, dtype=bool)
+    for _ in range(budget):
+        if np.isinf(min_d[available]).all():
+            avail_idx = np.flatnonzero(available)
+            i = int(avail_idx[rng.integers(avail_idx.size)])
+            dist.append(float("nan"))
+        else:
+            i = int(top_b(min_d, image_ids, 1, eligible=available)[0])
+            dist.append(float(np.sqrt(min_d[i])))
+        picked.append(i)
+        available[i] = False
+        d = np.einsum("ij,ij->i", x - x[i], x - x[i])
+        min_d = np.minimum(min_d, d)
+    return np.array(picked, dtype=np.int64), np.array(dist)
+
+
+class CoresetStrategy(Strategy):
+    """Core-set (k-center greedy) on the records' embeddings, seeded by the labeled embeddings."""
+
+    name = "coreset"
+
+    def select(self, pool: ScorePool, counts: Counts, graph: ConceptGraph, config: GSALConfig, budget: int,
+               rng: np.random.Generator, labeled_embeddings: np.ndarray | None = None) -> Selection:
+        if pool.n_images == 0:
+            return Selection(self.name, [], {"n_images": 0})
+        if pool.embeddings is None:
+            raise FusionError("strategy 'coreset' needs an 'embedding' in the score records; none has one")
+        bad = np.flatnonzero(np.isnan(pool.embeddings).any(axis=1))
+        if bad.size:
+            raise FusionError(f"strategy 'coreset': image_id={str(pool.image_ids[bad[0]])!r} has no embedding")
+        idx, dist = k_center_greedy(pool.embeddings, labeled_embeddings, budget, pool.image_ids, rng)
+        score = np.full(pool.n_images, np.nan)
+        score[idx] = dist
+        picks = []
+        for r, (i, d) in enumerate(zip(idx, dist), 1):
+            first = bool(np.isnan(d))
+            rat = {"rank": r, "image_id": str(pool.image_ids[i]), "strategy": self.name,
+                   "score": None if first else float(d), "score_name": "distance to nearest center",
+                   "seeded_random_first_center": first}
+            text = ("picked by coreset: first center, seeded random (no labeled embeddings)" if first else
+                    f"picked by coreset: farthest from labeled/picked centers (distance {d:.4g})")
+            picks.append(Pick(str(pool.image_ids[i]), r, 0.0 if first else float(d), rat, text))
+        n_lab = 0 if labeled_embeddings is None else len(labeled_embeddings)
+        return Selection(self.name, picks, {"n_images": pool.n_images, "n_labeled_centers": n_lab})
+
+
+class UniformByLabelStrategy(Strategy):
+    """Per-class quotas by predicted labels, no diffusion.
+
+    An image's predicted classes are its proposals' detector labels (``label``), or, when records have
+    none (binary mode, class-agnostic detector), their assigned concepts (background/unknown excluded).
+    Classes take turns in name order; within a class images come in a seeded random order; an image
+    already picked is skipped. Images without a predicted class fill the budget last, at random.
+    """
+
+    name = "uniform_by_label"
+
+    def select(self, pool: ScorePool, counts: Counts, graph: ConceptGraph, config: GSALConfig, budget: int,
+               rng: np.random.Generator, labeled_embeddings: np.ndarray | None = None) -> Selection:
+        n = pool.n_images
+        if pool.prop_label is not None and (pool.prop_label >= 0).any():
+            names, lab, source = pool.labels, pool.prop_label, "detector label"
+        else:
+            names, lab, source = pool.concepts, pool.prop_concept, "assigned concept"
+        valid = lab >= 0
+        if source == "assigned concept":
+            skip = {j for j, c in enumerate(names) if c in (BACKGROUND, UNKNOWN)}
+            valid &= ~np.isin(lab, list(skip))
+        pairs = np.unique(pool.prop_image[valid] * max(len(names), 1) + lab[valid])
+        img, cls = pairs // max(len(names), 1), pairs % max(len(names), 1)
+        order_keys = rng.random(n)
+        queues: list[tuple[str, list[int]]] = []
+        for c in sorted(set(cls.tolist()), key=lambda j: names[j]):
+            members = img[cls == c]
+            members = members[np.lexsort((pool.image_ids[members], order_keys[members]))]
+            queues.append((names[c], members.tolist()))
+        picked: list[int] = []
+        which: dict[int, tuple[str, int]] = {}
+        taken = np.zeros(n, dtype=bool)
+        pos = [0] * len(queues)
+        budget = min(budget, n)
+        turn = 0
+        while len(picked) < budget and queues:
+            active = False
+            for q, (cname, members) in enumerate(queues):
+                if len(picked) >= budget:
+                    break
+                while pos[q] < len(members) and taken[members[pos[q]]]:
+                    pos[q] += 1
+                if pos[q] < len(members):
+                    i = members[pos[q]]
+                    taken[i] = True
+                    picked.append(i)
+                    which[i] = (cname, turn)
+                    active = True
+            turn += 1
+            if not active:
+                break
+        if len(picked) < budget:
+            rest = np.flatnonzero(~taken)
+            rest = rest[np.lexsort((pool.image_ids[rest], order_keys[rest]))]
+            for i in rest[: budget - len(picked)]:
+                picked.append(int(i))
+                which[int(i)] = ("(no predicted class)", -1)
+        picks = []
+        for r, i in enumerate(picked, 1):
+            cname, t = which[i]
+            rat = {"rank": r, "image_id": str(pool.image_ids[i]), "strategy": self.name, "class": cname,
+                   "quota_round": t, "label_source": source}
+            picks.append(Pick(str(pool.image_ids[i]), r, float(-r), rat,
+                              f"picked by uniform_by_label: quota of class {cname} (round {t + 1})"
+                              if t >= 0 else "picked by uniform_by_label: filler (no predicted class)"))
+        return Selection(self.name, picks, {"n_images": n, "n_classes": len(queues), "label_source": source})
+
+
+STRATEGIES: dict[str, Callable[[], Strategy]] = {
+    "gsal": lambda: GSALStrategy("gsal"),
+    "full": lambda: GSALStrategy("full", {"levels": ("fine", "coarse", "abstract")}),
+    "diffusion_only": lambda: GSALStrategy("diffusion_only", {"lambda_": 0.0, "gamma": 0.0}),
+    "symbolic_only": lambda: GSALStrategy("symbolic_only", {"alpha": 0.0, "beta": 0.0}),
+    "fine_only": lambda: GSALStrategy("fine_only", {"levels": ("fine",)}),
+    "coarse_only": lambda: GSALStrategy("coarse_only", {"levels": ("coarse",)}),
+    "abstract_only": lambda: GSALStrategy("abstract_only", {"levels": ("abstract",)}),
+    "fine_coarse": lambda: GSALStrategy("fine_coarse", {"levels": ("fine", "coarse")}),
+    "gsal_no_rarity": lambda: GSALStrategy("gsal_no_rarity", {"rarity": False}),
+    "random": RandomStrategy,
+    "entropy": lambda: UncertaintyStrategy("entropy", "entropy", +1.0),
+    "margin": lambda: UncertaintyStrategy("margin", "margin", -1.0),
+    "mc_dropout": lambda: UncertaintyStrategy("mc_dropout", "mc_dropout", +1.0),
+    "coreset": CoresetStrategy,
+    "uniform_by_label": UniformByLabelStrategy,
+}
+
+
+def available_strategies() -> list[str]:
+    """Registered strategy names."""
+    return list(STRATEGIES)
+
+
+def get_strategy(name: str) -> Strategy:
+    """The strategy registered as ``name``; unknown names raise a `KeyError` listing valid ones."""
+    try:
+        return STRATEGIES[name]()
+    except KeyError:
+        raise KeyError(f"unknown strategy {name!r}; available: {', '.join(STRATEGIES)}") from None

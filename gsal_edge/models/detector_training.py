@@ -1,0 +1,480 @@
+"""Training and evaluation of the CT Faster R-CNN (a plain loop in the style of torchvision's
+``references/detection``): SGD with momentum and weight decay, linear warmup, multistep or cosine
+decay per iteration, gradient-norm clipping, horizontal (optional vertical) flips, seeded.
+
+Resumable: ``out_dir/last.pt`` is written after every epoch (weights + optimizer + epoch); the
+epoch order, the flips and torch's sampling RNG are all derived from (seed, epoch), so a run
+interrupted and resumed gives the same weights as one that ran through. The finished model is
+``out_dir/detector.pt`` (a :func:`gsal_edge.models.detector.save_checkpoint` file), with ``run.json``
+(config, data, versions, time) and ``train_log.jsonl`` (one line per epoch) next to it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import platform
+import subprocess
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from gsal_edge.data.datasets import DetectionDataset, ImageEntry, load_image
+from gsal_edge.data.preprocessing import to_unit_float
+from gsal_edge.models.detection_metrics import detection_metrics, ground_truth
+from gsal_edge.models.detector import (
+    AGNOSTIC_CLASS,
+    CTFasterRCNN,
+    DetectorConfig,
+    DetectorTrainConfig,
+    Prediction,
+    build_detector,
+    load_checkpoint,
+    predict,
+    resolve_config,
+    save_checkpoint,
+)
+
+log = logging.getLogger(__name__)
+
+LAST = "last.pt"
+FINAL = "detector.pt"
+
+
+class TrainingError(RuntimeError):
+    """Training cannot start or continue; the message says why (and which file or batch)."""
+
+
+# ----------------------------------------------------------------------------------- pure helpers
+
+
+def lr_at(it: int, total_iters: int, tcfg: DetectorTrainConfig) -> float:
+    """Learning rate at iteration ``it`` (0-based) of ``total_iters``: linear warmup from
+    ``warmup_factor * lr`` over ``warmup_iters``, then multistep (x ``lr_gamma`` at each milestone
+    fraction of ``total_iters``) or cosine decay to 0."""
+    warm = 1.0
+    if tcfg.warmup_iters > 0 and it < tcfg.warmup_iters:
+        a = it / tcfg.warmup_iters
+        warm = tcfg.warmup_factor * (1 - a) + a
+    if tcfg.lr_schedule == "cosine":
+        decay = 0.5 * (1 + math.cos(math.pi * min(it, total_iters) / max(total_iters, 1)))
+    else:
+        decay = tcfg.lr_gamma ** sum(it >= m * total_iters for m in tcfg.lr_milestones)
+    return tcfg.lr * warm * decay
+
+
+def flip_boxes(boxes: np.ndarray, width: int, height: int, hflip: bool, vflip: bool) -> np.ndarray:
+    """Boxes (x1, y1, x2, y2) of an image flipped horizontally and/or vertically."""
+    b = np.asarray(boxes, dtype=np.float32).reshape(-1, 4).copy()
+    if hflip:
+        b[:, [0, 2]] = width - b[:, [2, 0]]
+    if vflip:
+        b[:, [1, 3]] = height - b[:, [3, 1]]
+    return b
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of one epoch's shuffling, flips and torch sampling RNG."""
+    return int.from_bytes(hashlib.sha256(f"detector:{seed}:{epoch}".encode()).digest()[:8], "little") >> 1
+
+
+def split_ids(ds: DetectionDataset, val_fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    """Seeded train/val split of image ids, stratified by each image's rarest class (or "none"),
+    so rare classes land in both parts when they have >= 2 images. Returns (train_ids, val_ids)."""
+    if not 0 <= val_fraction < 1:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    counts: dict[str, int] = {}
+    for e in ds.images:
+        for c in {a.category for a in e.annotations}:
+            counts[c] = counts.get(c, 0) + 1
+    strata: dict[str, list[str]] = {}
+    for e in ds.images:
+        cats = {a.category for a in e.annotations}
+        key = min(cats, key=lambda c: (counts[c], c)) if cats else "none"
+        strata.setdefault(key, []).append(e.image_id)
+    rng = np.random.default_rng(seed)
+    val: set[str] = set()
+    for key in sorted(strata):
+        ids = sorted(strata[key])
+        n_val = round(len(ids) * val_fraction)
+        if val_fraction > 0 and n_val == 0 and len(ids) >= 2:
+            n_val = 1
+        if n_val >= len(ids) and len(ids) >= 2:
+            n_val = len(ids) - 1
+        val.update(ids[i] for i in rng.permutation(len(ids))[:n_val])
+    train = [e.image_id for e in ds.images if e.image_id not in val]
+    return train, [e.image_id for e in ds.images if e.image_id in val]
+
+
+def repeat_factors(ds: DetectionDataset, threshold: float | None) -> np.ndarray:
+    """Per-image integer repeat counts of repeat-factor sampling: round(max_c sqrt(t / f_c)), >= 1,
+    where f_c is the share of ``ds``'s images that hold class c (all ones when ``threshold`` is None)."""
+    n = len(ds)
+    if threshold is None or n == 0:
+        return np.ones(n, dtype=np.int64)
+    present = [{a.category for a in e.annotations} for e in ds.images]
+    freq: dict[str, float] = {}
+    for cats in present:
+        for c in cats:
+            freq[c] = freq.get(c, 0.0) + 1.0 / n
+    r = [max([1.0] + [math.sqrt(threshold / freq[c]) for c in cats]) for cats in present]
+    return np.maximum(1, np.round(r)).astype(np.int64)
+
+
+def _ids_digest(ids: Sequence[str]) -> str:
+    return hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16]
+
+
+def make_optimizer(params: list[torch.nn.Parameter], tcfg: DetectorTrainConfig) -> torch.optim.Optimizer:
+    """SGD with momentum (the paper's) or AdamW (beta1 = ``momentum``), both with ``weight_decay``."""
+    if tcfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=tcfg.lr, betas=(tcfg.momentum, 0.999), weight_decay=tcfg.weight_decay)
+    return torch.optim.SGD(params, lr=tcfg.lr, momentum=tcfg.momentum, weight_decay=tcfg.weight_decay)
+
+
+# --------------------------------------------------------------------------------------- data
+
+
+def load_slice(ds: DetectionDataset, entry: ImageEntry, window: tuple[float, float] | None = None) -> np.ndarray:
+    """One slice of the data set as float32 HxW in [0, 1]."""
+    try:
+        return to_unit_float(load_image(ds.image_path(entry)), window)
+    except ValueError as exc:
+        raise ValueError(f"{ds.image_path(entry)} (image {entry.image_id}): {exc}") from exc
+
+
+def make_target(entry: ImageEntry, label_of: dict[str, int], hflip: bool = False, vflip: bool = False
+                ) -> dict[str, torch.Tensor]:
+    """The torchvision target of one image (boxes float32 [N, 4], labels int64 [N]), flipped as asked."""
+    labels = []
+    for a in entry.annotations:
+        if a.category not in label_of:
+            raise TrainingError(f"image {entry.image_id}: class {a.category!r} not in the detector's classes")
+        labels.append(label_of[a.category])
+    boxes = flip_boxes(np.array([a.box for a in entry.annotations], dtype=np.float32), entry.width, entry.height,
+                       hflip, vflip)
+    return {"boxes": torch.from_numpy(boxes), "labels": torch.tensor(labels, dtype=torch.int64)}
+
+
+def _label_map(classes: list[str], model_classes: list[str], agnostic: bool) -> dict[str, int]:
+    if agnostic:
+        return {c: 1 for c in classes}
+    return {c: i + 1 for i, c in enumerate(model_classes)}
+
+
+class SliceCache:
+    """Slices as stored (e.g. uint16), read once: a 2,000-slice 256 px set holds about 260 MB."""
+
+    def __init__(self, ds: DetectionDataset, window: tuple[float, float] | None, enabled: bool = True) -> None:
+        self.ds, self.window, self.enabled = ds, window, enabled
+        self._raw: dict[str, np.ndarray] = {}
+
+    def get(self, entry: ImageEntry) -> np.ndarray:
+        """float32 HxW in [0, 1]."""
+        raw = self._raw.get(entry.image_id)
+        if raw is None:
+            raw = load_image(self.ds.image_path(entry))
+            if self.enabled:
+                self._raw[entry.image_id] = raw
+        try:
+            return to_unit_float(raw, self.window)
+        except ValueError as exc:
+            raise ValueError(f"{self.ds.image_path(entry)} (image {entry.image_id}): {exc}") from exc
+
+
+def _batch(ds: DetectionDataset, entries: list[ImageEntry], label_of: dict[str, int], flips: np.ndarray,
+           cache: SliceCache) -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:
+    images, targets = [], []
+    for e, (h, v) in zip(entries, flips):
+        img = cache.get(e)
+        if img.shape != (e.height, e.width):
+            raise TrainingError(f"{ds.image_path(e)}: image is {img.shape}, annotations say {(e.height, e.width)}")
+        if h:
+            img = img[:, ::-1]
+        if v:
+            img = img[::-1, :]
+        images.append(torch.from_numpy(np.ascontiguousarray(img))[None])
+        targets.append(make_target(e, label_of, bool(h), bool(v)))
+    return images, targets
+
+
+# ------------------------------------------------------------------------------------ training
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                             text=True, timeout=5, check=False)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _versions() -> dict[str, str]:
+    import torchvision
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "numpy": np.__version__}
+
+
+def preprocessing_meta(cfg: DetectorConfig, window: tuple[float, float] | None) -> dict[str, Any]:
+    """The preprocessing a checkpoint records: raw slice -> float32 [0, 1] (window) -> model input size."""
+    return {"to_unit_float": True, "window": list(window) if window else None, "channels": 1,
+            "input_size": [cfg.min_size, cfg.max_size], "image_mean": cfg.image_mean, "image_std": cfg.image_std}
+
+
+def train_detector(
+    dataset: DetectionDataset,
+    cfg: str | DetectorConfig,
+    epochs: int | None = None,
+    out_dir: str | Path | None = None,
+    seed: int = 0,
+    resume: bool = True,
+    image_ids: Sequence[str] | None = None,
+    *,
+    window: tuple[float, float] | None = None,
+    progress: bool = True,
+    max_iters: int | None = None,
+    cache_images: bool = True,
+    device: str = "cpu",
+    init_from: CTFasterRCNN | None = None,
+) -> CTFasterRCNN:
+    """Train a detector on ``dataset`` (or the ``image_ids`` subset of it) and return it (eval mode).
+
+    ``cfg``: preset name or :class:`DetectorConfig`; ``epochs`` defaults to ``cfg.train.epochs``.
+    With ``out_dir``, a checkpoint is written every epoch and, with ``resume``, an existing
+    ``last.pt`` there is continued (it must come from the same config, data, classes and seed).
+    ``max_iters`` stops early after that many iterations in total (for timing and tests).
+    ``cache_images`` keeps the slices in memory as stored after their first read. ``init_from``
+    starts from that model's weights (same architecture and classes) instead of a fresh
+    initialization: fine-tuning, e.g. the previous active-learning round's detector; the
+    optimizer and LR schedule still start fresh. The caller's global torch RNG state is left as it was.
+    """
+    with torch.random.fork_rng(devices=[]):
+        return _train(dataset, cfg, epochs, out_dir, seed, resume, image_ids, window, progress, max_iters,
+                      cache_images, torch.device(device), init_from)
+
+
+def _train(dataset: DetectionDataset, cfg: str | DetectorConfig, epochs: int | None, out_dir: str | Path | None,
+           seed: int, resume: bool, image_ids: Sequence[str] | None, window: tuple[float, float] | None,
+           progress: bool, max_iters: int | None, cache_images: bool, device: torch.device,
+           init_from: CTFasterRCNN | None = None) -> CTFasterRCNN:
+    cfg = resolve_config(cfg)
+    tcfg = cfg.train
+    epochs = tcfg.epochs if epochs is None else int(epochs)
+    if epochs < 1:
+        raise TrainingError(f"epochs must be >= 1, got {epochs}")
+    ds = dataset.subset(image_ids) if image_ids is not None else dataset
+    if image_ids is not None and len(ds) != len(set(image_ids)):
+        known = {e.image_id for e in dataset.images}
+        missing = [i for i in image_ids if i not in known]
+        raise TrainingError(f"image_ids not in the data set: {missing[:5]}{'...' if len(missing) > 5 else ''}")
+    if len(ds) == 0:
+        raise TrainingError("no training images")
+    classes = [AGNOSTIC_CLASS] if cfg.class_agnostic else list(dataset.classes)
+    label_of = _label_map(list(dataset.classes), classes, cfg.class_agnostic)
+    ids = [e.image_id for e in ds.images]
+    bs = tcfg.batch_size
+    pool = np.repeat(np.arange(len(ds)), repeat_factors(ds, tcfg.repeat_factor_threshold))  # epoch's samples
+    iters_per_epoch = math.ceil(len(pool) / bs)
+    total_iters = epochs * iters_per_epoch
+    fingerprint = {"config": cfg.model_dump(mode="json"), "classes": classes, "ids": _ids_digest(ids),
+                   "seed": int(seed), "window": list(window) if window else None}
+
+    model = build_detector(cfg, len(classes), seed=seed)
+    if init_from is not None:
+        _load_init(model, init_from, cfg, classes)
+    model = model.to(device)
+    model.classes = classes
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = make_optimizer(params, tcfg)
+    start_epoch, history = 0, []
+    out = Path(out_dir) if out_dir is not None else None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        last = out / LAST
+        if resume and last.is_file():
+            start_epoch, history = _restore(last, model, opt, fingerprint, epochs)
+    pre = preprocessing_meta(cfg, window)
+    cache = SliceCache(ds, window, cache_images)
+    t_start = time.perf_counter()
+    it_global = start_epoch * iters_per_epoch
+    model.train()
+    for epoch in range(start_epoch, epochs):
+        es = epoch_seed(seed, epoch)
+        rng = np.random.default_rng(es)
+        torch.manual_seed(es)
+        order = pool[rng.permutation(len(pool))]
+        flips = np.stack([rng.random(len(pool)) < tcfg.hflip_prob, rng.random(len(pool)) < tcfg.vflip_prob], 1)
+        t0 = time.perf_counter()
+        sums: dict[str, float] = {}
+        n_done = 0
+        bar = tqdm(range(iters_per_epoch), desc=f"epoch {epoch + 1}/{epochs}", leave=False,
+                   disable=None if progress else True)  # None: a bar on a terminal, none in a log file
+        for b in bar:
+            if max_iters is not None and it_global >= max_iters:
+                break
+            entries = [ds.images[i] for i in order[b * bs:(b + 1) * bs]]
+            images, targets = _batch(ds, entries, label_of, flips[b * bs:(b + 1) * bs], cache)
+            if device.type != "cpu":
+                images = [im.to(device) for im in images]
+                targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
+            lr = lr_at(it_global, total_iters, tcfg)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            losses = model(images, targets)
+            loss = sum(losses.values())
+            if not torch.isfinite(loss):
+                raise TrainingError(
+                    f"non-finite loss {loss.item()} at epoch {epoch + 1}, iteration {b} (lr {lr:.3g}); images "
+                    f"{[e.image_id for e in entries]}; parts {({k: float(v) for k, v in losses.items()})}"
+                )
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if tcfg.clip_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(params, tcfg.clip_grad_norm)
+            opt.step()
+            it_global += 1
+            n_done += 1
+            for k, v in losses.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach())
+            sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
+            bar.set_postfix(loss=f"{sums['loss'] / n_done:.3f}", lr=f"{lr:.2g}")
+        bar.close()
+        if n_done == 0:
+            break
+        rec = {"epoch": epoch + 1, "iters": n_done, "lr": lr, "seconds": time.perf_counter() - t0,
+               **{k: v / n_done for k, v in sums.items()}}
+        history.append(rec)
+        log.info("epoch %d/%d loss %.4f (%.1fs)", epoch + 1, epochs, rec["loss"], rec["seconds"])
+        if out is not None:
+            with open(out / "train_log.jsonl", "a") as f:
+                f.write(json.dumps(rec) + "\n")
+            if n_done == iters_per_epoch:  # only whole epochs are resumable
+                save_checkpoint(out / LAST, model, cfg, classes, pre, extra={
+                    "train_state": {"epoch": epoch + 1, "epochs": epochs, "optimizer": opt.state_dict(),
+                                    "fingerprint": json.dumps(fingerprint, sort_keys=True), "history": history}})
+    model.eval().cpu()
+    if out is not None:
+        save_checkpoint(out / FINAL, model, cfg, classes, pre, extra={"seed": int(seed), "epochs": epochs})
+        run = {"config": cfg.model_dump(mode="json"), "classes": classes, "seed": seed, "epochs": epochs,
+               "n_train_images": len(ds), "train_ids_digest": _ids_digest(ids), "data_root": str(dataset.root),
+               "iters_per_epoch": iters_per_epoch, "threads": torch.get_num_threads(),
+               "seconds_this_session": time.perf_counter() - t_start,
+               "seconds_total": sum(h["seconds"] for h in history), "history": history,
+               "versions": _versions(), "git_commit": _git_commit()}
+        (out / "run.json").write_text(json.dumps(run, indent=2))
+    return model
+
+
+def _load_init(model: CTFasterRCNN, init_from: CTFasterRCNN, cfg: DetectorConfig, classes: list[str]) -> None:
+    """Copy ``init_from``'s weights into the fresh ``model``; refuse another architecture or class list."""
+    src_classes = list(getattr(init_from, "classes", []) or [])
+    if src_classes != classes:
+        raise TrainingError(f"init_from: the model has classes {src_classes}, training needs {classes}")
+    src_cfg = getattr(init_from, "config", None)
+    skip = {"train", "weights", "weights_backbone"}  # how to train / where weights came from, not the architecture
+    if src_cfg is not None and src_cfg.model_dump(exclude=skip) != cfg.model_dump(exclude=skip):
+        raise TrainingError("init_from: the model was built from another detector config (only `train` may differ)")
+    model.load_state_dict({k: v.detach().cpu().clone() for k, v in init_from.state_dict().items()})
+
+
+def _restore(last: Path, model: CTFasterRCNN, opt: torch.optim.Optimizer, fingerprint: dict[str, Any],
+             epochs: int) -> tuple[int, list[dict[str, Any]]]:
+    loaded, meta = load_checkpoint(last, map_location=str(next(model.parameters()).device))
+    state = meta["extra"].get("train_state")
+    if not state:
+        raise TrainingError(f"{last}: no training state to resume from (pass resume=False / --no-resume)")
+    old = json.loads(state["fingerprint"])
+    diff = [k for k in fingerprint if old.get(k) != fingerprint[k]]
+    if diff:
+        raise TrainingError(f"{last}: cannot resume, it was trained with a different {', '.join(diff)}; "
+                            f"use another --out or --no-resume")
+    model.load_state_dict(loaded.state_dict())
+    opt.load_state_dict(state["optimizer"])
+    if state["epochs"] != epochs:
+        log.warning("%s: resuming a %d-epoch run as %d epochs: the LR schedule changes", last, state["epochs"], epochs)
+    log.info("resuming %s after epoch %d", last, state["epoch"])
+    return int(state["epoch"]), list(state.get("history", []))
+
+
+def time_train_steps(dataset: DetectionDataset, cfg: str | DetectorConfig, steps: int = 10, warmup: int = 2,
+                     batch_size: int | None = None, seed: int = 0, device: str = "cpu") -> dict[str, float]:
+    """Wall time of full training steps (forward, backward, SGD/AdamW step) on real batches of
+    ``dataset``, images already on ``device``; returns per-step and per-image medians and minima (s).
+    On a GPU each step is timed to a ``torch.cuda.synchronize`` so queued kernels are counted."""
+    cfg = resolve_config(cfg)
+    dev = torch.device(device)
+    bs = batch_size or cfg.train.batch_size
+    classes = [AGNOSTIC_CLASS] if cfg.class_agnostic else list(dataset.classes)
+    label_of = _label_map(list(dataset.classes), classes, cfg.class_agnostic)
+    model = build_detector(cfg, len(classes), seed=seed).train().to(dev)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = make_optimizer(params, cfg.train.model_copy(update={"lr": min(cfg.train.lr, 1e-3)}))
+    cache = SliceCache(dataset, None)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    rng = np.random.default_rng(seed)
+    batches = []
+    for _ in range(min(steps + warmup, 4)):
+        sel = rng.choice(len(dataset), size=bs, replace=len(dataset) < bs)
+        images, targets = _batch(dataset, [dataset.images[i] for i in sel], label_of, np.zeros((bs, 2), bool), cache)
+        batches.append(([im.to(dev) for im in images], [{k: v.to(dev) for k, v in t.items()} for t in targets]))
+    torch.manual_seed(seed)
+    times = []
+    for k in range(steps + warmup):
+        images, targets = batches[k % len(batches)]
+        sync()
+        t0 = time.perf_counter()
+        loss = sum(model(images, targets).values())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sync()
+        if k >= warmup:
+            times.append(time.perf_counter() - t0)
+    med = float(np.median(times))
+    if not np.isfinite(float(loss.detach())):
+        raise TrainingError(f"time_train_steps: loss is {float(loss.detach())} on {device}")
+    return {"batch_size": float(bs), "threads": float(torch.get_num_threads()), "step_median_s": med,
+            "step_min_s": float(min(times)), "per_image_median_s": med / bs, "per_image_min_s": min(times) / bs}
+
+
+# ---------------------------------------------------------------------------------- evaluation
+
+
+def predict_dataset(model: CTFasterRCNN, dataset: DetectionDataset, *, window: tuple[float, float] | None = None,
+                    batch_size: int = 8, progress: bool = False, device: str = "cpu") -> list[Prediction]:
+    """Predictions for every image of ``dataset`` (in its order)."""
+    preds: list[Prediction] = []
+    bar = tqdm(total=len(dataset), desc="predict", disable=None if progress else True, leave=False)
+    for start in range(0, len(dataset), batch_size):
+        entries = dataset.images[start:start + batch_size]
+        preds.extend(predict(model, [load_slice(dataset, e, window) for e in entries], batch_size=batch_size,
+                             device=device))
+        bar.update(len(entries))
+    bar.close()
+    return preds
+
+
+def evaluate_detector(model: CTFasterRCNN, dataset: DetectionDataset, image_ids: Sequence[str] | None = None, *,
+                      classes: list[str] | None = None, window: tuple[float, float] | None = None,
+                      batch_size: int = 8, iou_thr: float = 0.5, progress: bool = False,
+                      device: str = "cpu") -> dict[str, Any]:
+    """F1@IoU (best threshold), mAP@50 and COCO AP, overall and per class (see :mod:`gsal_edge.models.detection_metrics`).
+
+    ``classes`` are the model's classes in label order (default: the model's, else the data set's);
+    a class-agnostic model is scored against all annotations as one class.
+    """
+    ds = dataset.subset(image_ids) if image_ids is not None else dataset
+    classes = list(classes or getattr(model, "classes", None) or dataset.classes)
+    agnostic = model.config.class_agnostic or classes == [AGNOSTIC_CLASS]
+    gts = ground_truth(ds, classes, agnostic=agnostic)
+    preds = predict_dataset(model, ds, window=window, batch_size=batch_size, progress=progress, device=device)
+    return detection_metrics(gts, preds, classes, iou_thr, [(e.height, e.width) for e in ds.images])

@@ -1,0 +1,110 @@
+"""ONNX Runtime engine against the PyTorch engine on the same module; TensorRT's absence is explained."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from torch import nn
+
+from export.config import ExportConfig
+from export.onnx_export import export_onnx
+from gsal_edge.scoring.runtime import Engine, EngineError, TorchEngine
+from gsal_edge.scoring.runtime.onnxruntime_backend import OrtEngine, available_providers, gpu_providers
+from gsal_edge.scoring.runtime.tensorrt_backend import TrtEngine, tensorrt_status
+
+
+class TinyUnet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(4, 4, 3, padding=1)
+        self.emb = nn.Embedding(100, 4)
+
+    def forward(self, latent: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+        return self.conv(latent) + self.emb(timestep)[:, :, None, None]
+
+
+@pytest.fixture(scope="module")
+def unet_onnx(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, nn.Module]:
+    mod = TinyUnet().eval()
+    sample = {"latent": np.zeros((2, 4, 8, 8), np.float32), "timestep": np.array([1, 2], np.int64)}
+    path = tmp_path_factory.mktemp("rt") / "unet.onnx"
+    export_onnx("unet", mod, sample, path, ExportConfig())
+    return path, mod
+
+
+def test_ort_matches_torch_at_other_batch_and_size(unet_onnx: tuple[Path, nn.Module]) -> None:
+    path, mod = unet_onnx
+    ort_e, torch_e = OrtEngine("unet", path, threads=1), TorchEngine("unet", mod)
+    assert isinstance(ort_e, Engine) and ort_e.providers == ["CPUExecutionProvider"]
+    rng = np.random.default_rng(0)
+    for b, s in ((1, 8), (5, 12)):
+        feeds = {"latent": rng.standard_normal((b, 4, s, s)).astype(np.float32),
+                 "timestep": rng.integers(0, 100, b).astype(np.int64)}
+        a, r = ort_e.run(feeds)["eps"], torch_e.run(feeds)["eps"]
+        assert a.shape == (b, 4, s, s)
+        np.testing.assert_allclose(a, r, atol=1e-5, rtol=1e-4)
+
+
+def test_ort_checks_feeds_and_graph_names(unet_onnx: tuple[Path, nn.Module], tmp_path: Path) -> None:
+    path, _ = unet_onnx
+    e = OrtEngine("unet", path, threads=1)
+    with pytest.raises(EngineError, match=r"unet\.timestep: dtype int32, expected int64"):
+        e.run({"latent": np.zeros((1, 4, 8, 8), np.float32), "timestep": np.zeros(1, np.int32)})
+    with pytest.raises(EngineError, match="missing input"):
+        e.run({"latent": np.zeros((1, 4, 8, 8), np.float32)})
+    # the right file under the wrong engine name fails at load time, naming the file
+    with pytest.raises(EngineError, match=r"unet\.onnx: graph has inputs .* engine 'vae_encoder' needs"):
+        OrtEngine("vae_encoder", path)
+    with pytest.raises(EngineError, match="not found"):
+        OrtEngine("unet", tmp_path / "missing.onnx")
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not a model")
+    with pytest.raises(EngineError, match=r"bad\.onnx: onnxruntime could not load it"):
+        OrtEngine("unet", bad)
+
+
+def test_ort_runtime_error_names_engine_and_shapes(unet_onnx: tuple[Path, nn.Module]) -> None:
+    path, _ = unet_onnx
+    e = OrtEngine("unet", path, threads=1)
+    with pytest.raises(EngineError, match=r"unet \(unet\.onnx\): onnxruntime failed on inputs"):
+        e.run({"latent": np.zeros((2, 3, 8, 8), np.float32), "timestep": np.zeros(2, np.int64)})
+
+
+def test_providers() -> None:
+    assert "CPUExecutionProvider" in available_providers()
+    assert gpu_providers()[-1] == "CPUExecutionProvider"
+    with pytest.raises(EngineError, match="none of the providers"):
+        OrtEngine("unet", Path(__file__), providers=["NoSuchExecutionProvider"])
+
+
+def test_exported_graph_is_opset_17_and_checked(unet_onnx: tuple[Path, nn.Module]) -> None:
+    path, _ = unet_onnx
+    m = onnx.load(str(path))
+    onnx.checker.check_model(m)
+    assert {o.domain: o.version for o in m.opset_import}[""] == 17
+
+
+@pytest.mark.skipif(tensorrt_status()[0], reason="TensorRT and a GPU are present")
+def test_tensorrt_absent_is_one_clear_line(tmp_path: Path) -> None:
+    ok, why = tensorrt_status()
+    assert not ok and "\n" not in why and ("TensorRT" in why)
+    with pytest.raises(EngineError, match=r"model\.plan: cannot run engine 'unet': TensorRT"):
+        TrtEngine("unet", tmp_path / "model.plan")
+
+
+def test_set_cuda_tf32_sets_both_process_wide_flags() -> None:
+    from gsal_edge.scoring.runtime.torch_backend import set_cuda_tf32
+
+    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    try:
+        set_cuda_tf32(True)
+        assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
+        set_cuda_tf32(False)
+        assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
