@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
-__all__ = ["CONFIGS_DIR", "read_yaml_mapping", "validation_message"]
+__all__ = ["CONFIGS_DIR", "FrozenModel", "StrictModel", "read_yaml_mapping", "validation_message"]
 
 CONFIGS_DIR = Path(__file__).parent / "configs"  # the shipped default configs and presets (package data)
 
@@ -34,3 +34,15 @@ def read_yaml_mapping(path: str | Path, error: type[Exception], what: str = "YAM
 def validation_message(exc: ValidationError) -> str:
     """A pydantic error as ``field.path: message; ...`` (``<root>`` for model-level errors)."""
     return "; ".join(f"{'.'.join(str(x) for x in e['loc']) or '<root>'}: {e['msg']}" for e in exc.errors())
+
+
+class StrictModel(BaseModel):
+    """Base of every config model: an unknown (misspelt) key is an error, never silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class FrozenModel(StrictModel):
+    """A :class:`StrictModel` whose instances cannot change once validated (hashable specs)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
