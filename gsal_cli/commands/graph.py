@@ -12,10 +12,10 @@ from rich.tree import Tree
 from gsal_edge.acquisition.concept_graph import (
     BACKGROUND,
     ConceptGraph,
-    GraphError,
     available_graphs,
     load_graph,
 )
+from gsal_edge.errors import GSALError
 
 app = typer.Typer(help="Concept graphs: validate and draw.", no_args_is_help=True, add_completion=False)
 
@@ -72,7 +72,7 @@ def draw_png(graph: ConceptGraph, out: Path) -> Path:
 def _load(source: str) -> ConceptGraph:
     try:
         return load_graph(source)
-    except GraphError as e:
+    except GSALError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(code=2) from None
 

@@ -22,15 +22,16 @@ from typing import Annotated, Any
 import numpy as np
 import typer
 
-from gsal_edge.acquisition.concept_graph import UNKNOWN, ConceptGraph, GraphError, load_graph
-from gsal_edge.acquisition.config import ConfigError, GSALConfig, parse_yaml_with_lines
-from gsal_edge.acquisition.fusion import FusionError, ScorePool
-from gsal_edge.acquisition.rarity import RarityError
-from gsal_edge.acquisition.records import RecordError, ScoreRecord
+from gsal_edge.acquisition.concept_graph import UNKNOWN, ConceptGraph, load_graph
+from gsal_edge.acquisition.config import GSALConfig
+from gsal_edge.acquisition.fusion import ScorePool
+from gsal_edge.acquisition.records import ScoreRecord
 from gsal_edge.acquisition.strategies import available_strategies, get_strategy
+from gsal_edge.config_files import parse_yaml_with_lines
+from gsal_edge.errors import GSALError
 
 
-class SelectError(ValueError):
+class SelectError(GSALError, ValueError):
     """A select input is invalid; the message names the file and line."""
 
 
@@ -86,11 +87,10 @@ def _resolve(name: str, graph: ConceptGraph) -> str | None:
 def read_counts(path: Path, graph: ConceptGraph) -> dict[str, float]:
     """COUNTS.json: {fine concept: labeled count}; errors name file, line and concept."""
     try:
-        data, lines = parse_yaml_with_lines(path.read_text(encoding="utf-8"), str(path))
+        text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise SelectError(f"{path}: cannot read counts ({e.strerror})") from None
-    except ConfigError as e:
-        raise SelectError(str(e)) from None
+    data, lines = parse_yaml_with_lines(text, str(path), SelectError)
     if not isinstance(data, dict):
         raise SelectError(f"{path}: expected an object mapping fine concept -> labeled count")
     out: dict[str, float] = {}
@@ -192,7 +192,7 @@ def select(
     """Re-fuse stored score records and select a batch with rationale (writes PICKS.json)."""
     try:
         doc = run_select(scores, graph, budget, out, counts, labeled, config, list(set_ or []), strategy)
-    except (SelectError, ConfigError, GraphError, RecordError, RarityError, FusionError, KeyError) as e:
+    except (GSALError, KeyError) as e:  # KeyError: an unknown strategy or graph node name
         msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
         typer.echo(f"error: {msg}", err=True)
         raise typer.Exit(code=2) from None

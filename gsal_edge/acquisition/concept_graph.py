@@ -32,7 +32,8 @@ from typing import Any
 import networkx as nx
 import numpy as np
 
-from gsal_edge.acquisition.config import ConfigError, parse_yaml_with_lines
+from gsal_edge.config_files import parse_yaml_with_lines, read_yaml_with_lines
+from gsal_edge.errors import GSALError
 
 __all__ = [
     "BACKGROUND",
@@ -55,7 +56,7 @@ _TOP_KEYS = {"name", "description", "templates", "coarse", "abstract", "fine"}
 _FINE_KEYS = {"coarse", "abstract", "prompts", "display"}
 
 
-class GraphError(ValueError):
+class GraphError(GSALError, ValueError):
     """A concept-graph file is invalid; the message names the file, line and field."""
 
 
@@ -184,20 +185,14 @@ def load_graph(source: str | Path | ConceptGraph) -> ConceptGraph:
         return source
     path = Path(source)
     if path.is_file():
-        try:
-            data, lines = parse_yaml_with_lines(path.read_text(encoding="utf-8"), str(path))
-        except ConfigError as e:
-            raise GraphError(str(e)) from None
+        data, lines = read_yaml_with_lines(path, GraphError)
         return graph_from_dict(data, where=str(path), lines=lines, default_name=path.stem)
     name = str(source)
     short = name.removesuffix(".yaml")
     if "/" not in name and short in available_graphs():
         res = resources.files("gsal_edge.acquisition") / "graphs" / f"{short}.yaml"
         where = f"gsal_edge/acquisition/graphs/{short}.yaml"
-        try:
-            data, lines = parse_yaml_with_lines(res.read_text(encoding="utf-8"), where)
-        except ConfigError as e:
-            raise GraphError(str(e)) from None
+        data, lines = parse_yaml_with_lines(res.read_text(encoding="utf-8"), where, GraphError)
         return graph_from_dict(data, where=where, lines=lines, default_name=short)
     raise GraphError(f"{name}: no such file, nor a packaged graph (available: {', '.join(available_graphs())})")
 

@@ -7,31 +7,32 @@ Loaded from YAML (``GSALConfig.from_yaml``) and overridden from the CLI with ``-
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import ConfigDict, Field, ValidationError, field_validator
+
+from gsal_edge.config_files import FrozenModel, read_yaml_with_lines
+from gsal_edge.errors import GSALError
 
 __all__ = [
     "LEVELS",
     "ConfigError",
     "GSALConfig",
     "ScreeningConfig",
-    "load_yaml_with_lines",
 ]
 
 LEVELS: tuple[str, str, str] = ("fine", "coarse", "abstract")
 
 
-class ConfigError(ValueError):
+class ConfigError(GSALError, ValueError):
     """A configuration file or override is invalid; the message names file, line and field."""
 
 
-class ScreeningConfig(BaseModel):
+class ScreeningConfig(FrozenModel):
     """Spec §7 optional screening stage **[ours]** (off by default; its effect is measured).
 
     A cheap score c(x) = z(E_rec_img(x)) + score_weight * z(max_p score(p)) ranks the pool; only the
@@ -39,8 +40,6 @@ class ScreeningConfig(BaseModel):
     dropped from the pool before fusion (on a station: never sent through the K diffusion
     trajectories).
     """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     enabled: bool = Field(False, description="[ours] screening on/off (spec §7: off by default).")
     keep_factor: float = Field(
@@ -52,10 +51,10 @@ class ScreeningConfig(BaseModel):
     )
 
 
-class GSALConfig(BaseModel):
+class GSALConfig(FrozenModel):
     """All GSAL parameters (spec §§2-7, 10). Defaults are the spec's; [ours] marks our choices."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(populate_by_name=True)
 
     # --- Eqs. 7/8: D = alpha * z(E_rec) + beta * z(V_den)
     alpha: float = Field(0.5, ge=0, description="Eq. 7/8 weight of z(E_rec).")
@@ -185,7 +184,7 @@ class GSALConfig(BaseModel):
     @classmethod
     def from_yaml(cls, path: str | Path) -> GSALConfig:
         """Load a YAML (or JSON) file; an optional top-level ``gsal:`` section is accepted."""
-        data, lines = load_yaml_with_lines(path)
+        data, lines = read_yaml_with_lines(path, ConfigError)
         if isinstance(data, dict) and set(data) == {"gsal"}:
             data = data["gsal"]
             lines = {k[1:]: v for k, v in lines.items() if k[:1] == ("gsal",)}
@@ -244,77 +243,3 @@ def _format_validation(e: ValidationError, where: str, lines: dict[tuple[str, ..
             msg = f"unknown parameter; valid names: {valid}"
         parts.append(f"{at}: field {field!r}: {msg} (got {err.get('input')!r})")
     return "; ".join(parts)
-
-
-def load_yaml_with_lines(path: str | Path) -> tuple[Any, dict[tuple[str, ...], int]]:
-    """Parse YAML/JSON text and return (data, lines): ``lines[("fine", "void", "coarse")]`` is the
-    1-based line of that key. Duplicate keys are an error naming both lines (PyYAML would keep the
-    last silently).
-    """
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read ({e.strerror})") from None
-    return parse_yaml_with_lines(text, str(path))
-
-
-def parse_yaml_with_lines(text: str, where: str) -> tuple[Any, dict[tuple[str, ...], int]]:
-    """As `load_yaml_with_lines`, from text (``where`` names the source in errors)."""
-    if where.lower().endswith(".json"):
-        return _parse_json_with_lines(text, where)
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark
-        line = f":{mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{where}{line}: not valid YAML/JSON ({e.problem})") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{where}: not valid YAML/JSON ({e})") from None
-    lines: dict[tuple[str, ...], int] = {}
-    if node is not None:
-        _walk(node, (), lines, where)
-    return data, lines
-
-
-def _walk(node: yaml.Node, prefix: tuple[str, ...], lines: dict[tuple[str, ...], int], where: str) -> None:
-    if isinstance(node, yaml.MappingNode):
-        seen: dict[str, int] = {}
-        for knode, vnode in node.value:
-            key = str(knode.value)
-            line = knode.start_mark.line + 1
-            if key in seen:
-                raise ConfigError(
-                    f"{where}:{line}: duplicate key {'.'.join(prefix + (key,))!r} (first at line {seen[key]})"
-                )
-            seen[key] = line
-            lines[prefix + (key,)] = line
-            _walk(vnode, prefix + (key,), lines, where)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            lines[prefix + (str(i),)] = item.start_mark.line + 1
-            _walk(item, prefix + (str(i),), lines, where)
-
-
-def _parse_json_with_lines(text: str, where: str) -> tuple[Any, dict[tuple[str, ...], int]]:
-    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for k, v in items:
-            if k in out:
-                raise ConfigError(f"{where}: duplicate key {k!r}")
-            out[k] = v
-        return out
-
-    try:
-        data = json.loads(text, object_pairs_hook=pairs)
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{where}:{e.lineno}: not valid JSON ({e.msg})") from None
-    lines: dict[tuple[str, ...], int] = {}
-    try:  # JSON is (almost always) YAML: reuse the YAML composer for line numbers, best effort
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        if node is not None:
-            _walk(node, (), lines, where)
-    except (yaml.YAMLError, ConfigError):
-        lines = {}
-    return data, lines

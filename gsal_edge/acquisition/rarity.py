@@ -24,6 +24,7 @@ import numpy as np
 
 from gsal_edge.acquisition.concept_graph import BACKGROUND, UNKNOWN, ConceptGraph
 from gsal_edge.acquisition.config import LEVELS
+from gsal_edge.errors import GSALError
 
 __all__ = [
     "BonusTable",
@@ -40,7 +41,7 @@ __all__ = [
 ]
 
 
-class RarityError(ValueError):
+class RarityError(GSALError, ValueError):
     """Coverage counts name a concept the graph lacks, or hold a negative/non-finite count."""
 
 

@@ -13,8 +13,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gsal_edge.errors import GSALError
 
-class RecordError(ValueError):
+
+class RecordError(GSALError, ValueError):
     """A score record is malformed; the message names the record and the field."""
 
 
