@@ -31,8 +31,9 @@ import numpy as np
 
 from gsal_edge.acquisition.concept_graph import load_graph
 from gsal_edge.acquisition.config import GSALConfig
-from gsal_edge.acquisition.fusion import ScorePool, fuse
+from gsal_edge.acquisition.fusion import fuse
 from gsal_edge.acquisition.records import ProposalScore, ScoreRecord
+from gsal_edge.acquisition.score_pool import ScorePool
 from gsal_edge.acquisition.selection import gsal_select, top_b
 
 # thin-film CT concepts and their share among proposals (background dominates; crack/drill_hole rare)

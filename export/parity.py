@@ -180,7 +180,7 @@ def _top_b(records: Sequence[Any], b: int, graph: Any | None) -> tuple[str, list
     without a concept graph, by raw image E_rec (said in the returned method)."""
     if graph is not None:
         from gsal_edge.acquisition.config import GSALConfig
-        from gsal_edge.acquisition.fusion import ScorePool
+        from gsal_edge.acquisition.score_pool import ScorePool
         from gsal_edge.acquisition.selection import gsal_select
 
         sel = gsal_select(ScorePool.from_records(list(records)), graph, {}, GSALConfig(), b)

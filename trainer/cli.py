@@ -210,8 +210,8 @@ def select(
     strategy: str = typer.Option("gsal", "--strategy", help="gsal (default) or a baseline/ablation name."),
 ) -> None:
     """Fuse the unlabeled pool with the graph and coverage counts; write picks + rationale (DB + audit log)."""
-    from gsal_edge.acquisition.fusion import FusionError
     from gsal_edge.acquisition.rarity import RarityError
+    from gsal_edge.acquisition.score_pool import FusionError
     from trainer.rounds import RoundError, select_round
 
     g, cfg = _graph_and_config(graph, config, set_)

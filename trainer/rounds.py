@@ -71,7 +71,7 @@ def select_round(
     strategy: str = "gsal",
 ) -> RoundResult:
     """Fuse the pool with graph + coverage, pick ``budget`` images, write selections and the audit entry."""
-    from gsal_edge.acquisition.fusion import ScorePool
+    from gsal_edge.acquisition.score_pool import ScorePool
     from gsal_edge.acquisition.strategies import get_strategy
 
     if budget <= 0:

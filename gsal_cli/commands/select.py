@@ -24,8 +24,8 @@ import typer
 
 from gsal_edge.acquisition.concept_graph import UNKNOWN, ConceptGraph, load_graph
 from gsal_edge.acquisition.config import GSALConfig
-from gsal_edge.acquisition.fusion import ScorePool
 from gsal_edge.acquisition.records import ScoreRecord
+from gsal_edge.acquisition.score_pool import ScorePool
 from gsal_edge.acquisition.strategies import available_strategies, get_strategy
 from gsal_edge.config_files import parse_yaml_with_lines
 from gsal_edge.errors import GSALError

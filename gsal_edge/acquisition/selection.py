@@ -20,7 +20,6 @@ from gsal_edge.acquisition.config import GSALConfig, ScreeningConfig
 from gsal_edge.acquisition.fusion import (
     DiffusionTerms,
     FusionResult,
-    ScorePool,
     combine,
     fuse,
     proposal_bonus,
@@ -28,6 +27,7 @@ from gsal_edge.acquisition.fusion import (
 )
 from gsal_edge.acquisition.normalization import zscore
 from gsal_edge.acquisition.rarity import Coverage, bonus_table, count_instances, coverage, indicator
+from gsal_edge.acquisition.score_pool import ScorePool
 
 __all__ = [
     "Pick",

@@ -36,7 +36,7 @@ import numpy as np
 
 from gsal_edge.acquisition.concept_graph import BACKGROUND, UNKNOWN, ConceptGraph
 from gsal_edge.acquisition.config import GSALConfig
-from gsal_edge.acquisition.fusion import FusionError, ScorePool
+from gsal_edge.acquisition.score_pool import FusionError, ScorePool
 from gsal_edge.acquisition.selection import Pick, Selection, gsal_select, top_b
 
 __all__ = [

@@ -960,8 +960,8 @@ class Benchmark:
 
     def run_pair(self, spec: StrategySpec, seed: int) -> dict[str, Any]:
         """All remaining rounds of one (strategy, seed); returns the final state."""
-        from gsal_edge.acquisition.fusion import ScorePool
         from gsal_edge.acquisition.records import read_jsonl, write_jsonl
+        from gsal_edge.acquisition.score_pool import ScorePool
         from gsal_edge.acquisition.strategies import get_strategy
 
         state = self.load_state(spec, seed)
@@ -1093,7 +1093,7 @@ def _f(v: Any) -> str:
 
 def _ids_only_pool(ids: list[str], embeddings: np.ndarray | None = None) -> Any:
     """A ScorePool holding only image ids (NO_SCORES strategies) and whole-slice embeddings (EMBEDDING_ONLY)."""
-    from gsal_edge.acquisition.fusion import ScorePool
+    from gsal_edge.acquisition.score_pool import ScorePool
 
     n = len(ids)
     z = np.zeros(0)

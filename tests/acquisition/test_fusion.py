@@ -11,14 +11,13 @@ import pytest
 from gsal_edge.acquisition.concept_graph import graph_from_dict, load_graph
 from gsal_edge.acquisition.config import GSALConfig
 from gsal_edge.acquisition.fusion import (
-    FusionError,
-    ScorePool,
     concept_indices,
     fuse,
     generalized_mean,
     softplus,
 )
 from gsal_edge.acquisition.records import ProposalScore, ScoreRecord
+from gsal_edge.acquisition.score_pool import FusionError, ScorePool
 
 TINY = graph_from_dict({"fine": {
     "A": {"coarse": "X", "abstract": ["p"], "prompts": ["a"]},

@@ -9,8 +9,9 @@ import pytest
 
 from gsal_edge.acquisition.concept_graph import graph_from_dict, load_graph
 from gsal_edge.acquisition.config import GSALConfig, ScreeningConfig
-from gsal_edge.acquisition.fusion import ScorePool, fuse
+from gsal_edge.acquisition.fusion import fuse
 from gsal_edge.acquisition.records import ProposalScore, ScoreRecord
+from gsal_edge.acquisition.score_pool import ScorePool
 from gsal_edge.acquisition.selection import gsal_select, labeled_counts, screen, selection_overlap, top_b
 
 TINY = graph_from_dict({"fine": {

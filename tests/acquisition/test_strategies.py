@@ -7,8 +7,8 @@ import pytest
 
 from gsal_edge.acquisition.concept_graph import load_graph
 from gsal_edge.acquisition.config import GSALConfig
-from gsal_edge.acquisition.fusion import FusionError, ScorePool
 from gsal_edge.acquisition.records import ProposalScore, ScoreRecord
+from gsal_edge.acquisition.score_pool import FusionError, ScorePool
 from gsal_edge.acquisition.selection import gsal_select
 from gsal_edge.acquisition.strategies import available_strategies, get_strategy, k_center_greedy
 

@@ -16,8 +16,8 @@ from gsal_cli.commands import graph as graph_cmd
 from gsal_cli.commands.select import select
 from gsal_edge.acquisition.concept_graph import load_graph
 from gsal_edge.acquisition.config import GSALConfig
-from gsal_edge.acquisition.fusion import ScorePool
 from gsal_edge.acquisition.records import ProposalScore, ScoreRecord
+from gsal_edge.acquisition.score_pool import ScorePool
 from gsal_edge.acquisition.selection import gsal_select
 
 app = typer.Typer()
