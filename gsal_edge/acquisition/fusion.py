@@ -207,9 +207,11 @@ class FusionResult:
     G_scale: np.ndarray | None = None  # std_U(G) + 1e-8 per image: z(G) = (G - mean) / G_scale
 
 
-def combine(pool: ScorePool, terms: DiffusionTerms, S_p: np.ndarray, config: GSALConfig,
-            groups: np.ndarray | None = None, n_groups: int | None = None) -> dict[str, np.ndarray]:
-    """Eq. 9, Eq. 10, S(x) and A(x) from z(D(p)), S(p) and z(D_img)."""
+def combine(pool: ScorePool, terms: DiffusionTerms, S_p: np.ndarray, config: GSALConfig, concept_index: np.ndarray,
+            table: BonusTable, coverage: Coverage, probabilities: np.ndarray | None = None,
+            groups: np.ndarray | None = None, n_groups: int | None = None) -> FusionResult:
+    """Eq. 9, Eq. 10, S(x) and A(x) from z(D(p)), S(p) and z(D_img); the inputs of S(p) (concept index,
+    bonus table, coverage, probabilities) and the groups are carried into the result unchanged."""
     pg = None if groups is None else groups[pool.prop_image]
     zS_p = zscore(S_p, pg, n_groups)
     u = terms.zD_p + config.gamma * zS_p
@@ -221,8 +223,11 @@ def combine(pool: ScorePool, terms: DiffusionTerms, S_p: np.ndarray, config: GSA
     S_x = segment_max(S_p, pool.starts, pool.n_props)
     zS_x = zscore(S_x, groups, n_groups)
     A = zG + config.lambda_ * zS_x
-    return {"zS_p": zS_p, "u": u, "P": P, "zP": zP, "G": G, "zG": zG, "S_x": S_x, "zS_x": zS_x, "A": A,
-            "G_scale": G_scale}
+    return FusionResult(
+        D_img=terms.D_img, zD_img=terms.zD_img, P=P, zP=zP, G=G, zG=zG, S_x=S_x, zS_x=zS_x, A=A,
+        D_p=terms.D_p, zD_p=terms.zD_p, S_p=S_p, zS_p=zS_p, u=u, concept_index=concept_index, table=table,
+        coverage=coverage, probabilities=probabilities, groups=groups, n_groups=n_groups, G_scale=G_scale,
+    )
 
 
 def fuse(pool: ScorePool, graph: ConceptGraph, counts: Mapping[str, float] | Coverage | np.ndarray,
@@ -246,11 +251,5 @@ def fuse(pool: ScorePool, graph: ConceptGraph, counts: Mapping[str, float] | Cov
     if config.assignment == "soft" and pool.similarity is not None:
         probs = soft_probabilities(graph_similarity(pool, graph), config.temperature)
     S_p = proposal_bonus(cidx, table, probs)
-    c = combine(pool, terms, S_p, config, groups, n_groups)
-    return FusionResult(
-        D_img=terms.D_img, zD_img=terms.zD_img, P=c["P"], zP=c["zP"], G=c["G"], zG=c["zG"],
-        S_x=c["S_x"], zS_x=c["zS_x"], A=c["A"], D_p=terms.D_p, zD_p=terms.zD_p, S_p=S_p,
-        zS_p=c["zS_p"], u=c["u"], concept_index=cidx, table=table, coverage=cov, probabilities=probs,
-        groups=groups, n_groups=n_groups, G_scale=c["G_scale"],
-    )
+    return combine(pool, terms, S_p, config, cidx, table, cov, probs, groups, n_groups)
 

@@ -393,7 +393,7 @@ def check_driver(pick: dict[str, Any], class_to_concept: dict[str, str], rare_co
     right = on_defect and best[1] == concept
     margin = prop.get("margin")
     if margin is None and prop.get("similarity"):  # picks written before rationales carried the margin
-        from gsal_edge.acquisition.selection import concept_margin
+        from gsal_edge.acquisition.rationale import concept_margin
 
         close = concept_margin(prop["similarity"], concept)
         margin = None if close is None else close[2]
