@@ -58,6 +58,7 @@ bench: bench-selection bench-runtime bench-server  ## all CPU benchmarks (bench-
 
 lint: setup
 	$(VENV)/bin/ruff check gsal_edge gsal_cli server trainer export tests bench
+	$(VENV)/bin/lint-imports --config pyproject.toml
 
 clean:  ## remove build outputs (keeps .venv)
 	rm -rf $(ART) .pytest_cache
