@@ -1,4 +1,4 @@
-"""Benchmark reports from a run folder (see :mod:`gsal_edge.benchmark.al_benchmark`): nothing is recomputed.
+"""Benchmark reports from a run folder (see :mod:`gsal_edge.benchmark`): nothing is recomputed.
 
 ``write_report(RUN_DIR)`` reads ``run.json`` and ``results/*/seed-*.json`` and writes
 
