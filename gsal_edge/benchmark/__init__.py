@@ -31,5 +31,6 @@ Modules: ``config`` (BenchConfig, presets, strategy specs, sweeps), ``split`` (t
 budget schedule, candidates, rare classes), ``inputs`` (data, class map, the fixed prior and CLIP),
 ``fingerprints`` (content keys), ``state`` (run folder files, round state, resume rules),
 ``diffusion_cache``, ``training`` (each round's detector), ``scoring`` (what a round computes for a
-strategy), ``rounds`` (the round loop), ``run`` (``run_benchmark``), ``report`` (tables, plots, gallery).
+strategy), ``rounds`` (the round loop), ``run`` (``run_benchmark``), ``run_data`` (a run folder read back),
+``report`` (``report.md``: tables, rationale checks) and ``plots`` (its figures and gallery).
 """
