@@ -18,14 +18,11 @@ from typing import Annotated, Any
 
 import typer
 
-from gsal_edge.benchmark.al_benchmark import (
-    BenchError,
-    _split_top,
-    load_preset,
-    run_benchmark,
-    stored_config,
-)
+from gsal_edge.benchmark.config import BenchError, load_preset, split_top
+from gsal_edge.benchmark.run import run_benchmark
+from gsal_edge.benchmark.state import stored_config
 from gsal_edge.config_files import read_yaml_mapping
+from gsal_edge.errors import GSALError
 
 
 def _sweep(items: list[str]) -> dict[str, list[Any]]:
@@ -36,7 +33,7 @@ def _sweep(items: list[str]) -> dict[str, list[Any]]:
         if "=" not in item:
             raise BenchError(f"--sweep {item!r}: expected name=v1,v2,...")
         name, vals = item.split("=", 1)
-        out[name.strip()] = [yaml.safe_load(v) for v in _split_top(vals)]
+        out[name.strip()] = [yaml.safe_load(v) for v in split_top(vals)]
     return out
 
 
@@ -94,7 +91,7 @@ def bench(
         if n_images is not None:
             ov.setdefault("data", {}).setdefault("synthetic", {})["n"] = n_images
         if strategies is not None:
-            ov["strategies"] = _split_top(strategies)
+            ov["strategies"] = split_top(strategies)
         if seeds is not None:
             if seeds < 1:
                 raise BenchError(f"--seeds must be >= 1, got {seeds}")
@@ -124,6 +121,6 @@ def bench(
         logging.getLogger("gsal_edge.models.detector_training").setLevel(logging.WARNING)
         run_benchmark(cfg, out, progress=not quiet, say=typer.echo)
         typer.echo(f"wrote {out / 'report.md'}")
-    except (BenchError, FileNotFoundError) as e:
+    except (GSALError, FileNotFoundError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None

@@ -24,6 +24,11 @@ BADGE is left out: it needs, per image, the gradient embedding (p - onehot(y_hat
 detector's classification head (h = penultimate RoI features, p = class probabilities). A score record
 carries neither h nor the class-probability vectors (only an image embedding and scalar
 uncertainties), so no sound gradient embedding can be formed from records.
+
+Each strategy declares what its inputs need (as baal's heuristics do), so a runner computes only that:
+``needs_scores`` (the scorer's records: E_rec, V_den, proposals, uncertainties), ``needs_embeddings``
+(whole-slice CLIP embeddings of the pool and of the labeled images) and ``needs_mc_dropout`` (the
+records' ``uncertainty["mc_dropout"]``, from T stochastic detector passes per image).
 """
 
 from __future__ import annotations
@@ -56,9 +61,13 @@ Counts = Mapping[str, float] | np.ndarray
 
 
 class Strategy(ABC):
-    """One acquisition strategy. Subclasses implement `select`."""
+    """One acquisition strategy. Subclasses implement `select` and set the three declarations."""
 
     name: str = "strategy"
+    # declared by every subclass (no defaults here, so a forgotten one is an AttributeError, not a guess)
+    needs_scores: bool  # reads the score records (E_rec, V_den, proposals, uncertainties)
+    needs_embeddings: bool  # reads whole-slice CLIP embeddings of the pool and of the labeled images
+    needs_mc_dropout: bool  # reads uncertainty["mc_dropout"] (T stochastic detector passes per image)
 
     @abstractmethod
     def select(self, pool: ScorePool, counts: Counts, graph: ConceptGraph, config: GSALConfig, budget: int,
@@ -68,6 +77,8 @@ class Strategy(ABC):
 
 class GSALStrategy(Strategy):
     """GSAL (spec §§5-7) with config overrides (ablations)."""
+
+    needs_scores, needs_embeddings, needs_mc_dropout = True, False, False
 
     def __init__(self, name: str, overrides: Mapping[str, Any] | None = None, what: str = ""):
         self.name = name
@@ -101,6 +112,7 @@ class RandomStrategy(Strategy):
     """Uniform random picks: one uniform draw per image from ``rng``, top-b of the draws."""
 
     name = "random"
+    needs_scores, needs_embeddings, needs_mc_dropout = False, False, False
 
     def select(self, pool: ScorePool, counts: Counts, graph: ConceptGraph, config: GSALConfig, budget: int,
                rng: np.random.Generator, labeled_embeddings: np.ndarray | None = None) -> Selection:
@@ -111,10 +123,15 @@ class RandomStrategy(Strategy):
 
 
 class UncertaintyStrategy(Strategy):
-    """Ranks the record's ``uncertainty[key]`` (``sign`` = +1: higher first; -1: lower first)."""
+    """Ranks the record's ``uncertainty[key]`` (``sign`` = +1: higher first; -1: lower first).
 
-    def __init__(self, name: str, key: str, sign: float):
+    ``needs_mc_dropout``: the key is filled by MC-dropout passes, not by the scorer itself."""
+
+    needs_scores, needs_embeddings = True, False
+
+    def __init__(self, name: str, key: str, sign: float, needs_mc_dropout: bool = False):
         self.name, self.key, self.sign = name, key, sign
+        self.needs_mc_dropout = needs_mc_dropout
 
     def select(self, pool: ScorePool, counts: Counts, graph: ConceptGraph, config: GSALConfig, budget: int,
                rng: np.random.Generator, labeled_embeddings: np.ndarray | None = None) -> Selection:
@@ -176,6 +193,7 @@ class CoresetStrategy(Strategy):
     """Core-set (k-center greedy) on the records' embeddings, seeded by the labeled embeddings."""
 
     name = "coreset"
+    needs_scores, needs_embeddings, needs_mc_dropout = False, True, False
 
     def select(self, pool: ScorePool, counts: Counts, graph: ConceptGraph, config: GSALConfig, budget: int,
                rng: np.random.Generator, labeled_embeddings: np.ndarray | None = None) -> Selection:
@@ -212,6 +230,7 @@ class UniformByLabelStrategy(Strategy):
     """
 
     name = "uniform_by_label"
+    needs_scores, needs_embeddings, needs_mc_dropout = True, False, False
 
     def select(self, pool: ScorePool, counts: Counts, graph: ConceptGraph, config: GSALConfig, budget: int,
                rng: np.random.Generator, labeled_embeddings: np.ndarray | None = None) -> Selection:
@@ -284,7 +303,7 @@ STRATEGIES: dict[str, Callable[[], Strategy]] = {
     "random": RandomStrategy,
     "entropy": lambda: UncertaintyStrategy("entropy", "entropy", +1.0),
     "margin": lambda: UncertaintyStrategy("margin", "margin", -1.0),
-    "mc_dropout": lambda: UncertaintyStrategy("mc_dropout", "mc_dropout", +1.0),
+    "mc_dropout": lambda: UncertaintyStrategy("mc_dropout", "mc_dropout", +1.0, needs_mc_dropout=True),
     "coreset": CoresetStrategy,
     "uniform_by_label": UniformByLabelStrategy,
 }

@@ -1,4 +1,4 @@
-"""Benchmark reports from a run folder (see :mod:`gsal_edge.benchmark.al_benchmark`): nothing is recomputed.
+"""Benchmark reports from a run folder (see :mod:`gsal_edge.benchmark`): nothing is recomputed.
 
 ``write_report(RUN_DIR)`` reads ``run.json`` and ``results/*/seed-*.json`` and writes
 
@@ -17,66 +17,29 @@ how many did when that is fewer than all.
 from __future__ import annotations
 
 import json
-import math
-import textwrap
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["RunData", "instances_f1_correlation", "load_run", "metric_table", "write_report"]
+from gsal_edge.benchmark.plots import (
+    plot_curves,
+    plot_gallery,
+    plot_instances_f1,
+    plot_rare,
+    plot_sensitivity,
+)
+from gsal_edge.benchmark.run_data import (
+    METRICS,
+    RunData,
+    instances_f1_correlation,
+    load_run,
+    pct,
+    record_field,
+    sensitivity_rows,
+)
 
-METRICS = (("f1", "F1@0.5"), ("map50", "mAP@50"), ("ap", "COCO AP"))
-
-
-@dataclass
-class RunData:
-    """A run folder's config and every finished round, by strategy and seed."""
-
-    run_dir: Path
-    info: dict[str, Any]
-    results: dict[str, dict[int, list[dict[str, Any]]]] = field(default_factory=dict)
-
-    @property
-    def strategies(self) -> list[str]:
-        return [s for s in self.info["strategies"] if s in self.results]
-
-    @property
-    def budgets(self) -> list[float]:
-        return list(self.info["budgets"])
-
-    @property
-    def seeds(self) -> list[int]:
-        return list(self.info["seeds"])
-
-    def values(self, strategy: str, getter: Any) -> list[list[float]]:
-        """Per budget index: the values of every seed that reached it (None/NaN dropped)."""
-        out: list[list[float]] = [[] for _ in self.budgets]
-        for rounds in self.results.get(strategy, {}).values():
-            for rec in rounds:
-                v = getter(rec)
-                if v is not None and not (isinstance(v, float) and math.isnan(v)):
-                    out[rec["round"]].append(float(v))
-        return out
-
-
-def load_run(run_dir: str | Path) -> RunData:
-    """Read ``run.json`` and every results file of a run folder."""
-    run_dir = Path(run_dir)
-    path = run_dir / "run.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist: not a benchmark run folder")
-    info = json.loads(path.read_text())
-    data = RunData(run_dir, info)
-    slugs = info.get("strategy_slugs", {})
-    for key in info["strategies"]:
-        folder = run_dir / "results" / slugs.get(key, key)
-        for f in sorted(folder.glob("seed-*.json")):
-            st = json.loads(f.read_text())
-            if st.get("rounds"):
-                data.results.setdefault(key, {})[int(st["seed"])] = st["rounds"]
-    return data
+__all__ = ["check_driver", "metric_table", "rationale_check_rows", "write_report"]
 
 
 def _mean_std(v: list[float]) -> tuple[float, float]:
@@ -127,267 +90,18 @@ def _retrain_text(cfg: dict[str, Any]) -> str:
     return f"retrained from scratch each round (~{cfg.get('train_iters')} iterations)"
 
 
-def _pct(b: float) -> str:
-    return f"{100 * b:g}%"
-
-
-def _get(path: str) -> Any:
-    keys = path.split(".")
-
-    def g(rec: dict[str, Any]) -> Any:
-        cur: Any = rec
-        for k in keys:
-            if not isinstance(cur, dict) or k not in cur:
-                return None
-            cur = cur[k]
-        return cur
-
-    return g
-
-
-# ------------------------------------------------------------------------------------------ plots
-
-
-def _plt() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _plot_bands(run: RunData, panels: list[tuple[str, str]], title: str, path: Path, width: float,
-                panel_titles: bool) -> Path:
-    """One panel per (record key, label): each strategy's mean vs labeled share with a ±1 std band."""
-    plt = _plt()
-    fig, axes = plt.subplots(1, len(panels), figsize=(width, 4.2))
-    x = np.array(run.budgets) * 100
-    for ax, (key, label) in zip(axes, panels):
-        for s in run.strategies:
-            vals = run.values(s, _get(key))
-            idx = [i for i, v in enumerate(vals) if v]
-            if not idx:
-                continue
-            m = np.array([np.mean(vals[i]) for i in idx])
-            sd = np.array([np.std(vals[i]) for i in idx])
-            (line,) = ax.plot(x[idx], m, marker="o", ms=3, label=s)
-            ax.fill_between(x[idx], m - sd, m + sd, color=line.get_color(), alpha=0.15)
-        ax.set_xlabel("labeled share of the pool (%)")
-        ax.set_ylabel(label)
-        if panel_titles:
-            ax.set_title(label)
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7, loc="best")
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def plot_curves(run: RunData, out: Path) -> Path:
-    """F1, mAP@50 and AP vs labeled share: mean per strategy with a ±1 std band."""
-    return _plot_bands(run, [(f"metrics.{key}", label) for key, label in METRICS],
-                       f"learning curves (mean ± std over {len(run.seeds)} seed(s))", out / "learning_curves.png",
-                       15, panel_titles=True)
-
-
-def plot_rare(run: RunData, out: Path) -> Path:
-    """Rare classes with >= 1 labeled instance, and rare instances labeled, vs labeled share."""
-    rare = run.info.get("rare_classes", [])
-    return _plot_bands(run, [("rare.n_covered", f"rare classes covered (of {len(rare)})"),
-                             ("rare.instances", "rare instances labeled")],
-                       f"rare-class retrieval; rare = {', '.join(rare)}", out / "rare_retrieval.png", 11,
-                       panel_titles=False)
-
-
-def sensitivity_rows(run: RunData) -> dict[str, list[tuple[Any, str, list[float]]]]:
-    """Per swept parameter: (value, strategy, final-budget F1 of each seed), by value.
-
-    The sweep base (``sweep_base``, e.g. plain ``gsal``) is a point of every sweep at its own setting of
-    the parameter when the run has it and no swept value already names it: without it a sweep of
-    ``gamma=0.25,1`` would plot a line through two points that skips the default 0.5."""
-    out: dict[str, list[tuple[Any, str, list[float]]]] = {}
-    last = len(run.budgets) - 1
-    base = run.info.get("config", {}).get("sweep_base", "gsal")
-    base_cfg = (run.info.get("gsal_configs") or {}).get(base, {})
-    for name, rows in (run.info.get("sweep") or {}).items():
-        pts = [(v, key) for v, key in rows]
-        field = "alpha" if name == "alpha_beta" else name
-        if base in run.results and all(key != base for _, key in pts) and field in base_cfg:
-            pts.append((base_cfg[field], base))
-        try:
-            pts.sort(key=lambda p: float(p[0]))
-        except (TypeError, ValueError):
-            pass  # a non-numeric parameter keeps the order it was given in
-        out[name] = [(v, key, run.values(key, _get("metrics.f1"))[last] if key in run.results else [])
-                     for v, key in pts]
-    return out
-
-
-def plot_sensitivity(run: RunData, out: Path) -> Path | None:
-    """F1 at the last budget vs each swept parameter (mean ± std over seeds)."""
-    rows = sensitivity_rows(run)
-    if not rows:
-        return None
-    plt = _plt()
-    fig, axes = plt.subplots(1, len(rows), figsize=(4.5 * len(rows), 3.8), squeeze=False)
-    for ax, (name, pts) in zip(axes[0], rows.items()):
-        pts = [(float(v), f) for v, _, f in pts if f]
-        if pts:
-            xs = np.array([p[0] for p in pts])
-            ms = np.array([np.mean(p[1]) for p in pts])
-            sd = np.array([np.std(p[1]) for p in pts])
-            order = np.argsort(xs)
-            ax.errorbar(xs[order], ms[order], yerr=sd[order], marker="o", capsize=3)
-        ax.set_xlabel(name)
-        ax.set_ylabel(f"F1@0.5 at {_pct(run.budgets[-1])}")
-        ax.grid(alpha=0.3)
-    fig.suptitle(f"one-at-a-time sensitivity (base {run.info['config'].get('sweep_base', 'gsal')})")
-    fig.tight_layout()
-    path = out / "sensitivity.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def _ranks(x: np.ndarray) -> np.ndarray:
-    """Ranks 0..n-1, ties sharing their mean rank (for Spearman's rho)."""
-    order = np.argsort(x, kind="stable")
-    r = np.empty(len(x), dtype=np.float64)
-    r[order] = np.arange(len(x), dtype=np.float64)
-    for v in np.unique(x):
-        tie = x == v
-        if tie.sum() > 1:
-            r[tie] = r[tie].mean()
-    return r
-
-
-def instances_f1_points(run: RunData) -> list[tuple[str, int, int, float, float]]:
-    """(strategy, seed, round, labeled instances, F1@0.5) of every finished round after the first (round 0
-    is shared, so it says nothing about a strategy)."""
-    return [(s, seed, r["round"], float(r["instances"]), float(r["metrics"]["f1"]))
-            for s in run.strategies for seed, rounds in run.results[s].items() for r in rounds
-            if r["round"] > 0 and "instances" in r and r.get("metrics", {}).get("f1") is not None]
-
-
-def instances_f1_correlation(run: RunData) -> dict[str, float] | None:
-    """How far F1 follows the number of labeled instances *between strategies*: both are centred on their
-    mean within each (seed, round) cell, so the budget and the seed's test split are taken out; Pearson and
-    Spearman over the centred points. None when fewer than 3 points vary."""
-    pts = instances_f1_points(run)
-    cells: dict[tuple[int, int], list[int]] = {}
-    for i, (_, seed, r, _, _) in enumerate(pts):
-        cells.setdefault((seed, r), []).append(i)
-    x = np.array([p[3] for p in pts])
-    y = np.array([p[4] for p in pts])
-    keep = [i for idx in cells.values() if len(idx) > 1 for i in idx]
-    for idx in cells.values():
-        x[idx] -= x[idx].mean()
-        y[idx] -= y[idx].mean()
-    x, y = np.round(x[keep], 9), np.round(y[keep], 9)  # centring leaves float noise: equal values must tie
-    if len(keep) < 3 or np.std(x) == 0 or np.std(y) == 0:
-        return None
-    return {"n": float(len(keep)), "pearson": float(np.corrcoef(x, y)[0, 1]),
-            "spearman": float(np.corrcoef(_ranks(x), _ranks(y))[0, 1])}
-
-
-def plot_instances_f1(run: RunData, out: Path) -> Path | None:
-    """F1@0.5 vs labeled instances, every round after the first, one colour per strategy."""
-    pts = instances_f1_points(run)
-    if not pts:
-        return None
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    for s in run.strategies:
-        xy = np.array([(p[3], p[4]) for p in pts if p[0] == s])
-        if len(xy):
-            ax.scatter(xy[:, 0], xy[:, 1], s=12, alpha=0.7, label=s)
-    ax.set_xlabel("defect instances in the labeled set")
-    ax.set_ylabel("F1@0.5 (held-out test split)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
-    fig.suptitle("what F1 rewards: labeled instances (every round, seed and strategy)")
-    fig.tight_layout()
-    path = out / "instances_f1.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def plot_gallery(run: RunData, out: Path, per_strategy: int = 4) -> Path | None:
-    """Thumbnails of each strategy's first picks (first seed, first round) with their rationale sentence."""
-    from gsal_edge.data.datasets import load_image
-    from gsal_edge.data.preprocessing import to_unit_float
-
-    rows = []
-    for s in run.strategies:
-        seeds = sorted(run.results[s])
-        recs = run.results[s][seeds[0]] if seeds else []
-        picks = next((r.get("picks") for r in recs if r.get("picks")), None)
-        if picks:
-            rows.append((s, seeds[0], picks[:per_strategy]))
-    if not rows:
-        return None
-    plt = _plt()
-    from matplotlib.patches import Rectangle
-
-    ncol = max(len(p) for _, _, p in rows)
-    cell_w, img, title_h, text_h, top = 3.6, 3.2, 0.45, 1.0, 0.6  # inches
-    row_h = title_h + img + text_h
-    W, H = cell_w * ncol, top + row_h * len(rows)
-    fig = plt.figure(figsize=(W, H))
-    window = (run.info.get("config", {}).get("data", {}) or {}).get("window")
-    for i, (s, seed, picks) in enumerate(rows):
-        for j, p in enumerate(picks):
-            left = (j * cell_w + (cell_w - img) / 2) / W
-            bottom = (H - top - i * row_h - title_h - img) / H
-            ax = fig.add_axes((left, bottom, img / W, img / H))
-            ax.set_xticks([])
-            ax.set_yticks([])
-            try:
-                im = to_unit_float(load_image(p["path"]), tuple(window) if window else None)
-                ax.imshow(im, cmap="gray", vmin=0, vmax=1)
-                for box, _ in p.get("gt", []):
-                    ax.add_patch(Rectangle((box[0], box[1]), box[2] - box[0], box[3] - box[1], fill=False,
-                                           edgecolor="lime", linewidth=0.8))
-            except (OSError, ValueError) as e:
-                ax.text(0.5, 0.5, f"image unavailable\n{e}", ha="center", va="center", fontsize=6)
-            classes = sorted({c for _, c in p.get("gt", [])}) or ["no defect"]
-            ax.set_title(f"{s} (seed {seed}) #{p['rank']}: {p['image_id']}\ntruth: {', '.join(classes)}",
-                         fontsize=6.5)
-            ax.text(0.0, -0.02, "\n".join(textwrap.wrap(p.get("sentence", ""), 62)[:7]), transform=ax.transAxes,
-                    fontsize=5.5, va="top", ha="left")
-    fig.suptitle("first-round picks\n(green: revealed ground truth)",
-                 fontsize=9, y=1 - 0.2 / H)
-    path = out / "gallery.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
-
-
-# ----------------------------------------------------------------------------------------- report
-
-
-def _box_iou(a: Any, b: Any) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
 def check_driver(pick: dict[str, Any], class_to_concept: dict[str, str], rare_concepts: set[str],
                  iou_thr: float = 0.1) -> dict[str, bool] | None:
     """Judge one pick's rationale against the revealed truth: did the proposal that drove it lie on a
     labeled box (IoU >= ``iou_thr``), was its Eq. 3 concept that box's class, and did it claim a rare
     concept (and was it right)? ``None`` for picks without a driving proposal."""
+    from gsal_edge.models.detection_metrics import box_iou
+
     prop = (pick.get("rationale") or {}).get("proposal")
     if not prop or "box" not in prop:
         return None
     gt = [(box, class_to_concept.get(c, c)) for box, c in pick.get("gt", [])]
-    best = max(((_box_iou(prop["box"], box), c) for box, c in gt), default=(0.0, None))
+    best = max(((float(box_iou(prop["box"], box)[0, 0]), c) for box, c in gt), default=(0.0, None))
     on_defect = best[0] >= iou_thr
     concept = prop.get("concept")
     right = on_defect and best[1] == concept
@@ -442,7 +156,7 @@ def _first_full_coverage(run: RunData, s: str) -> str:
     out = []
     for seed, rounds in sorted(run.results.get(s, {}).items()):
         hit = next((r["budget"] for r in rounds if r["rare"]["n_covered"] >= n_rare), None)
-        out.append(_pct(hit) if hit is not None else "not yet")
+        out.append(pct(hit) if hit is not None else "not yet")
     return ", ".join(out)
 
 
@@ -451,7 +165,7 @@ def write_report(run_dir: str | Path) -> Path:
     run = load_run(run_dir)
     out = run.run_dir
     info, cfg = run.info, run.info.get("config", {})
-    heads = ["strategy", *[_pct(b) for b in run.budgets]]
+    heads = ["strategy", *[pct(b) for b in run.budgets]]
     lines: list[str] = [f"# GSAL active-learning benchmark: `{out.name}`", ""]
     modes = info.get("label_modes", {})
     mode_set = sorted(set(modes.values()))
@@ -464,11 +178,11 @@ def write_report(run_dir: str | Path) -> Path:
          f"graph `{info.get('graph')}`"),
         f"- label mode: {', '.join(mode_set)}{per_mode}",
         (f"- detector `{cfg.get('detector')}` {_retrain_text(cfg)}; {len(run.seeds)} seed(s) {run.seeds}; "
-         f"labeled share {_pct(run.budgets[0])} -> "
-         f"{_pct(run.budgets[-1])} in steps of {_pct(cfg.get('step', 0))} ({info['labeled_sizes'][0]} -> "
+         f"labeled share {pct(run.budgets[0])} -> "
+         f"{pct(run.budgets[-1])} in steps of {pct(cfg.get('step', 0))} ({info['labeled_sizes'][0]} -> "
          f"{info['labeled_sizes'][-1]} images)"),
         (f"- candidates per round: {'the whole unlabeled pool' if not cfg.get('candidates') else str(cfg['candidates']) + ' unlabeled images drawn at random (seeded by seed and round), the same rule for every strategy'}"),
-        (f"- rare classes (bottom {_pct(cfg.get('rare_fraction', 0.2))} by pool instances, or configured): "
+        (f"- rare classes (bottom {pct(cfg.get('rare_fraction', 0.2))} by pool instances, or configured): "
          f"{', '.join(info.get('rare_classes', []))}; pool instances per class: {counts}"),
         (f"- prior `{info['models']['prior']}` ({info['models']['prior_fingerprint']}), "
          f"CLIP `{info['models']['clip']}`; git {git.get('commit') or 'unknown'}"
@@ -483,16 +197,16 @@ def write_report(run_dir: str | Path) -> Path:
         lines += [f"**Partial run** (rounds finished: {', '.join(unfinished)}).", ""]
     for key, label in METRICS:
         lines += [f"## {label} on the held-out test split (mean ± std over seeds)", "",
-                  _md_table(heads, metric_table(run, _get(f"metrics.{key}"))), ""]
+                  _md_table(heads, metric_table(run, record_field(f"metrics.{key}"))), ""]
     lines += ["![learning curves](learning_curves.png)", ""]
     lines += ["## Rare-class retrieval", "",
               "Rare classes with at least one labeled instance (mean ± std over seeds):", "",
-              _md_table(heads, metric_table(run, _get("rare.n_covered"), "{:.2f}")), "",
-              "Rare instances labeled:", "", _md_table(heads, metric_table(run, _get("rare.instances"), "{:.1f}")), "",
+              _md_table(heads, metric_table(run, record_field("rare.n_covered"), "{:.2f}")), "",
+              "Rare instances labeled:", "", _md_table(heads, metric_table(run, record_field("rare.instances"), "{:.1f}")), "",
               "Labeled share at which every rare class had a labeled instance, per seed:", ""]
     lines += [f"- {s}: {_first_full_coverage(run, s)}" for s in run.strategies]
     lines += ["", "![rare-class retrieval](rare_retrieval.png)", ""]
-    pick_heads = ["strategy", *[f"{_pct(a)}→{_pct(b)}" for a, b in zip(run.budgets, run.budgets[1:])]]
+    pick_heads = ["strategy", *[f"{pct(a)}→{pct(b)}" for a, b in zip(run.budgets, run.budgets[1:])]]
 
     def yield_get(r: dict[str, Any]) -> float | None:
         return float(np.mean([bool(p.get("gt")) for p in r["picks"]])) if r.get("picks") else None
@@ -519,7 +233,7 @@ def write_report(run_dir: str | Path) -> Path:
     lines += ["## Labeled instances per class at the last budget reached (mean over seeds)", "",
               _md_table(["strategy", *classes], rows), ""]
     lines += ["## Labeled instances and F1", "", "Defect instances in the labeled set (mean ± std over seeds):", "",
-              _md_table(heads, metric_table(run, _get("instances"), "{:.1f}")), ""]
+              _md_table(heads, metric_table(run, record_field("instances"), "{:.1f}")), ""]
     corr = instances_f1_correlation(run)
     if corr:
         lines += [(f"Between strategies at the same seed and budget (both centred on each seed-and-round mean, "
@@ -533,10 +247,10 @@ def write_report(run_dir: str | Path) -> Path:
         for s in typed:
             row = [s]
             for c in classes:
-                v = run.values(s, _get(f"metrics.per_class.{c}.ap50"))[last]
+                v = run.values(s, record_field(f"metrics.per_class.{c}.ap50"))[last]
                 row.append(f"{np.mean(v):.3f}" if v else "–")
             rows.append(row)
-        lines += [f"## Per-class AP@50 at {_pct(run.budgets[-1])} (typed strategies, mean over seeds)", "",
+        lines += [f"## Per-class AP@50 at {pct(run.budgets[-1])} (typed strategies, mean over seeds)", "",
                   _md_table(["strategy", *classes], rows), ""]
     rows = []
     for s in run.strategies:
@@ -557,7 +271,7 @@ def write_report(run_dir: str | Path) -> Path:
               _md_table(["strategy", "train", "eval", "score", "select", "rounds"], rows), ""]
     sens = sensitivity_rows(run)
     if sens:
-        lines += [f"## Sensitivity (one at a time, F1@0.5 at {_pct(run.budgets[-1])})", ""]
+        lines += [f"## Sensitivity (one at a time, F1@0.5 at {pct(run.budgets[-1])})", ""]
         for name, pts in sens.items():
             r = [[str(v), f"`{k}`", (f"{np.mean(f):.3f} ± {np.std(f):.3f} (n={len(f)})" if f else "–")]
                  for v, k, f in pts]

@@ -117,3 +117,52 @@ def test_ablations_ignore_what_they_remove() -> None:
     # full == gsal; fine_only == GSAL with levels = (fine,)
     assert pick("full", pool, {"void": 4}) == pick("gsal", pool, {"void": 4})
     assert pick("fine_only", pool, {"void": 4}) == gsal_select(pool, G, {"void": 4}, cfg.replace(levels=("fine",)), 8).image_ids
+
+
+REQUIREMENTS = ("needs_scores", "needs_embeddings", "needs_mc_dropout")
+
+
+def test_every_strategy_declares_what_it_reads() -> None:
+    # the base class gives no defaults: a strategy that forgets one fails here, not silently in a runner
+    from gsal_edge.acquisition.strategies import Strategy
+
+    assert not any(hasattr(Strategy, a) for a in REQUIREMENTS)
+    declared = {}
+    for name in available_strategies():
+        s = get_strategy(name)
+        for a in REQUIREMENTS:
+            assert isinstance(getattr(s, a, None), bool), f"strategy {name!r} does not declare {a}"
+        declared[name] = tuple(getattr(s, a) for a in REQUIREMENTS)
+    # what the benchmark hard-coded by name before the declarations
+    assert {n for n, d in declared.items() if not d[0]} == {"random", "coreset"}
+    assert {n for n, d in declared.items() if d[1]} == {"coreset"}
+    assert {n for n, d in declared.items() if d[2]} == {"mc_dropout"}
+
+
+def test_benchmark_rounds_follow_the_declarations() -> None:
+    from gsal_edge.acquisition.strategies import RandomStrategy, Strategy
+    from gsal_edge.benchmark.config import BenchError
+    from gsal_edge.benchmark.scoring import RoundInputs
+
+    for name in available_strategies():
+        s = get_strategy(name)
+        need = RoundInputs.of(s)
+        assert need.pool == ("records" if s.needs_scores else "embeddings" if s.needs_embeddings else "ids")
+        assert (need.labeled_embeddings, need.mc_dropout) == (s.needs_embeddings, s.needs_mc_dropout)
+
+    class ScoredRandom(RandomStrategy):  # same name as random, other declarations: the name does not decide
+        needs_scores, needs_embeddings, needs_mc_dropout = True, True, True
+
+    assert RoundInputs.of(ScoredRandom()) == RoundInputs("records", True, True)
+    assert RoundInputs.of(get_strategy("random")) == RoundInputs("ids", False, False)
+    assert RoundInputs.of(get_strategy("coreset")) == RoundInputs("embeddings", True, False)
+
+    class Inconsistent(Strategy):
+        name = "inconsistent"
+        needs_scores, needs_embeddings, needs_mc_dropout = False, False, True
+
+        def select(self, *args: object, **kwargs: object):  # type: ignore[override]
+            raise NotImplementedError
+
+    with pytest.raises(BenchError, match="needs_mc_dropout without needs_scores"):
+        RoundInputs.of(Inconsistent())

@@ -9,19 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from gsal_edge.benchmark.al_benchmark import (
-    BenchConfig,
-    BenchError,
-    Benchmark,
-    DiffusionCache,
-    budget_schedule,
-    expand_strategies,
-    folder_fingerprint,
-    load_preset,
-    parse_strategy,
-    rare_classes,
-    run_benchmark,
-)
+from gsal_edge.benchmark.config import BenchConfig, BenchError, expand_strategies, load_preset, parse_strategy
+from gsal_edge.benchmark.diffusion_cache import DiffusionCache
+from gsal_edge.benchmark.fingerprints import folder_fingerprint
+from gsal_edge.benchmark.rounds import Benchmark
+from gsal_edge.benchmark.run import run_benchmark
+from gsal_edge.benchmark.split import budget_schedule, rare_classes
 
 # ------------------------------------------------------------------------------------ fast units
 
@@ -292,7 +285,7 @@ def test_finetune_rounds_resume_from_the_saved_detector(tiny_models: Path, data_
 @pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["coco", "yolo"])
 def test_dataset_formats_and_binary_mode(fmt: str, tiny_models: Path, data_cache: Path, tmp_path: Path) -> None:
-    from gsal_edge.benchmark.al_benchmark import synthetic_dataset
+    from gsal_edge.benchmark.inputs import synthetic_dataset
     from gsal_edge.data.datasets import save_dataset
 
     src = synthetic_dataset(load_preset("tiny").data.synthetic, data_cache, progress=False)
@@ -376,7 +369,7 @@ def test_coreset_hybrid_and_mc_dropout_strategies_run(tiny_models: Path, data_ca
 
 
 def test_device_option_and_older_run_folders(tiny_models: Path, data_cache: Path, tmp_path: Path) -> None:
-    from gsal_edge.benchmark.al_benchmark import resolve_device
+    from gsal_edge.benchmark.config import resolve_device
 
     with pytest.raises(ValueError, match="device"):
         _cfg(tiny_models, data_cache, device="gpu0")

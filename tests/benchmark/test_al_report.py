@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gsal_edge.benchmark.report import RunData, instances_f1_correlation, load_run, metric_table, write_report
+from gsal_edge.benchmark.report import metric_table, write_report
+from gsal_edge.benchmark.run_data import RunData, instances_f1_correlation, load_run
 from gsal_edge.data.synthetic_ct import write_png16
 
 
@@ -103,7 +104,7 @@ def test_instances_f1_correlation_compares_strategies_within_seed_and_round() ->
 
 
 def test_sensitivity_includes_the_base_at_its_own_value(run_dir: Path) -> None:
-    from gsal_edge.benchmark.report import sensitivity_rows
+    from gsal_edge.benchmark.run_data import sensitivity_rows
 
     info = json.loads((run_dir / "run.json").read_text())
     info["sweep"] = {"gamma": [[1.0, "gsal[gamma=1]"], [0.25, "gsal[gamma=0.25]"]]}  # the base value not swept

@@ -1,0 +1,217 @@
+"""What each round computes of the unlabeled pool for a strategy, through the station's own scorer.
+
+The detector engine of a :class:`gsal_edge.scoring.scorer.GSALScorer` is swapped every round; the
+diffusion prior and CLIP are fixed, so the image-level E_rec / V_den stage is memoized in the run's
+:class:`~gsal_edge.benchmark.diffusion_cache.DiffusionCache`. A strategy declares what it reads
+(``needs_scores``, ``needs_embeddings``, ``needs_mc_dropout``); :class:`RoundInputs` turns that into
+what the round computes, so a strategy that reads no records never pays for scoring.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from gsal_edge.acquisition.concept_graph import ConceptGraph
+from gsal_edge.acquisition.config import GSALConfig
+from gsal_edge.acquisition.strategies import Strategy
+from gsal_edge.benchmark.config import BenchConfig, BenchError
+from gsal_edge.benchmark.diffusion_cache import DiffusionCache
+from gsal_edge.benchmark.fingerprints import digest
+from gsal_edge.benchmark.inputs import FixedModels
+from gsal_edge.data.datasets import DetectionDataset, load_image
+from gsal_edge.data.preprocessing import resize_image, to_unit_float
+
+__all__ = ["PoolScoring", "RoundInputs", "embed_regions", "ids_only_pool"]
+
+
+@dataclass(frozen=True)
+class RoundInputs:
+    """What a round computes for a strategy, read from its declarations (never from its name).
+
+    ``pool``: ``"ids"`` (image ids only), ``"embeddings"`` (ids and whole-slice CLIP embeddings: they do not
+    depend on the round's detector, so they are computed once per image instead of re-scoring the pool) or
+    ``"records"`` (the scorer's records of every candidate); ``labeled_embeddings``: the labeled images'
+    whole-slice embeddings too; ``mc_dropout``: T stochastic detector passes per candidate."""
+
+    pool: Literal["ids", "embeddings", "records"]
+    labeled_embeddings: bool
+    mc_dropout: bool
+
+    @classmethod
+    def of(cls, strategy: Strategy) -> RoundInputs:
+        if strategy.needs_mc_dropout and not strategy.needs_scores:
+            raise BenchError(f"strategy {strategy.name!r} declares needs_mc_dropout without needs_scores: "
+                             "the MC-dropout value is added to the score records")
+        pool = "records" if strategy.needs_scores else "embeddings" if strategy.needs_embeddings else "ids"
+        return cls(pool, bool(strategy.needs_embeddings), bool(strategy.needs_mc_dropout))
+
+
+def ids_only_pool(ids: list[str], embeddings: np.ndarray | None = None) -> Any:
+    """A ScorePool holding only image ids (and, when given, whole-slice embeddings): no scorer ran."""
+    from gsal_edge.acquisition.score_pool import ScorePool
+
+    n = len(ids)
+    z = np.zeros(0)
+    return ScorePool(image_ids=np.array(ids, dtype=str), e_rec=np.zeros(n), v_den=np.zeros(n),
+                     prop_image=np.zeros(0, np.int64), prop_box=np.zeros((0, 4)), prop_score=z, prop_e_rec=z,
+                     prop_v_den=z, prop_concept=np.zeros(0, np.int64), concepts=(), embeddings=embeddings)
+
+
+def embed_regions(clip: Any, image01: np.ndarray, boxes: np.ndarray, margin: float) -> np.ndarray:
+    """CLIP f_I [n, d] of box regions of one slice in [0, 1], cropped as the scorer crops its proposals.
+
+    The benchmark's one crop-and-embed of regions outside a scorer (for the labeled ground-truth boxes)."""
+    from gsal_edge.acquisition.diffusion_difficulty import crop_regions
+
+    if len(boxes) == 0:
+        return np.zeros((0, clip.embed_dim), np.float32)
+    return clip.encode_images(crop_regions(image01, boxes, margin, clip.image_size))
+
+
+class PoolScoring:
+    """Images, embeddings, scorers and score records of one run's pool (in-memory caches per run)."""
+
+    def __init__(self, cfg: BenchConfig, dataset: DetectionDataset, class_to_concept: dict[str, str],
+                 graph: ConceptGraph, models: FixedModels, pool_ids: list[str], cache: DiffusionCache,
+                 device: str, progress: bool = True) -> None:
+        self.cfg = cfg
+        self.dataset = dataset
+        self.by_id = dataset.by_id()
+        self.class_to_concept = class_to_concept
+        self.graph = graph
+        self.models = models
+        self.pool_ids = pool_ids
+        self.diffusion_cache = cache
+        self.device = device
+        self.progress = progress
+        self._raw: dict[str, np.ndarray] = {}
+        self._gt_emb: dict[str, np.ndarray] = {}
+        self._img_emb: dict[str, np.ndarray] = {}
+        self._scorers: dict[str, Any] = {}
+        self._scorer_key: dict[int, str] = {}
+        self._text_emb: dict[str, np.ndarray] = {}
+
+    # ------------------------------------------------------------------ images, embeddings
+    def raw(self, image_id: str) -> np.ndarray:
+        """The slice as stored (cached in memory)."""
+        a = self._raw.get(image_id)
+        if a is None:
+            a = load_image(self.dataset.image_path(self.by_id[image_id]))
+            self._raw[image_id] = a
+        return a
+
+    def unit(self, image_id: str) -> np.ndarray:
+        return to_unit_float(self.raw(image_id), self.cfg.data.window)
+
+    def gt_embeddings(self, image_id: str, margin: float) -> np.ndarray:
+        """CLIP f_I of the image's ground-truth box regions (same crops as the scorer's proposals)."""
+        key = f"{image_id}|{margin}"
+        e = self._gt_emb.get(key)
+        if e is None:
+            boxes = np.array([a.box for a in self.by_id[image_id].annotations], dtype=np.float64).reshape(-1, 4)
+            e = embed_regions(self.models.clip, self.unit(image_id), boxes, margin)
+            self._gt_emb[key] = e
+        return e
+
+    def image_embeddings(self, ids: Sequence[str]) -> np.ndarray:
+        """Whole-slice CLIP embeddings (what the scorer attaches to a record), for core-set centers."""
+        clip = self.models.clip
+        todo = [i for i in ids if i not in self._img_emb]
+        S = clip.image_size
+        for start in range(0, len(todo), 64):
+            chunk = todo[start:start + 64]
+            emb = clip.encode_images(np.stack([resize_image(self.unit(i), (S, S)) for i in chunk]))
+            for i, e in zip(chunk, emb):
+                self._img_emb[i] = np.round(e.astype(np.float64), 6)
+        return np.stack([self._img_emb[i] for i in ids]) if ids else np.zeros((0, clip.embed_dim))
+
+    # ------------------------------------------------------------------ scoring
+    def scorer_for(self, gcfg: GSALConfig, model: Any) -> Any:
+        """The station scorer for this strategy's settings, with this round's detector engine."""
+        from gsal_edge.models.detector import DetectorWrapper
+        from gsal_edge.scoring.runtime.torch_backend import TorchEngine
+        from gsal_edge.scoring.scorer import spec_settings
+        from gsal_edge.scoring.torch_scorer import scorer_from_models
+
+        m = self.models
+        spec_kw = spec_settings(gcfg)
+        key = digest(spec_kw)
+        sc = self._scorers.get(key)
+        if sc is None:
+            sc = scorer_from_models(model, list(model.classes), m.prior, m.clip, self.graph,
+                                    bundle_id=f"bench-{m.prior_fp[:8]}-{m.clip_fp[:8]}", station="bench",
+                                    device=self.device, **spec_kw)
+            self._text_emb[key] = np.array(sc.assigner.embeddings, copy=True)
+            ns = digest([m.prior_fp, sc.spec.K, sc.spec.t_index, sc.spec.ddim_steps, sc.spec.base_seed,
+                         sc.spec.prior_resolution, self.cfg.data.window])
+            self.diffusion_cache.attach(sc, ns, set(self.pool_ids))
+            self._scorers[key] = sc
+        sc.engines["detector"] = TorchEngine("detector", DetectorWrapper(model), device=self.device)
+        sc.spec.classes = list(model.classes)
+        self._scorer_key[id(sc)] = key
+        return sc
+
+    def set_round_assigner(self, scorer: Any, gcfg: GSALConfig, labeled: list[str]) -> dict[str, str]:
+        """Eq. 3 assigner for this round: text, or prototype/hybrid from the labeled boxes' crops."""
+        from gsal_edge.acquisition.assignment import make_assigner
+
+        names = list(scorer.spec.concepts)
+        text = self._text_emb[self._scorer_key[id(scorer)]]
+        if gcfg.assigner == "text":
+            scorer.set_assigner(make_assigner("text", names, text,
+                                              novelty_threshold=gcfg.novelty_threshold))
+            return {c: "text" for c in names}
+        ex: dict[str, list[np.ndarray]] = {}
+        for i in labeled:
+            emb = self.gt_embeddings(i, gcfg.context_margin)
+            for a, e in zip(self.by_id[i].annotations, emb):
+                ex.setdefault(self.class_to_concept[a.category], []).append(e)
+        exemplars = {c: np.stack(v) for c, v in ex.items()}
+        try:
+            asg = make_assigner(gcfg.assigner, names, text, exemplars, gcfg.hybrid_k,
+                                gcfg.novelty_threshold)
+        except ValueError as e:
+            raise BenchError(f"assigner {gcfg.assigner!r}: {e} (with few labels, assigner=hybrid falls back "
+                             "to text prompts per concept)") from None
+        scorer.set_assigner(asg)
+        return dict(zip(names, asg.sources))
+
+    def score_pool(self, scorer: Any, ids: list[str]) -> list[Any]:
+        """Score record per image, in batches (the station's scoring code)."""
+        from tqdm.auto import tqdm
+
+        out = []
+        bar = tqdm(total=len(ids), desc="score", disable=not self.progress, leave=False)
+        for s in range(0, len(ids), self.cfg.score_batch):
+            chunk = ids[s:s + self.cfg.score_batch]
+            metas = [{k: str(v) for k, v in self.by_id[i].meta.items()} for i in chunk]
+            out.extend(scorer.score([self.raw(i) for i in chunk], chunk, metas))
+            bar.update(len(chunk))
+        bar.close()
+        return out
+
+    def add_mc_dropout(self, records: list[Any], model: Any, seed: int, r: int) -> None:
+        """Add ``uncertainty["mc_dropout"]`` (T = ``mc_dropout_T`` stochastic passes) to each record."""
+        from gsal_edge.acquisition.uncertainty import mc_dropout_uncertainty
+
+        for rec in records:
+            rec.uncertainty["mc_dropout"] = mc_dropout_uncertainty(
+                model, self.unit(rec.image_id), T=self.cfg.mc_dropout_T, seed=int(seed) * 1000 + r)
+
+    def counts(self, gcfg: GSALConfig, scorer: Any | None, labeled: list[str]) -> dict[str, int]:
+        """Coverage n(v) of the fine nodes (spec §3): truth in typed mode, CLIP concepts of boxes in binary."""
+        from gsal_edge.acquisition.selection import labeled_counts
+
+        if gcfg.label_mode == "typed":
+            labels = [self.class_to_concept[a.category] for i in labeled for a in self.by_id[i].annotations]
+            return labeled_counts(self.graph, "typed", labels=labels)
+        if scorer is None:
+            raise BenchError("binary label mode needs the scorer's assigner for the labeled boxes")
+        embs = [self.gt_embeddings(i, gcfg.context_margin) for i in labeled]
+        embs = [e for e in embs if len(e)]
+        assigned = scorer.assigner(np.concatenate(embs)).concepts if embs else []
+        return labeled_counts(self.graph, "binary", assigned_concepts=assigned)
