@@ -26,7 +26,7 @@ from gsal_edge.benchmark.config import (
 from gsal_edge.benchmark.diffusion_cache import DiffusionCache
 from gsal_edge.benchmark.fingerprints import dataset_fingerprint, digest, sha
 from gsal_edge.benchmark.inputs import class_map, load_data, load_fixed_models
-from gsal_edge.benchmark.scoring import PoolScoring, RoundInputs, ids_only_pool
+from gsal_edge.benchmark.pool_scoring import PoolScoring, RoundInputs, ids_only_pool
 from gsal_edge.benchmark.split import (
     budget_schedule,
     candidate_ids,

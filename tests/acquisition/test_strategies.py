@@ -142,7 +142,7 @@ def test_every_strategy_declares_what_it_reads() -> None:
 def test_benchmark_rounds_follow_the_declarations() -> None:
     from gsal_edge.acquisition.strategies import RandomStrategy, Strategy
     from gsal_edge.benchmark.config import BenchError
-    from gsal_edge.benchmark.scoring import RoundInputs
+    from gsal_edge.benchmark.pool_scoring import RoundInputs
 
     for name in available_strategies():
         s = get_strategy(name)
