@@ -26,7 +26,7 @@ DEFAULT_MODELS_CONFIG = CONFIGS_DIR / "models_default.yaml"
 DEFAULTS_RECORD = "defaults.json"
 # modules whose code shapes the trained weights (part of the cache key)
 _CODE_MODULES = ("models.diffusion_training", "models.clip_training", "models.diffusion_prior", "models.clip_model",
-                 "acquisition.diffusion_difficulty", "data.synthetic_ct", "data.preprocessing", "data.datasets")
+                 "acquisition.diffusion_difficulty", "data.synthetic_ct", "data.preprocessing", "data.image_io")
 
 app = typer.Typer(help="Diffusion prior and CLIP: embedded defaults and real weights.", no_args_is_help=True)
 

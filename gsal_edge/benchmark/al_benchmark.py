@@ -53,7 +53,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from gsal_edge.acquisition.concept_graph import ConceptGraph, load_graph
 from gsal_edge.acquisition.config import ConfigError, GSALConfig
 from gsal_edge.config_files import CONFIGS_DIR, read_yaml_mapping
-from gsal_edge.data.datasets import DetectionDataset, load_dataset, load_image
+from gsal_edge.data.dataset import DetectionDataset
+from gsal_edge.data.formats import load_dataset
+from gsal_edge.data.image_io import load_image
 from gsal_edge.data.preprocessing import resize_image, to_unit_float
 
 log = logging.getLogger(__name__)

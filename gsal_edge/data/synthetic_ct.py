@@ -44,7 +44,8 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from tqdm import tqdm
 
 from gsal_edge.config_files import CONFIGS_DIR, read_yaml_mapping, validation_message
-from gsal_edge.data.datasets import Annotation, DetectionDataset, ImageEntry, write_coco
+from gsal_edge.data.coco import write_coco
+from gsal_edge.data.dataset import Annotation, DetectionDataset, ImageEntry
 
 DEFAULT_CONFIG_PATH = CONFIGS_DIR / "synth_default.yaml"
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from gsal_edge.data.datasets import Annotation, DetectionDataset, ImageEntry
+from gsal_edge.data.dataset import Annotation, DetectionDataset, ImageEntry
 from gsal_edge.models.detector import get_config, load_checkpoint
 from gsal_edge.models.detector_training import (
     FINAL,
