@@ -28,7 +28,8 @@ def synth(
 ) -> None:
     """Generate a synthetic thin-film CT data set (16-bit PNG slices + COCO annotations.json)."""
     from gsal_edge.data.dataset import dataset_stats
-    from gsal_edge.data.synthetic_ct import SynthConfigError, generate_dataset, load_config
+    from gsal_edge.data.synthetic.config import SynthConfigError, load_config
+    from gsal_edge.data.synthetic.generator import generate_dataset
 
     try:
         cfg = load_config(config)

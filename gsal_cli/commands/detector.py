@@ -201,7 +201,7 @@ def bench(
         cfg = apply_overrides(cfg, _parse_sets(sets))
     with tempfile.TemporaryDirectory() as tmp:
         if data is None:
-            from gsal_edge.data.synthetic_ct import generate_dataset
+            from gsal_edge.data.synthetic.generator import generate_dataset
 
             ds = generate_dataset(Path(tmp) / "synth", n_synth, seed=0, progress=False)
         else:

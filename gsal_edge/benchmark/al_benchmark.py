@@ -1124,7 +1124,8 @@ def dataset_fingerprint(ds: DetectionDataset) -> str:
 
 def synthetic_dataset(spec: SyntheticData, cache_dir: Path, progress: bool = True) -> DetectionDataset:
     """The generated data set for ``spec``, cached under ``cache_dir/synth-<content hash>``."""
-    from gsal_edge.data.synthetic_ct import SynthConfig, generate_dataset
+    from gsal_edge.data.synthetic.config import SynthConfig
+    from gsal_edge.data.synthetic.generator import generate_dataset
 
     try:
         scfg = SynthConfig.model_validate(spec.synth)

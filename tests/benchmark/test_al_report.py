@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from gsal_edge.benchmark.report import RunData, instances_f1_correlation, load_run, metric_table, write_report
-from gsal_edge.data.synthetic_ct import write_png16
+from gsal_edge.data.synthetic.generator import write_png16
 
 
 def _round(r: int, budget: float, f1: float, covered: int, picks: list[dict] | None = None) -> dict:

@@ -17,7 +17,7 @@ from gsal_edge.data.coco import load_coco, write_coco
 from gsal_edge.data.dataset import Annotation, DatasetError, DetectionDataset, ImageEntry, dataset_stats
 from gsal_edge.data.formats import detect_format, load_dataset, save_dataset
 from gsal_edge.data.image_io import image_size, load_image
-from gsal_edge.data.synthetic_ct import generate_dataset
+from gsal_edge.data.synthetic.generator import generate_dataset
 from gsal_edge.data.voc import load_voc, write_voc
 from gsal_edge.data.yolo import load_yolo, write_yolo
 

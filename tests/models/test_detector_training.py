@@ -231,7 +231,7 @@ def test_cli_train_resume_and_eval(tmp_path) -> None:
     from typer.testing import CliRunner
 
     from gsal_cli.commands.detector import app
-    from gsal_edge.data.synthetic_ct import generate_dataset
+    from gsal_edge.data.synthetic.generator import generate_dataset
 
     generate_dataset(tmp_path / "data", 10, seed=0, progress=False)
     runner = CliRunner()
