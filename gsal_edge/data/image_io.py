@@ -27,9 +27,7 @@ def load_image(path: str | Path) -> np.ndarray:
     ``.npy`` files are read without pickles and pass the same shape and sample-type checks.
     Raises DatasetError naming the file when it is missing, corrupt, truncated or not an image.
     """
-    p = Path(path)
-    if not p.is_file():
-        raise DatasetError(f"{p}: image file not found")
+    p = _existing(path)
     suffix = p.suffix.lower()
     try:
         if suffix == ".npy":
@@ -49,6 +47,13 @@ def load_image(path: str | Path) -> np.ndarray:
     except Exception as exc:  # noqa: BLE001 - PIL/tifffile raise many types (OSError, SyntaxError, zlib.error...)
         raise DatasetError(f"{p}: corrupt, truncated or unsupported image ({type(exc).__name__}: {exc})") from None
     return _as_stored(np.asarray(arr), p)
+
+
+def _existing(path: str | Path) -> Path:
+    p = Path(path)
+    if not p.is_file():
+        raise DatasetError(f"{p}: image file not found")
+    return p
 
 
 def _pil_array(im: Any) -> np.ndarray:
@@ -87,9 +92,7 @@ def _as_stored(a: np.ndarray, p: Path) -> np.ndarray:
 
 def image_size(path: str | Path) -> tuple[int, int]:
     """(width, height) from the image header (no decoding); DatasetError naming the file if unreadable."""
-    p = Path(path)
-    if not p.is_file():
-        raise DatasetError(f"{p}: image file not found")
+    p = _existing(path)
     suffix = p.suffix.lower()
     try:
         if suffix == ".npy":
