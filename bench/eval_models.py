@@ -92,7 +92,8 @@ def _zscore(x: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------------- data
 def pool_slices(n: int, seed: int) -> list[Any]:
     """Held-out slices of the POOL generator (default SynthConfig) with a seed never trained on."""
-    from gsal_edge.data.synthetic_ct import SynthConfig, iter_slices
+    from gsal_edge.data.synthetic.config import SynthConfig
+    from gsal_edge.data.synthetic.generator import iter_slices
 
     return list(iter_slices(SynthConfig(), n, seed))
 

@@ -54,7 +54,8 @@ class ExportResult:
 def parity_slices(n: int, size: int, seed: int) -> tuple[list[np.ndarray], list[str]]:
     """``n`` synthetic thin-film CT slices (uint16, as a station receives them) resized to ``size``."""
     from gsal_edge.data.preprocessing import resize_image, to_unit_float
-    from gsal_edge.data.synthetic_ct import SynthConfig, generate_slice, slice_seed
+    from gsal_edge.data.synthetic.config import SynthConfig
+    from gsal_edge.data.synthetic.generator import generate_slice, slice_seed
 
     cfg = SynthConfig()
     out, ids = [], []

@@ -29,7 +29,7 @@ def write_report(out: Path, run_dir: Path, store_dir: Path, status: dict[str, An
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from gsal_edge.data.datasets import load_image
+    from gsal_edge.data.image_io import load_image
     from gsal_edge.data.preprocessing import to_unit_float
     from trainer.pool_store import PoolStore
 

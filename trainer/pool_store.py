@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Any, Literal, Self
 
 from gsal_edge.acquisition.records import ScoreRecord
-from gsal_edge.data.datasets import Annotation, DetectionDataset, ImageEntry
+from gsal_edge.data.dataset import Annotation, DetectionDataset, ImageEntry
 from trainer.images import ImageStore
 
 DB_NAME = "pool.sqlite"

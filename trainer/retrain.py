@@ -160,7 +160,8 @@ def retrain(
     access = access or StationAccess()
     import torch  # noqa: F401 - fail early and clearly if the training stack is missing
 
-    from gsal_edge.data.datasets import DatasetError, load_dataset
+    from gsal_edge.data.dataset import DatasetError
+    from gsal_edge.data.formats import load_dataset
     from gsal_edge.models.detector import AGNOSTIC_CLASS, load_checkpoint
     from gsal_edge.models.detector_training import TrainingError, evaluate_detector, train_detector
 

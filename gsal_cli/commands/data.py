@@ -27,8 +27,9 @@ def synth(
     workers: int = typer.Option(1, "--workers", min=1, help="Processes; the output does not depend on it."),
 ) -> None:
     """Generate a synthetic thin-film CT data set (16-bit PNG slices + COCO annotations.json)."""
-    from gsal_edge.data.datasets import dataset_stats
-    from gsal_edge.data.synthetic_ct import SynthConfigError, generate_dataset, load_config
+    from gsal_edge.data.dataset import dataset_stats
+    from gsal_edge.data.synthetic.config import SynthConfigError, load_config
+    from gsal_edge.data.synthetic.generator import generate_dataset
 
     try:
         cfg = load_config(config)
@@ -55,7 +56,8 @@ def preview(
     lookalikes: bool = typer.Option(True, "--lookalikes/--no-lookalikes", help="Draw benign look-alikes."),
 ) -> None:
     """Draw a contact sheet of slices with boxes colored by class (look-alikes dashed gray)."""
-    from gsal_edge.data.datasets import DatasetError, load_dataset
+    from gsal_edge.data.dataset import DatasetError
+    from gsal_edge.data.formats import load_dataset
     from gsal_edge.data.preview import contact_sheet
 
     try:
@@ -79,7 +81,8 @@ def stats(
     from rich.console import Console
     from rich.table import Table
 
-    from gsal_edge.data.datasets import DatasetError, dataset_stats, load_dataset
+    from gsal_edge.data.dataset import DatasetError, dataset_stats
+    from gsal_edge.data.formats import load_dataset
 
     try:
         ds = load_dataset(data)
@@ -115,7 +118,8 @@ def convert(
     to: str = typer.Option(..., "--to", help="coco | voc | yolo"),
 ) -> None:
     """Convert a data set between COCO, Pascal VOC and YOLO (images copied as they are)."""
-    from gsal_edge.data.datasets import FORMATS, DatasetError, load_dataset, save_dataset
+    from gsal_edge.data.dataset import DatasetError
+    from gsal_edge.data.formats import FORMATS, load_dataset, save_dataset
 
     if to not in FORMATS:
         _fail(f"--to must be one of {', '.join(FORMATS)}, got {to!r}")

@@ -93,7 +93,8 @@ def train(
     """Train a detector on DATA minus a held-out split, then evaluate it on that split."""
     import torch
 
-    from gsal_edge.data.datasets import DatasetError, load_dataset
+    from gsal_edge.data.dataset import DatasetError
+    from gsal_edge.data.formats import load_dataset
     from gsal_edge.models.detector import DetectorConfigError, apply_overrides, get_config, load_config
     from gsal_edge.models.detector_training import TrainingError, evaluate_detector, split_ids, train_detector
 
@@ -148,7 +149,8 @@ def evaluate(
     """Evaluate a checkpoint: per-class F1 (IoU 0.5, best threshold), AP50 and COCO AP."""
     import torch
 
-    from gsal_edge.data.datasets import DatasetError, load_dataset
+    from gsal_edge.data.dataset import DatasetError
+    from gsal_edge.data.formats import load_dataset
     from gsal_edge.models.detector import DetectorConfigError, load_checkpoint
     from gsal_edge.models.detector_training import evaluate_detector
 
@@ -190,7 +192,7 @@ def bench(
 
     import torch
 
-    from gsal_edge.data.datasets import load_dataset
+    from gsal_edge.data.formats import load_dataset
     from gsal_edge.models.detector import apply_overrides, build_detector, count_parameters, get_config
     from gsal_edge.models.detector_training import time_train_steps
 
@@ -199,7 +201,7 @@ def bench(
         cfg = apply_overrides(cfg, _parse_sets(sets))
     with tempfile.TemporaryDirectory() as tmp:
         if data is None:
-            from gsal_edge.data.synthetic_ct import generate_dataset
+            from gsal_edge.data.synthetic.generator import generate_dataset
 
             ds = generate_dataset(Path(tmp) / "synth", n_synth, seed=0, progress=False)
         else:

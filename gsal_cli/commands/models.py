@@ -26,7 +26,8 @@ DEFAULT_MODELS_CONFIG = CONFIGS_DIR / "models_default.yaml"
 DEFAULTS_RECORD = "defaults.json"
 # modules whose code shapes the trained weights (part of the cache key)
 _CODE_MODULES = ("models.diffusion_training", "models.clip_training", "models.diffusion_prior", "models.clip_model",
-                 "acquisition.diffusion_difficulty", "data.synthetic_ct", "data.preprocessing", "data.datasets")
+                 "acquisition.diffusion_difficulty", "data.synthetic.config", "data.synthetic.render",
+                 "data.synthetic.generator", "data.preprocessing", "data.image_io")
 
 app = typer.Typer(help="Diffusion prior and CLIP: embedded defaults and real weights.", no_args_is_help=True)
 
@@ -201,7 +202,8 @@ def train_defaults(out: Path, data: Path | None = None, cfg: ModelsConfig | None
     if data is None:
         data = out / "pool"
         if not (data / "annotations.json").is_file():
-            from gsal_edge.data.synthetic_ct import SynthConfig, generate_dataset
+            from gsal_edge.data.synthetic.config import SynthConfig
+            from gsal_edge.data.synthetic.generator import generate_dataset
 
             echo(f"no --data: generating {cfg.pool_slices} unlabeled pool slices into {data}")
             generate_dataset(data, cfg.pool_slices, cfg.pool_seed, SynthConfig(), progress=True)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from gsal_edge.benchmark.config import BenchError
-from gsal_edge.data.datasets import DetectionDataset
+from gsal_edge.data.dataset import DetectionDataset
 from gsal_edge.jsonio import read_json
 
 __all__ = ["dataset_fingerprint", "digest", "folder_fingerprint", "sha"]

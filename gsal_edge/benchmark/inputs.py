@@ -17,7 +17,8 @@ from gsal_edge.acquisition.concept_graph import ConceptGraph
 from gsal_edge.benchmark.config import BenchError, BenchModels, DataConfig, SyntheticData
 from gsal_edge.benchmark.fingerprints import digest, folder_fingerprint
 from gsal_edge.benchmark.split import subsample
-from gsal_edge.data.datasets import DetectionDataset, load_dataset
+from gsal_edge.data.dataset import DetectionDataset
+from gsal_edge.data.formats import load_dataset
 
 __all__ = ["DEFAULT_MODELS_DIR", "FixedModels", "class_map", "load_data", "load_fixed_models", "synthetic_dataset"]
 
@@ -40,7 +41,8 @@ def load_data(d: DataConfig, progress: bool = True) -> DetectionDataset:
 
 def synthetic_dataset(spec: SyntheticData, cache_dir: Path, progress: bool = True) -> DetectionDataset:
     """The generated data set for ``spec``, cached under ``cache_dir/synth-<content hash>``."""
-    from gsal_edge.data.synthetic_ct import SynthConfig, generate_dataset
+    from gsal_edge.data.synthetic.config import SynthConfig
+    from gsal_edge.data.synthetic.generator import generate_dataset
 
     try:
         scfg = SynthConfig.model_validate(spec.synth)

@@ -124,7 +124,7 @@ def plot_instances_f1(run: RunData, out: Path) -> Path | None:
 
 def plot_gallery(run: RunData, out: Path, per_strategy: int = 4) -> Path | None:
     """Thumbnails of each strategy's first picks (first seed, first round) with their rationale sentence."""
-    from gsal_edge.data.datasets import load_image
+    from gsal_edge.data.image_io import load_image
     from gsal_edge.data.preprocessing import to_unit_float
 
     rows = []

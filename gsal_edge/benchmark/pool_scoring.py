@@ -22,7 +22,8 @@ from gsal_edge.benchmark.config import BenchConfig, BenchError
 from gsal_edge.benchmark.diffusion_cache import DiffusionCache
 from gsal_edge.benchmark.fingerprints import digest
 from gsal_edge.benchmark.inputs import FixedModels
-from gsal_edge.data.datasets import DetectionDataset, load_image
+from gsal_edge.data.dataset import DetectionDataset
+from gsal_edge.data.image_io import load_image
 from gsal_edge.data.preprocessing import resize_image, to_unit_float
 
 __all__ = ["PoolScoring", "RoundInputs", "embed_regions", "ids_only_pool"]

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from gsal_edge.benchmark.config import BenchError
-from gsal_edge.data.datasets import DetectionDataset
+from gsal_edge.data.dataset import DetectionDataset
 
 __all__ = ["budget_schedule", "candidate_ids", "choose_rare_classes", "class_counts", "initial_set", "labeled_summary",
            "pool_test_split", "rare_classes", "subsample"]

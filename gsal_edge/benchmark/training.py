@@ -11,7 +11,7 @@ from typing import Any
 from gsal_edge.benchmark.config import BenchConfig, BenchError, StrategySpec
 from gsal_edge.benchmark.fingerprints import digest
 from gsal_edge.benchmark.state import model_path, shared_dir
-from gsal_edge.data.datasets import DetectionDataset
+from gsal_edge.data.dataset import DetectionDataset
 from gsal_edge.jsonio import read_json, to_jsonable, write_json_atomic
 
 __all__ = ["DetectorRounds"]

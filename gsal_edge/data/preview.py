@@ -11,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from gsal_edge.data.datasets import DetectionDataset, load_image
+from gsal_edge.data.dataset import DetectionDataset
+from gsal_edge.data.image_io import load_image
 from gsal_edge.data.preprocessing import to_unit_float
 
 LOOKALIKE_COLOR = "#b0b0b0"

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from gsal_edge.errors import GSALError
+
 DTYPES: dict[str, np.dtype] = {
     "uint8": np.dtype("<u1"),
     "uint16": np.dtype("<u2"),
@@ -27,7 +29,7 @@ ENCODINGS = ("raw", "png", "tiff")
 _ID_RE = re.compile(r"^[\x21-\x7e]+$")  # printable ASCII, no spaces
 
 
-class SliceError(ValueError):
+class SliceError(GSALError, ValueError):
     """A slice is invalid; ``field`` names the offending field (``id``, ``shape``, ``dtype``, ``encoding``, ``data``)."""
 
     def __init__(self, field: str, message: str) -> None:

@@ -136,7 +136,7 @@ class ClipTrainConfig(_Cfg):
 # ---------------------------------------------------------------------- corpus
 def corpus_synth_config(cc: CorpusConfig) -> Any:
     """The SHIFTED generator: other layer stacks, balanced classes, widened contrast/size ranges."""
-    from gsal_edge.data.synthetic_ct import SynthConfig
+    from gsal_edge.data.synthetic.config import SynthConfig
 
     base = SynthConfig().model_dump()
     base["defect_free_share"] = cc.defect_free_share
@@ -273,7 +273,7 @@ def build_corpus(cfg: ClipTrainConfig, progress: bool = False) -> dict[str, Any]
     """Generate the caption corpus: crops [N,S,S] float16 in [0,1], region kinds, attributes."""
     from gsal_edge.acquisition.diffusion_difficulty import crop_regions
     from gsal_edge.data.preprocessing import to_unit_float
-    from gsal_edge.data.synthetic_ct import iter_slices
+    from gsal_edge.data.synthetic.generator import iter_slices
 
     cc = cfg.corpus
     scfg = corpus_synth_config(cc)

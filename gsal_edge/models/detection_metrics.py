@@ -28,7 +28,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from gsal_edge.data.datasets import DetectionDataset
+from gsal_edge.data.dataset import DetectionDataset
 
 
 class DetectionsLike(Protocol):

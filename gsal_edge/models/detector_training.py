@@ -26,7 +26,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from gsal_edge.data.datasets import DetectionDataset, ImageEntry, load_image
+from gsal_edge.data.dataset import DetectionDataset, ImageEntry
+from gsal_edge.data.image_io import load_image
 from gsal_edge.data.preprocessing import to_unit_float
 from gsal_edge.models.detection_metrics import detection_metrics, ground_truth
 from gsal_edge.models.detector import (

@@ -206,7 +206,7 @@ def load_unlabeled(
 
     With ``crops_per_image`` > 0 a third item is returned: [N*n, S, S] random magnified region crops.
     """
-    from gsal_edge.data.datasets import load_image
+    from gsal_edge.data.image_io import load_image
     from gsal_edge.data.preprocessing import resize_image, to_unit_float
 
     paths = list_images(data_dir)

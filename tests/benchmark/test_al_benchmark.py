@@ -286,7 +286,7 @@ def test_finetune_rounds_resume_from_the_saved_detector(tiny_models: Path, data_
 @pytest.mark.parametrize("fmt", ["coco", "yolo"])
 def test_dataset_formats_and_binary_mode(fmt: str, tiny_models: Path, data_cache: Path, tmp_path: Path) -> None:
     from gsal_edge.benchmark.inputs import synthetic_dataset
-    from gsal_edge.data.datasets import save_dataset
+    from gsal_edge.data.formats import save_dataset
 
     src = synthetic_dataset(load_preset("tiny").data.synthetic, data_cache, progress=False)
     written = save_dataset(src, tmp_path / fmt, fmt)

@@ -11,7 +11,7 @@ import pytest
 
 from gsal_edge.benchmark.report import metric_table, write_report
 from gsal_edge.benchmark.run_data import RunData, instances_f1_correlation, load_run
-from gsal_edge.data.synthetic_ct import write_png16
+from gsal_edge.data.synthetic.generator import write_png16
 
 
 def _round(r: int, budget: float, f1: float, covered: int, picks: list[dict] | None = None) -> dict:

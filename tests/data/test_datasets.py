@@ -13,25 +13,13 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from gsal_cli.commands.data import app as data_app
-from gsal_edge.data.datasets import (
-    Annotation,
-    DatasetError,
-    DetectionDataset,
-    ImageEntry,
-    dataset_stats,
-    detect_format,
-    image_size,
-    load_coco,
-    load_dataset,
-    load_image,
-    load_voc,
-    load_yolo,
-    save_dataset,
-    write_coco,
-    write_voc,
-    write_yolo,
-)
-from gsal_edge.data.synthetic_ct import generate_dataset
+from gsal_edge.data.coco import load_coco, write_coco
+from gsal_edge.data.dataset import Annotation, DatasetError, DetectionDataset, ImageEntry, dataset_stats
+from gsal_edge.data.formats import detect_format, load_dataset, save_dataset
+from gsal_edge.data.image_io import image_size, load_image
+from gsal_edge.data.synthetic.generator import generate_dataset
+from gsal_edge.data.voc import load_voc, write_voc
+from gsal_edge.data.yolo import load_yolo, write_yolo
 
 
 @pytest.fixture(scope="module")
@@ -211,6 +199,27 @@ def test_volume_is_not_a_slice(tmp_path: Path) -> None:
     tifffile.imwrite(tmp_path / "vol.tif", np.zeros((5, 8, 8), np.uint16))
     with pytest.raises(DatasetError, match="vol.tif.*shape"):
         load_image(tmp_path / "vol.tif")
+
+
+def test_load_image_npy(tmp_path: Path) -> None:
+    rng = np.random.default_rng(2)
+    u16 = rng.integers(0, 65536, (12, 9), dtype=np.uint16)
+    f32 = rng.random((12, 9), dtype=np.float32)
+    i16 = rng.integers(-1000, 1000, (12, 9)).astype(np.int16)
+    cases = [("u16.npy", u16, np.uint16, u16), ("be.npy", u16.astype(">u2"), np.uint16, u16),
+             ("f32.npy", f32, np.float32, f32), ("i16.npy", i16, np.float32, i16.astype(np.float32)),
+             ("one.npy", u16[None], np.uint16, u16)]
+    for name, arr, dt, ref in cases:
+        np.save(tmp_path / name, arr)
+        got = load_image(tmp_path / name)
+        assert got.dtype == dt and np.array_equal(got, ref), name
+    assert image_size(tmp_path / "u16.npy") == (9, 12)
+    np.save(tmp_path / "vol.npy", np.zeros((5, 8, 8), np.uint16))
+    np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    _truncate(tmp_path / "u16.npy", tmp_path / "trunc.npy")
+    for name, match in (("vol.npy", "shape"), ("obj.npy", "corrupt"), ("trunc.npy", "corrupt")):
+        with pytest.raises(DatasetError, match=f"{name}.*{match}"):
+            load_image(tmp_path / name)
 
 
 # ---------------------------------------------------------------------------------------- bad input

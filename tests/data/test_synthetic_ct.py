@@ -13,19 +13,17 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from gsal_cli.commands.data import app as data_app
-from gsal_edge.data.datasets import load_dataset, load_image
+from gsal_edge.data.formats import load_dataset
+from gsal_edge.data.image_io import load_image
 from gsal_edge.data.preview import contact_sheet, pick_images
-from gsal_edge.data.synthetic_ct import (
+from gsal_edge.data.synthetic.config import (
     DEFAULT_CONFIG_PATH,
     SynthConfig,
     SynthConfigError,
     conditional_class_rates,
-    gaussian_blur,
-    generate_dataset,
-    generate_slice,
-    iter_slices,
-    slice_seed,
 )
+from gsal_edge.data.synthetic.generator import generate_dataset, generate_slice, iter_slices, slice_seed
+from gsal_edge.data.synthetic.render import gaussian_blur
 
 CFG = SynthConfig()
 

@@ -48,7 +48,7 @@ def test_captions_follow_attributes() -> None:
 
 
 def test_corpus_generator_is_shifted_from_pool() -> None:
-    from gsal_edge.data.synthetic_ct import SynthConfig
+    from gsal_edge.data.synthetic.config import SynthConfig
 
     pool, corp = SynthConfig(), corpus_synth_config(CorpusConfig())
     assert {p.name for p in pool.products}.isdisjoint({p.name for p in corp.products})

@@ -138,7 +138,7 @@ def test_bad_inputs_are_named() -> None:
 
 
 def test_ground_truth_from_dataset(tmp_path) -> None:
-    from gsal_edge.data.datasets import Annotation, DetectionDataset, ImageEntry
+    from gsal_edge.data.dataset import Annotation, DetectionDataset, ImageEntry
 
     ds = DetectionDataset(tmp_path, ["void", "crack"], [
         ImageEntry("a", "a.png", 32, 32, [Annotation((1, 2, 5, 6), "crack"), Annotation((0, 0, 3, 3), "void")]),

@@ -203,7 +203,7 @@ def test_local_backbone_weights_for_mobilenet(tmp_path) -> None:
 def test_onnx_export_matches_torch(tmp_path) -> None:
     import onnxruntime as ort
 
-    from gsal_edge.data.synthetic_ct import generate_dataset
+    from gsal_edge.data.synthetic.generator import generate_dataset
     from gsal_edge.models.detector_training import train_detector
 
     ds = generate_dataset(tmp_path / "data", 8, seed=0, progress=False)
@@ -231,7 +231,7 @@ def test_cli_presets_and_eval(tmp_path, tiny) -> None:
     from typer.testing import CliRunner
 
     from gsal_cli.commands.detector import app
-    from gsal_edge.data.synthetic_ct import generate_dataset
+    from gsal_edge.data.synthetic.generator import generate_dataset
 
     runner = CliRunner()
     r = runner.invoke(app, ["presets"])

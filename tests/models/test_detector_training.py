@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from gsal_edge.data.datasets import Annotation, DetectionDataset, ImageEntry
+from gsal_edge.data.dataset import Annotation, DetectionDataset, ImageEntry
 from gsal_edge.models.detector import get_config, load_checkpoint
 from gsal_edge.models.detector_training import (
     FINAL,
@@ -231,7 +231,7 @@ def test_cli_train_resume_and_eval(tmp_path) -> None:
     from typer.testing import CliRunner
 
     from gsal_cli.commands.detector import app
-    from gsal_edge.data.synthetic_ct import generate_dataset
+    from gsal_edge.data.synthetic.generator import generate_dataset
 
     generate_dataset(tmp_path / "data", 10, seed=0, progress=False)
     runner = CliRunner()

@@ -32,7 +32,8 @@ def _tiny_cfg(vae_steps: int = 3, unet_steps: int = 3) -> DiffusionTrainConfig:
 
 @pytest.fixture(scope="module")
 def slices_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from gsal_edge.data.synthetic_ct import SynthConfig, generate_dataset
+    from gsal_edge.data.synthetic.config import SynthConfig
+    from gsal_edge.data.synthetic.generator import generate_dataset
 
     d = tmp_path_factory.mktemp("pool")
     generate_dataset(d, 5, 3, SynthConfig(), progress=False)

@@ -34,7 +34,8 @@ def test_retrain_gate_deploy_rescore_rollback(tmp_path: Path):
     from export.tiny import write_tiny_models
     from gsal_edge.acquisition.concept_graph import load_graph
     from gsal_edge.acquisition.config import GSALConfig
-    from gsal_edge.data.synthetic_ct import SynthConfig, generate_dataset
+    from gsal_edge.data.synthetic.config import SynthConfig
+    from gsal_edge.data.synthetic.generator import generate_dataset
     from gsal_wire.scorer_client import ScorerClient
     from server.app import StationServer
     from server.config import ServerConfig
