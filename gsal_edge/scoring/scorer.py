@@ -26,8 +26,7 @@ from gsal_edge.acquisition.assignment import Assigner, make_assigner
 from gsal_edge.acquisition.records import ProposalScore, ScoreRecord
 from gsal_edge.acquisition.uncertainty import image_uncertainty
 from gsal_edge.data.preprocessing import resize_image, to_unit_float
-from gsal_edge.models.clip_model import prepare_clip_input
-from gsal_edge.models.diffusion_prior import prepare_vae_input
+from gsal_edge.scoring.inputs import prepare_clip_input, prepare_vae_input
 from gsal_edge.scoring.runtime.base import Engine
 
 
