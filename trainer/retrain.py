@@ -161,7 +161,8 @@ def retrain(
     import torch  # noqa: F401 - fail early and clearly if the training stack is missing
 
     from gsal_edge.data.datasets import DatasetError, load_dataset
-    from gsal_edge.models.detector import AGNOSTIC_CLASS, load_checkpoint
+    from gsal_edge.models.detector import load_checkpoint
+    from gsal_edge.models.detector_config import AGNOSTIC_CLASS
     from gsal_edge.models.detector_training import TrainingError, evaluate_detector, train_detector
 
     say = say or (lambda msg: log.info("%s", msg))

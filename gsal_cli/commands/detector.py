@@ -94,7 +94,7 @@ def train(
     import torch
 
     from gsal_edge.data.datasets import DatasetError, load_dataset
-    from gsal_edge.models.detector import DetectorConfigError, apply_overrides, get_config, load_config
+    from gsal_edge.models.detector_config import DetectorConfigError, apply_overrides, get_config, load_config
     from gsal_edge.models.detector_training import TrainingError, evaluate_detector, split_ids, train_detector
 
     if threads:
@@ -149,7 +149,8 @@ def evaluate(
     import torch
 
     from gsal_edge.data.datasets import DatasetError, load_dataset
-    from gsal_edge.models.detector import DetectorConfigError, load_checkpoint
+    from gsal_edge.models.detector import load_checkpoint
+    from gsal_edge.models.detector_config import DetectorConfigError
     from gsal_edge.models.detector_training import evaluate_detector
 
     if threads:
@@ -191,7 +192,8 @@ def bench(
     import torch
 
     from gsal_edge.data.datasets import load_dataset
-    from gsal_edge.models.detector import apply_overrides, build_detector, count_parameters, get_config
+    from gsal_edge.models.detector import build_detector, count_parameters
+    from gsal_edge.models.detector_config import apply_overrides, get_config
     from gsal_edge.models.detector_training import time_train_steps
 
     cfg = get_config(preset)
@@ -216,7 +218,8 @@ def bench(
 @app.command("presets")
 def presets() -> None:
     """List the presets with their backbone, input size and parameter count."""
-    from gsal_edge.models.detector import PRESET_NAMES, build_detector, count_parameters, get_config
+    from gsal_edge.models.detector import build_detector, count_parameters
+    from gsal_edge.models.detector_config import PRESET_NAMES, get_config
 
     for name in PRESET_NAMES:
         cfg = get_config(name)

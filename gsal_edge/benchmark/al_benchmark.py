@@ -774,7 +774,7 @@ class Benchmark:
 
     # ------------------------------------------------------------------ detector
     def detector_config(self, label_mode: str) -> Any:
-        from gsal_edge.models.detector import DetectorConfigError, get_config, load_config
+        from gsal_edge.models.detector_config import DetectorConfigError, get_config, load_config
 
         try:
             base = load_config(self.cfg.detector) if self.cfg.detector.endswith((".yaml", ".yml")) else None
@@ -782,7 +782,7 @@ class Benchmark:
             if label_mode == "binary":
                 ov["class_agnostic"] = True
             if base is not None:
-                from gsal_edge.models.detector import apply_overrides
+                from gsal_edge.models.detector_config import apply_overrides
 
                 return apply_overrides(base, ov)
             return get_config(self.cfg.detector, ov)
@@ -1067,7 +1067,7 @@ class Benchmark:
                 "gt": [[[round(float(v), 1) for v in a.box], a.category] for a in e.annotations]}
 
     def _add_mc_dropout(self, records: list[Any], model: Any, seed: int, r: int) -> None:
-        from gsal_edge.acquisition.uncertainty import mc_dropout_uncertainty
+        from gsal_edge.models.mc_dropout import mc_dropout_uncertainty
 
         for rec in records:
             rec.uncertainty["mc_dropout"] = mc_dropout_uncertainty(

@@ -30,16 +30,18 @@ from gsal_edge.data.datasets import DetectionDataset, ImageEntry, load_image
 from gsal_edge.data.preprocessing import to_unit_float
 from gsal_edge.models.detection_metrics import detection_metrics, ground_truth
 from gsal_edge.models.detector import (
-    AGNOSTIC_CLASS,
     CTFasterRCNN,
-    DetectorConfig,
-    DetectorTrainConfig,
     Prediction,
     build_detector,
     load_checkpoint,
     predict,
-    resolve_config,
     save_checkpoint,
+)
+from gsal_edge.models.detector_config import (
+    AGNOSTIC_CLASS,
+    DetectorConfig,
+    DetectorTrainConfig,
+    resolve_config,
 )
 
 log = logging.getLogger(__name__)
