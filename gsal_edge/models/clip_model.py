@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
+from gsal_edge.errors import GSALError
 from gsal_edge.scoring.inputs import OPENAI_MEAN, OPENAI_STD, prepare_clip_input
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -43,7 +44,7 @@ __all__ = [
 ]
 
 
-class ClipError(ValueError):
+class ClipError(GSALError, ValueError):
     """A CLIP config or checkpoint is missing or malformed; the message names the file."""
 
 

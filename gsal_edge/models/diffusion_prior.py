@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from gsal_edge.errors import GSALError
 from gsal_edge.scoring.inputs import prepare_vae_input
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -40,7 +41,7 @@ __all__ = [
 ]
 
 
-class PriorError(ValueError):
+class PriorError(GSALError, ValueError):
     """A diffusion prior folder is incomplete or malformed; the message names the file."""
 
 
