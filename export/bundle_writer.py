@@ -28,7 +28,7 @@ from gsal_edge.scoring.bundle import (
     SIGNATURE,
     SPEC_FILE,
     bundle_id_from_files,
-    canonical_json,
+    manifest_bytes,
     sha256_file,
 )
 
@@ -81,7 +81,7 @@ class BundleWriter:
 
     def add_json(self, rel: str, obj: Any) -> Path:
         p = self.path(rel)
-        p.write_bytes(canonical_json(obj))
+        p.write_bytes(manifest_bytes(obj))
         return p
 
     def add_array(self, rel: str, arr: np.ndarray) -> Path:
@@ -129,7 +129,7 @@ class BundleWriter:
             "packages": package_versions(),
             "files": files,
         }
-        (self.stage / MANIFEST).write_bytes(canonical_json(manifest))
+        (self.stage / MANIFEST).write_bytes(manifest_bytes(manifest))
         if signing_key is not None:
             sign_bundle(self.stage, signing_key)
         final = self.out_dir / f"bundle-{bundle_id.split(':', 1)[1][:12]}"

@@ -126,23 +126,16 @@ def bundle_clip_assigner(bundle_dir: str | Path, *, trusted_keys: Sequence[str |
     """
     import numpy as np
 
-    from gsal_edge.acquisition import diffusion_difficulty as dd
-    from gsal_edge.data.preprocessing import to_unit_float
-    from gsal_edge.models.clip_model import prepare_clip_input
     from gsal_edge.scoring.bundle import load_bundle, trusted_keys_from
 
     keys = trusted_keys_from(trusted_keys) if trusted_keys else None
     scorer = load_bundle(bundle_dir, backend=backend, trusted_keys=keys, allow_unsigned=not trusted_keys)
-    sp = scorer.spec
 
     def assign(store: PoolStore, info: SliceInfo, boxes: Sequence[tuple[float, float, float, float]]) -> list[str]:
         src = info.image_path or (_local_path(info.image_ref) if info.image_ref else None)
         if src is None or not src.exists():
             raise StoreError(f"slice {info.key!r}: no local image to crop for concept assignment")
-        x = to_unit_float(decode_image(src), window=sp.window)
-        crops = dd.crop_regions(x, np.asarray(boxes, dtype=np.float64), sp.context_margin, sp.clip_resolution)
-        feed = prepare_clip_input(crops, sp.clip_resolution, sp.clip_mean, sp.clip_std)
-        emb = scorer.engines["clip_image"].run({"image": feed})["embedding"]
+        emb = scorer.embed_regions([decode_image(src)], [np.asarray(boxes, dtype=np.float64)])[0]
         return list(scorer.assigner(emb).concepts)
 
     return assign

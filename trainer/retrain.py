@@ -162,7 +162,8 @@ def retrain(
 
     from gsal_edge.data.dataset import DatasetError
     from gsal_edge.data.formats import load_dataset
-    from gsal_edge.models.detector import AGNOSTIC_CLASS, load_checkpoint
+    from gsal_edge.models.detector import load_checkpoint
+    from gsal_edge.models.detector_config import AGNOSTIC_CLASS
     from gsal_edge.models.detector_training import TrainingError, evaluate_detector, train_detector
 
     say = say or (lambda msg: log.info("%s", msg))

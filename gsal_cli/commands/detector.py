@@ -10,6 +10,9 @@ from typing import Any, NoReturn
 
 import typer
 
+from gsal_edge.errors import GSALError
+from gsal_edge.jsonio import to_jsonable
+
 app = typer.Typer(help="Train and evaluate the Faster R-CNN detector.", no_args_is_help=True)
 
 
@@ -39,17 +42,6 @@ def _parse_sets(sets: list[str]) -> dict[str, Any]:
             node = node.setdefault(p, {})
         node[parts[-1]] = yaml.safe_load(val)
     return out
-
-
-def jsonable(obj: Any) -> Any:
-    """Metrics as strict JSON: NaN / inf become null."""
-    if isinstance(obj, dict):
-        return {str(k): jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [jsonable(v) for v in obj]
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
 
 
 def _fmt(v: Any) -> str:
@@ -93,10 +85,9 @@ def train(
     """Train a detector on DATA minus a held-out split, then evaluate it on that split."""
     import torch
 
-    from gsal_edge.data.dataset import DatasetError
     from gsal_edge.data.formats import load_dataset
-    from gsal_edge.models.detector import DetectorConfigError, apply_overrides, get_config, load_config
-    from gsal_edge.models.detector_training import TrainingError, evaluate_detector, split_ids, train_detector
+    from gsal_edge.models.detector_config import apply_overrides, get_config, load_config
+    from gsal_edge.models.detector_training import evaluate_detector, split_ids, train_detector
 
     if threads:
         torch.set_num_threads(threads)
@@ -106,7 +97,7 @@ def train(
         if sets:
             cfg = apply_overrides(cfg, _parse_sets(sets))
         ds = load_dataset(data)
-    except (DetectorConfigError, DatasetError, ValueError) as exc:
+    except (GSALError, ValueError) as exc:
         _fail(str(exc))
     if ds.skipped:
         typer.echo(f"note: {len(ds.skipped)} annotation item(s) skipped on load, e.g. {ds.skipped[0]}")
@@ -126,12 +117,12 @@ def train(
     try:
         model = train_detector(ds, cfg, epochs, out, seed, resume, train_ids, window=window, progress=True,
                                device=device)
-    except (TrainingError, DatasetError, DetectorConfigError) as exc:
+    except GSALError as exc:
         _fail(str(exc))
     typer.echo(f"trained in {time.perf_counter() - t0:.1f} s -> {out / 'detector.pt'}")
     if val_ids:
         metrics = evaluate_detector(model, ds, val_ids, window=window, progress=True, device=device)
-        (out / "metrics.json").write_text(json.dumps(jsonable(metrics), indent=2))
+        (out / "metrics.json").write_text(json.dumps(to_jsonable(metrics), indent=2))
         print_metrics(metrics, f"{cfg.name} on {len(val_ids)} held-out images")
 
 
@@ -149,9 +140,8 @@ def evaluate(
     """Evaluate a checkpoint: per-class F1 (IoU 0.5, best threshold), AP50 and COCO AP."""
     import torch
 
-    from gsal_edge.data.dataset import DatasetError
     from gsal_edge.data.formats import load_dataset
-    from gsal_edge.models.detector import DetectorConfigError, load_checkpoint
+    from gsal_edge.models.detector import load_checkpoint
     from gsal_edge.models.detector_training import evaluate_detector
 
     if threads:
@@ -160,16 +150,16 @@ def evaluate(
         model, meta = load_checkpoint(ckpt)
         ds = load_dataset(data)
         ids = json.loads(split.read_text())["val"] if split else None
-    except (DetectorConfigError, DatasetError, OSError, KeyError, ValueError) as exc:
+    except (GSALError, OSError, KeyError, ValueError) as exc:
         _fail(f"{exc}")
     window = meta["preprocessing"].get("window")
     try:
         metrics = evaluate_detector(model, ds, ids, classes=meta["classes"], window=tuple(window) if window else None,
                                     iou_thr=iou, progress=True, device=device)
-    except (ValueError, DatasetError) as exc:
+    except (GSALError, ValueError) as exc:
         _fail(str(exc))
     if json_out:
-        json_out.write_text(json.dumps(jsonable(metrics), indent=2))
+        json_out.write_text(json.dumps(to_jsonable(metrics), indent=2))
     print_metrics(metrics, f"{ckpt} on {metrics['n_images']} images of {data}")
 
 
@@ -193,7 +183,8 @@ def bench(
     import torch
 
     from gsal_edge.data.formats import load_dataset
-    from gsal_edge.models.detector import apply_overrides, build_detector, count_parameters, get_config
+    from gsal_edge.models.detector import build_detector, count_parameters
+    from gsal_edge.models.detector_config import apply_overrides, get_config
     from gsal_edge.models.detector_training import time_train_steps
 
     cfg = get_config(preset)
@@ -218,7 +209,8 @@ def bench(
 @app.command("presets")
 def presets() -> None:
     """List the presets with their backbone, input size and parameter count."""
-    from gsal_edge.models.detector import PRESET_NAMES, build_detector, count_parameters, get_config
+    from gsal_edge.models.detector import build_detector, count_parameters
+    from gsal_edge.models.detector_config import PRESET_NAMES, get_config
 
     for name in PRESET_NAMES:
         cfg = get_config(name)

@@ -197,7 +197,7 @@ class PoolScoring:
 
     def add_mc_dropout(self, records: list[Any], model: Any, seed: int, r: int) -> None:
         """Add ``uncertainty["mc_dropout"]`` (T = ``mc_dropout_T`` stochastic passes) to each record."""
-        from gsal_edge.acquisition.uncertainty import mc_dropout_uncertainty
+        from gsal_edge.models.mc_dropout import mc_dropout_uncertainty
 
         for rec in records:
             rec.uncertainty["mc_dropout"] = mc_dropout_uncertainty(

@@ -30,7 +30,7 @@ class DetectorRounds:
 
     def detector_config(self, label_mode: str) -> Any:
         """The configured detector (preset or YAML, with overrides); class-agnostic in binary mode."""
-        from gsal_edge.models.detector import DetectorConfigError, get_config, load_config
+        from gsal_edge.models.detector_config import DetectorConfigError, get_config, load_config
 
         try:
             base = load_config(self.cfg.detector) if self.cfg.detector.endswith((".yaml", ".yml")) else None
@@ -38,7 +38,7 @@ class DetectorRounds:
             if label_mode == "binary":
                 ov["class_agnostic"] = True
             if base is not None:
-                from gsal_edge.models.detector import apply_overrides
+                from gsal_edge.models.detector_config import apply_overrides
 
                 return apply_overrides(base, ov)
             return get_config(self.cfg.detector, ov)

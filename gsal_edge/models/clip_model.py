@@ -26,12 +26,13 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
+from gsal_edge.errors import GSALError
+from gsal_edge.scoring.inputs import OPENAI_MEAN, OPENAI_STD, prepare_clip_input
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 CLIP_META = "gsal_clip.json"
 CLIP_WEIGHTS = "open_clip_model.safetensors"
-OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
 __all__ = [
     "ClipError",
@@ -39,12 +40,11 @@ __all__ = [
     "ClipMeta",
     "ClipModel",
     "concept_text_embeddings",
-    "prepare_clip_input",
     "register_model_config",
 ]
 
 
-class ClipError(ValueError):
+class ClipError(GSALError, ValueError):
     """A CLIP config or checkpoint is missing or malformed; the message names the file."""
 
 
@@ -90,21 +90,6 @@ def register_model_config(config: str | Path | Mapping[str, Any], name: str | No
             raise ClipError(f"{path}: open_clip names a config file by its stem ({path.stem!r}), not {name!r}")
     open_clip.add_model_config(path)
     return path.stem
-
-
-def prepare_clip_input(
-    images01: np.ndarray,
-    size: int,
-    mean: Sequence[float] = OPENAI_MEAN,
-    std: Sequence[float] = OPENAI_STD,
-) -> np.ndarray:
-    """Grayscale crops in [0,1] ([N,H,W]) -> CLIP input f32 [N,3,size,size]: resize, replicate, (x-mean)/std."""
-    from gsal_edge.models.diffusion_prior import resize_batch
-
-    x = resize_batch(np.clip(np.asarray(images01, dtype=np.float32), 0.0, 1.0), size)
-    m = np.asarray(mean, np.float32)[None, :, None, None]
-    s = np.asarray(std, np.float32)[None, :, None, None]
-    return ((np.repeat(x[:, None], 3, axis=1) - m) / s).astype(np.float32)
 
 
 class ClipImageWrapper(torch.nn.Module):

@@ -28,8 +28,9 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
+from gsal_edge.config_files import StrictModel
 from gsal_edge.models.clip_model import CLIP_META, CLIP_WEIGHTS
 
 STATE_FILE = "train_state.pt"
@@ -49,11 +50,7 @@ __all__ = [
 ]
 
 
-class _Cfg(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class ClipArchConfig(_Cfg):
+class ClipArchConfig(StrictModel):
     """The custom open_clip model config (small ViT + small text transformer)."""
 
     embed_dim: int = Field(64, ge=8)
@@ -78,7 +75,7 @@ class ClipArchConfig(_Cfg):
         }
 
 
-class CorpusConfig(_Cfg):
+class CorpusConfig(StrictModel):
     """The pretraining corpus: how many slices, which seed, how the generator is shifted."""
 
     n_slices: int = Field(1000, ge=1)
@@ -111,7 +108,7 @@ class CorpusConfig(_Cfg):
         return self
 
 
-class ClipTrainConfig(_Cfg):
+class ClipTrainConfig(StrictModel):
     """Everything `train-clip` does; ``models_default.yaml`` section ``clip``."""
 
     seed: int = 0

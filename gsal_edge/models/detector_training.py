@@ -15,8 +15,6 @@ import hashlib
 import json
 import logging
 import math
-import platform
-import subprocess
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,19 +27,23 @@ from tqdm.auto import tqdm
 from gsal_edge.data.dataset import DetectionDataset, ImageEntry
 from gsal_edge.data.image_io import load_image
 from gsal_edge.data.preprocessing import to_unit_float
+from gsal_edge.errors import GSALError
 from gsal_edge.models.detection_metrics import detection_metrics, ground_truth
 from gsal_edge.models.detector import (
-    AGNOSTIC_CLASS,
     CTFasterRCNN,
-    DetectorConfig,
-    DetectorTrainConfig,
     Prediction,
     build_detector,
     load_checkpoint,
     predict,
-    resolve_config,
     save_checkpoint,
 )
+from gsal_edge.models.detector_config import (
+    AGNOSTIC_CLASS,
+    DetectorConfig,
+    DetectorTrainConfig,
+    resolve_config,
+)
+from gsal_edge.provenance import git_state, package_versions
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +51,7 @@ LAST = "last.pt"
 FINAL = "detector.pt"
 
 
-class TrainingError(RuntimeError):
+class TrainingError(GSALError, RuntimeError):
     """Training cannot start or continue; the message says why (and which file or batch)."""
 
 
@@ -209,22 +211,6 @@ def _batch(ds: DetectionDataset, entries: list[ImageEntry], label_of: dict[str, 
 # ------------------------------------------------------------------------------------ training
 
 
-def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-                             text=True, timeout=5, check=False)
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def _versions() -> dict[str, str]:
-    import torchvision
-
-    return {"python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
-            "numpy": np.__version__}
-
-
 def preprocessing_meta(cfg: DetectorConfig, window: tuple[float, float] | None) -> dict[str, Any]:
     """The preprocessing a checkpoint records: raw slice -> float32 [0, 1] (window) -> model input size."""
     return {"to_unit_float": True, "window": list(window) if window else None, "channels": 1,
@@ -370,7 +356,8 @@ def _train(dataset: DetectionDataset, cfg: str | DetectorConfig, epochs: int | N
                "iters_per_epoch": iters_per_epoch, "threads": torch.get_num_threads(),
                "seconds_this_session": time.perf_counter() - t_start,
                "seconds_total": sum(h["seconds"] for h in history), "history": history,
-               "versions": _versions(), "git_commit": _git_commit()}
+               "versions": package_versions(("torch", "torchvision", "numpy")),
+               "git_commit": git_state()["commit"]}
         (out / "run.json").write_text(json.dumps(run, indent=2))
     return model
 

@@ -24,6 +24,9 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from gsal_edge.errors import GSALError
+from gsal_edge.scoring.inputs import prepare_vae_input
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 PRIOR_META = "gsal_prior.json"
@@ -35,12 +38,10 @@ __all__ = [
     "PriorMeta",
     "UnetWrapper",
     "VaeEncoderWrapper",
-    "prepare_vae_input",
-    "resize_batch",
 ]
 
 
-class PriorError(ValueError):
+class PriorError(GSALError, ValueError):
     """A diffusion prior folder is incomplete or malformed; the message names the file."""
 
 
@@ -54,32 +55,6 @@ class PriorMeta(BaseModel):
     resolution: int | None = Field(None, gt=0, description="side the whole slice is resized to")
     crop_resolution: int | None = Field(None, gt=0, description="side of a proposal crop (`crop` mode)")
     latent_std: float | None = Field(None, description="measured std of unscaled latents (embedded prior)")
-
-
-def resize_batch(images: np.ndarray, size: int) -> np.ndarray:
-    """Antialiased bilinear resize of float images [B,H,W] to [B,size,size] (float32).
-
-    Uses ``preprocessing.resize_image`` (PIL), the same resampling as the scorer's inputs.
-    """
-    from gsal_edge.data.preprocessing import resize_image
-
-    x = np.asarray(images, dtype=np.float32)
-    if x.ndim != 3:
-        raise ValueError(f"expected images [B, H, W], got shape {x.shape}")
-    if x.shape[1:] == (size, size):
-        return x.copy()
-    return np.stack([resize_image(im, (size, size)) for im in x]).astype(np.float32, copy=False) if len(x) \
-        else np.zeros((0, size, size), np.float32)
-
-
-def prepare_vae_input(images01: np.ndarray, size: int | None = None) -> np.ndarray:
-    """Grayscale slices in [0,1] ([B,H,W]) -> VAE input f32 [B,3,S,S] in [-1,1] (channel-replicated)."""
-    x = np.asarray(images01, dtype=np.float32)
-    if size is not None:
-        x = resize_batch(x, size)
-    if x.ndim != 3:
-        raise ValueError(f"expected images [B, H, W], got shape {x.shape}")
-    return np.repeat(np.clip(x, 0.0, 1.0)[:, None] * 2.0 - 1.0, 3, axis=1).astype(np.float32)
 
 
 class VaeEncoderWrapper(torch.nn.Module):

@@ -29,9 +29,11 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
+from gsal_edge.config_files import StrictModel
 from gsal_edge.models.diffusion_prior import PRIOR_META
+from gsal_edge.provenance import git_state
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
 STATE_FILE = "train_state.pt"
@@ -53,11 +55,7 @@ __all__ = [
 ]
 
 
-class _Cfg(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class VaeTrainConfig(_Cfg):
+class VaeTrainConfig(StrictModel):
     """The small AutoencoderKL and its training schedule."""
 
     block_out_channels: tuple[int, ...] = (16, 32, 64)  # n blocks -> 2^(n-1) downsampling
@@ -86,7 +84,7 @@ class VaeTrainConfig(_Cfg):
         return 2 ** (len(self.block_out_channels) - 1)
 
 
-class UnetTrainConfig(_Cfg):
+class UnetTrainConfig(StrictModel):
     """The small unconditional UNet2DModel, its DDPM schedule and training schedule."""
 
     block_out_channels: tuple[int, ...] = (32, 64, 128)
@@ -118,7 +116,7 @@ class UnetTrainConfig(_Cfg):
         return self
 
 
-class DiffusionTrainConfig(_Cfg):
+class DiffusionTrainConfig(StrictModel):
     """Everything `train-diffusion` does; ``models_default.yaml`` section ``diffusion``."""
 
     seed: int = 0
@@ -351,16 +349,8 @@ def _run_info() -> dict[str, Any]:
 
     from gsal_edge import __version__
 
-    commit = ""
-    try:
-        import subprocess
-
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                                cwd=Path(__file__).parent, timeout=5, check=False).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        pass
     return {"gsal_edge": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__,
-            "numpy": np.__version__, "python": platform.python_version(), "git_commit": commit}
+            "numpy": np.__version__, "python": platform.python_version(), "git_commit": git_state()["commit"] or ""}
 
 
 class _Clock:

@@ -58,7 +58,8 @@ def write_tiny_models(root: str | Path, graph: str = "thin_film_ct", seed: int =
 
 
 def _write_detector(path: Path, classes: list[str], sizes: TinySizes, seed: int) -> None:
-    from gsal_edge.models.detector import build_detector, resolve_config, save_checkpoint
+    from gsal_edge.models.detector import build_detector, save_checkpoint
+    from gsal_edge.models.detector_config import resolve_config
 
     cfg = resolve_config(sizes.detector_preset)
     model = build_detector(cfg, len(classes), seed=seed)

@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from gsal_edge.errors import GSALError
+
 FORMAT = "gsal-bundle"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -44,7 +46,7 @@ BACKENDS = ("onnxruntime", "torch", "tensorrt")
 PublicKeyLike = str | Path | bytes | Any
 
 
-class BundleError(RuntimeError):
+class BundleError(GSALError, RuntimeError):
     """A bundle is missing, malformed, tampered with, or not signed by a trusted key."""
 
 
@@ -64,8 +66,11 @@ def bundle_id_from_files(files: dict[str, str]) -> str:
     return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
 
 
-def canonical_json(obj: Any) -> bytes:
-    """The one JSON encoding used for manifests (sorted keys, 2-space indent, trailing newline)."""
+def manifest_bytes(obj: Any) -> bytes:
+    """The bytes a bundle's JSON files are written as (sorted keys, 2-space indent, trailing newline).
+
+    Readable, not the compact :func:`gsal_edge.jsonio.canonical_json`: the signature covers these exact
+    bytes of ``manifest.json``, so the encoding must never change."""
     return (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()
 
 

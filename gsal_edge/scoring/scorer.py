@@ -26,8 +26,7 @@ from gsal_edge.acquisition.assignment import Assigner, make_assigner
 from gsal_edge.acquisition.records import ProposalScore, ScoreRecord
 from gsal_edge.acquisition.uncertainty import image_uncertainty
 from gsal_edge.data.preprocessing import resize_image, to_unit_float
-from gsal_edge.models.clip_model import prepare_clip_input
-from gsal_edge.models.diffusion_prior import prepare_vae_input
+from gsal_edge.scoring.inputs import prepare_clip_input, prepare_vae_input
 from gsal_edge.scoring.runtime.base import Engine
 
 
@@ -139,6 +138,7 @@ class GSALScorer:
             raise ValueError(f"concept_embeddings shape {emb.shape} does not match {len(spec.concepts)} concepts")
         self.engines = engines
         self.spec = spec
+        self._embedding_dim = emb.shape[1]  # d of f_I and f_T
         self.assigner: Assigner = make_assigner(
             "text", spec.concepts, emb, novelty_threshold=spec.novelty_threshold
         )
@@ -228,24 +228,15 @@ class GSALScorer:
         t2 = time.perf_counter()
 
         # Eq. 3 concept assignment on the proposal regions (+ whole-slice embedding for core-set)
-        region_batch, region_owner = [], []
-        for i, (x, d) in enumerate(zip(images, dets)):
-            if len(d["boxes"]):
-                for c in dd.crop_regions(x, d["boxes"], sp.context_margin, sp.clip_resolution):
-                    region_batch.append(c)
-                    region_owner.append(i)
-        n_regions = len(region_batch)
-        if sp.image_embedding:
-            region_batch.extend(resize_image(x, (sp.clip_resolution, sp.clip_resolution)) for x in images)
-        emb = self._clip(np.stack(region_batch)) if region_batch else np.zeros((0, 1), np.float32)
+        region_emb, img_emb = self._embed(images, [d["boxes"] for d in dets], sp.image_embedding)
         t3 = time.perf_counter()
-        prop_emb, img_emb = emb[:n_regions], emb[n_regions:]
-        assigned = self.assigner(prop_emb) if n_regions else None
-        region_owner_arr = np.asarray(region_owner, dtype=np.int64)
+        n_per_image = [len(e) for e in region_emb]
+        assigned = self.assigner(np.concatenate(region_emb)) if sum(n_per_image) else None
+        first_row = np.cumsum([0, *n_per_image])
 
         records = []
         for i, d in enumerate(dets):
-            rows = np.flatnonzero(region_owner_arr == i)
+            rows = range(first_row[i], first_row[i + 1])
             proposals = []
             for j, r in enumerate(rows):
                 label_idx = int(d["labels"][j])
@@ -321,6 +312,39 @@ class GSALScorer:
             max_batch=self.spec.max_unet_batch,
         )
         return dd.difficulty(z0, zhat)
+
+    def embed_regions(
+        self, slices: Sequence[np.ndarray], boxes_per_image: Sequence[np.ndarray | Sequence[Sequence[float]]]
+    ) -> list[np.ndarray]:
+        """f_I of box regions, cut exactly as :meth:`score` cuts proposals for Eq. 3: one L2-normalized
+        float32 [n_i, d] array per slice (rows in box order).
+
+        ``slices`` are raw slices as :meth:`score` takes them (the spec's window applies); boxes are
+        (x1, y1, x2, y2) in slice pixels, enlarged by ``context_margin`` and resized to ``clip_resolution``.
+        """
+        if len(slices) != len(boxes_per_image):
+            raise ValueError(f"{len(slices)} slices but {len(boxes_per_image)} box lists")
+        images = [to_unit_float(s, window=self.spec.window) for s in slices]
+        return self._embed(images, boxes_per_image, whole_images=False)[0]
+
+    def _embed(
+        self, images01: Sequence[np.ndarray], boxes_per_image: Sequence[Any], whole_images: bool
+    ) -> tuple[list[np.ndarray], np.ndarray]:
+        """Region embeddings per image and, with ``whole_images``, one whole-slice embedding per image
+        ([n_images, d]; else [0, d]), all through the ``clip_image`` engine in one batch."""
+        sp = self.spec
+        batch: list[np.ndarray] = []
+        counts = []
+        for x, boxes in zip(images01, boxes_per_image):
+            n = len(boxes)
+            if n:
+                batch.extend(dd.crop_regions(x, boxes, sp.context_margin, sp.clip_resolution))
+            counts.append(n)
+        if whole_images:
+            batch.extend(resize_image(x, (sp.clip_resolution, sp.clip_resolution)) for x in images01)
+        emb = self._clip(np.stack(batch)) if batch else np.zeros((0, self._embedding_dim), np.float32)
+        first = np.cumsum([0, *counts])
+        return [emb[first[i] : first[i + 1]] for i in range(len(counts))], emb[first[-1] :]
 
     def _clip(self, regions01: np.ndarray) -> np.ndarray:
         sp = self.spec

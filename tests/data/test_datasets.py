@@ -1,4 +1,4 @@
-"""Dataset IO (gsal_edge.data.datasets): COCO / VOC / YOLO round trips, image loading, bad input, CLI."""
+"""Dataset IO (gsal_edge.data: dataset, image_io, coco, voc, yolo, formats): COCO / VOC / YOLO round trips, image loading, bad input, CLI."""
 
 from __future__ import annotations
 

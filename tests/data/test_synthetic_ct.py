@@ -1,4 +1,4 @@
-"""Synthetic thin-film CT generator (gsal_edge.data.synthetic_ct) and contact sheets (gsal_edge.data.preview)."""
+"""Synthetic thin-film CT generator (gsal_edge.data.synthetic) and contact sheets (gsal_edge.data.preview)."""
 
 from __future__ import annotations
 

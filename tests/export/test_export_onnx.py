@@ -81,8 +81,8 @@ def _feeds(rng: np.random.Generator) -> dict[str, tuple[dict, list[dict]]]:
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["vae_encoder", "unet", "clip_image", "detector"])
 def test_real_wrapper_exports_with_dynamic_axes_and_parity(modules: dict, name: str, tmp_path: Path) -> None:
-    from gsal_edge.scoring.runtime import TorchEngine
     from gsal_edge.scoring.runtime.onnxruntime_backend import OrtEngine
+    from gsal_edge.scoring.runtime.torch_backend import TorchEngine
 
     cfg = ExportConfig()
     sample, checks = _feeds(np.random.default_rng(0))[name]
@@ -104,8 +104,8 @@ def test_real_wrapper_exports_with_dynamic_axes_and_parity(modules: dict, name: 
 @pytest.mark.slow
 def test_detector_fixed_size_and_zero_detections(tmp_path: Path) -> None:
     from gsal_edge.models.detector import DetectorWrapper, build_detector
-    from gsal_edge.scoring.runtime import TorchEngine
     from gsal_edge.scoring.runtime.onnxruntime_backend import OrtEngine
+    from gsal_edge.scoring.runtime.torch_backend import TorchEngine
 
     mod = DetectorWrapper(build_detector("tiny", 3, seed=0, box_score_thresh=0.99))  # nothing passes
     x = np.random.default_rng(1).uniform(0, 1, (1, 64, 64)).astype(np.float32)

@@ -14,8 +14,8 @@ from gsal_edge.models.clip_model import (
     ClipError,
     ClipModel,
     concept_text_embeddings,
-    prepare_clip_input,
 )
+from gsal_edge.scoring.inputs import prepare_clip_input
 
 TINY_VIT = {
     "embed_dim": 16,

@@ -11,21 +11,22 @@ import torch
 from torchvision.ops import roi_align
 
 from gsal_edge.models.detector import (
-    AGNOSTIC_CLASS,
-    PRESET_NAMES,
-    CTTransform,
-    DetectorConfig,
-    DetectorConfigError,
     DetectorWrapper,
-    SeparableRoIAlign,
     build_detector,
     count_parameters,
-    get_config,
     load_checkpoint,
-    load_config,
     predict,
     save_checkpoint,
 )
+from gsal_edge.models.detector_config import (
+    AGNOSTIC_CLASS,
+    PRESET_NAMES,
+    DetectorConfig,
+    DetectorConfigError,
+    get_config,
+    load_config,
+)
+from gsal_edge.models.detector_layers import CTTransform, SeparableRoIAlign
 
 
 def _images(n: int, size: int = 64, seed: int = 0) -> list[np.ndarray]:

@@ -11,7 +11,8 @@ import torch
 from PIL import Image
 
 from gsal_edge.data.dataset import Annotation, DetectionDataset, ImageEntry
-from gsal_edge.models.detector import get_config, load_checkpoint
+from gsal_edge.models.detector import load_checkpoint
+from gsal_edge.models.detector_config import get_config
 from gsal_edge.models.detector_training import (
     FINAL,
     LAST,

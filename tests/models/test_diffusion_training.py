@@ -174,14 +174,14 @@ def test_crop_share_training(tmp_path: Path, slices_dir: Path) -> None:
 
 
 def test_defaults_key_ignores_comments_and_docs(tmp_path: Path) -> None:
-    from gsal_cli.commands.models import ModelsConfig, _normalized_source, defaults_key
+    from gsal_edge.models.defaults import DefaultsConfig, _normalized_source, defaults_key
 
     a, b, c = tmp_path / "a.py", tmp_path / "b.py", tmp_path / "c.py"
     a.write_text('"""doc"""\nx = 1  # comment\n\n\ndef f():\n    """doc"""\n    return x\n')
     b.write_text("x=1\ndef f():\n    return x\n")
     c.write_text("x=2\ndef f():\n    return x\n")
     assert _normalized_source(a) == _normalized_source(b) != _normalized_source(c)
-    cfg = ModelsConfig()
+    cfg = DefaultsConfig()
     assert defaults_key(cfg, "d1") == defaults_key(cfg.model_copy(update={"parallel": False}), "d1")
     assert defaults_key(cfg, "d1") != defaults_key(cfg, "d2")
     assert defaults_key(cfg, "d1") != defaults_key(cfg.lengthened(2.0), "d1")

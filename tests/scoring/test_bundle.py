@@ -163,6 +163,21 @@ def test_good_bundle_loads_and_scores(toy_bundle: Path, keys: dict[str, Path]) -
     assert recs[0].model["bundle"] == scorer.bundle_id
 
 
+def test_embed_regions_is_the_scorers_concept_assignment(toy_bundle: Path, keys: dict[str, Path]) -> None:
+    scorer = load_bundle(toy_bundle, "onnxruntime", [keys["good_pub"]])
+    rng = np.random.default_rng(1)
+    slices = [(rng.random((40, 48)) * 65535).astype(np.uint16) for _ in range(2)]
+    recs = scorer.score(slices, ["a", "b"])
+    boxes = [[p.box for p in r.proposals] for r in recs]
+    embs = scorer.embed_regions(slices, [boxes[0], []])
+    assert embs[0].shape == (3, 8) and embs[1].shape == (0, 8)
+    np.testing.assert_allclose(np.linalg.norm(embs[0], axis=1), 1.0, atol=1e-5)
+    got = scorer.assigner(embs[0])
+    assert list(got.concepts) == [p.concept for p in recs[0].proposals]
+    for row, p in zip(got.similarity, recs[0].proposals):
+        np.testing.assert_allclose(row, [p.similarity[c] for c in scorer.spec.concepts], atol=1e-6)
+
+
 def test_tampered_model_byte_is_refused(bundle_copy: Path, keys: dict[str, Path]) -> None:
     f = bundle_copy / "models" / "unet.onnx"
     data = bytearray(f.read_bytes())

@@ -12,9 +12,10 @@ from torch import nn
 
 from export.config import ExportConfig
 from export.onnx_export import export_onnx
-from gsal_edge.scoring.runtime import Engine, EngineError, TorchEngine
+from gsal_edge.scoring.runtime import Engine, EngineError
 from gsal_edge.scoring.runtime.onnxruntime_backend import OrtEngine, available_providers, gpu_providers
 from gsal_edge.scoring.runtime.tensorrt_backend import TrtEngine, tensorrt_status
+from gsal_edge.scoring.runtime.torch_backend import TorchEngine
 
 
 class TinyUnet(nn.Module):

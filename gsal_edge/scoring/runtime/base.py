@@ -7,8 +7,10 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from gsal_edge.errors import GSALError
 
-class EngineError(RuntimeError):
+
+class EngineError(GSALError, RuntimeError):
     """An engine was fed inputs that do not match its signature, or failed to run."""
 
 
