@@ -35,7 +35,8 @@ from xml.sax.saxutils import quoteattr
 
 from gsal_edge.acquisition.concept_graph import UNKNOWN, ConceptGraph
 from trainer.images import atomic_write, decode_image, to_display_uint8
-from trainer.pool_store import ImageLabels, LabelBox, PoolStore, SliceInfo, StoreError
+from trainer.store.pool_store import PoolStore
+from trainer.store.types import ImageLabels, LabelBox, SliceInfo, StoreError
 
 LabelMode = Literal["typed", "binary"]
 #: (slice, boxes) -> one fine concept per box (binary mode)

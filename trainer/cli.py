@@ -38,7 +38,8 @@ def _echo_json(obj: Any) -> None:
 
 
 def _open(store: Path):
-    from trainer.pool_store import PoolStore, StoreError
+    from trainer.store.pool_store import PoolStore
+    from trainer.store.types import StoreError
 
     try:
         return PoolStore(store)
@@ -242,9 +243,9 @@ def export_tasks(
         None, "--image-url-prefix", help="Prefix of data.image in Label Studio tasks (default /data/local-files/?d=)."),
 ) -> None:
     """Export the selected images as COCO and Label Studio tasks with detector pre-annotations."""
-    from trainer.pool_store import StoreError
     from trainer.rounds import RoundError
     from trainer.rounds import export_tasks as run
+    from trainer.store.types import StoreError
 
     g, cfg = _graph_and_config(graph, config, set_)
     s = _open(store)
@@ -279,9 +280,9 @@ def import_labels(
     """Validate finished labels completely, then store them in one transaction (nothing half-written)."""
     from gsal_edge.scoring.bundle import BundleError
     from trainer.annotation import AnnotationError
-    from trainer.pool_store import StoreError
     from trainer.rounds import RoundError
     from trainer.rounds import import_labels as run
+    from trainer.store.types import StoreError
 
     if (labels is None) == (simulate_annotator is None):
         _fail("give a labels file or --simulate-annotator GROUND_TRUTH (exactly one)")

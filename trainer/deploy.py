@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from trainer.audit_log import AuditLog
-from trainer.pool_store import PoolStore, StoreError
+from trainer.store.pool_store import PoolStore
+from trainer.store.types import StoreError
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +133,7 @@ def rescore_stale(
     """
     from gsal_wire.scorer_client import ItemFailed, ScorerClient
     from trainer.images import decode_image
-    from trainer.pool_store import IngestItem
+    from trainer.store.types import IngestItem
 
     todo = [s for s in store.stale_slices() if s.image_path is not None]
     if limit is not None:

@@ -3,7 +3,7 @@
 The servicer only translates messages (:func:`item_from_pb`) and calls :meth:`PoolStore.ingest`. Items are
 committed in batches while the stream is read (bounded memory); the single ``IngestAck`` is returned only
 after the last batch has committed, so an acknowledged record is on disk (WAL, ``synchronous=FULL``, see
-``trainer.pool_store``). If the trainer dies mid-stream the station gets no ack and re-sends the whole
+``trainer.store``). If the trainer dies mid-stream the station gets no ack and re-sends the whole
 call; items already committed come back as ``duplicates`` and are not stored twice.
 
 Per-item problems do not fail the call: a malformed item is listed in ``IngestAck.rejected`` with
@@ -29,7 +29,8 @@ from gsal_edge.data.slices import SliceError
 from gsal_wire.convert import PB_TO_ENCODING, decode_pb_slice, record_from_pb
 from gsal_wire.pb import TRAINER_SERVICE, common_pb2, trainer_pb2, trainer_pb2_grpc
 from trainer.images import ImageError, encode_pixels
-from trainer.pool_store import STATION_RE, IngestItem, PoolStore, StoreError
+from trainer.store.pool_store import PoolStore
+from trainer.store.types import STATION_RE, IngestItem, StoreError
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ from typing import Any
 
 from trainer.audit_log import AuditLog
 from trainer.deploy import DeployReport, StationAccess, deploy
-from trainer.pool_store import PoolStore
+from trainer.store.pool_store import PoolStore
 
 log = logging.getLogger(__name__)
 

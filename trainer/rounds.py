@@ -1,6 +1,6 @@
 """Selection rounds over the stored pool, with every decision written to the hash-chained audit log.
 
-``select_round``: the current unlabeled pool (fresh records only, see ``trainer.pool_store``) is fused with
+``select_round``: the current unlabeled pool (fresh records only, see ``trainer.store``) is fused with
 the concept graph and the current coverage counts n(v) (spec sections 3-7) by the library
 (``ScorePool.from_records`` + a ``gsal_edge.acquisition.strategies`` strategy); the picks and their rationale go to
 the ``selections`` table and, in the same step, to ``audit.jsonl`` (the entry's hash is kept on the
@@ -23,7 +23,8 @@ from gsal_edge.acquisition.concept_graph import BACKGROUND, UNKNOWN, ConceptGrap
 from gsal_edge.acquisition.config import GSALConfig
 from trainer import annotation
 from trainer.audit_log import AuditLog, verify
-from trainer.pool_store import Pick, PoolStore, StoreError
+from trainer.store.pool_store import PoolStore
+from trainer.store.types import Pick, StoreError
 
 log = logging.getLogger(__name__)
 
