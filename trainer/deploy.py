@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gsal_edge.errors import GSALError
 from trainer.audit_log import AuditLog
 from trainer.store.pool_store import PoolStore
 from trainer.store.types import StoreError
@@ -26,7 +27,7 @@ from trainer.store.types import StoreError
 log = logging.getLogger(__name__)
 
 
-class DeployError(RuntimeError):
+class DeployError(GSALError, RuntimeError):
     """No station accepted the bundle (or there is nothing to roll back to)."""
 
 

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from gsal_edge.errors import GSALError
+
 FSYNC_THREADS = 16  # concurrent fsyncs per image batch
 #: formats the store accepts, by file extension
 IMAGE_FORMATS = ("png", "tiff", "npy")
@@ -29,7 +31,7 @@ _MAGIC = {
 }
 
 
-class ImageError(ValueError):
+class ImageError(GSALError, ValueError):
     """Image bytes or pixels cannot be stored; the message names the item."""
 
 

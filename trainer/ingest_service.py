@@ -26,15 +26,15 @@ import grpc
 
 from gsal_edge.acquisition.records import RecordError
 from gsal_edge.data.slices import SliceError
-from gsal_wire.convert import PB_TO_ENCODING, decode_pb_slice, record_from_pb
-from gsal_wire.pb import TRAINER_SERVICE, common_pb2, trainer_pb2, trainer_pb2_grpc
+from gsal_edge.errors import GSALError
+from gsal_wire import MiB
+from gsal_wire.convert import PB_TO_ENCODING, decode_pb_slice, item_error, record_from_pb
+from gsal_wire.pb import TRAINER_SERVICE, trainer_pb2, trainer_pb2_grpc
 from trainer.images import ImageError, encode_pixels
 from trainer.store.pool_store import PoolStore
-from trainer.store.types import STATION_RE, IngestItem, StoreError
+from trainer.store.types import STATION_RE, IngestItem
 
 log = logging.getLogger(__name__)
-
-MiB = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ class IngestConfig:
     grace_s: float = 5.0  # graceful-stop drain time
 
 
-class ItemInvalid(ValueError):
+class ItemInvalid(GSALError, ValueError):
     """One IngestItem cannot be stored; ``field`` names the offending field."""
 
     def __init__(self, field: str, message: str) -> None:
@@ -100,10 +100,6 @@ def item_from_pb(msg: trainer_pb2.IngestItem) -> IngestItem:
     raise ItemInvalid("pixels", "neither slice nor ref given")
 
 
-def _item_error(code: grpc.StatusCode, field: str, message: str) -> common_pb2.ItemError:
-    return common_pb2.ItemError(code=code.value[0], code_name=code.name, field=field, message=message)
-
-
 class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
     """Translates Ingest streams into batched, durable :meth:`PoolStore.ingest` calls."""
 
@@ -124,7 +120,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
                 return
             try:
                 res = self.store.ingest(batch)
-            except (sqlite3.Error, OSError, StoreError) as e:
+            except (sqlite3.Error, OSError, GSALError) as e:
                 log.error("ingest commit failed: %s", e)
                 context.abort(grpc.StatusCode.UNAVAILABLE, f"trainer store commit failed: {e}")
                 raise  # abort() raises; this line is never reached
@@ -136,7 +132,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
                 else:
                     ack.rejected.add(
                         image_id=it.record.image_id,
-                        error=_item_error(
+                        error=item_error(
                             grpc.StatusCode.ALREADY_EXISTS, "record",
                             f"({it.station}, {it.record.image_id}, bundle {it.record.model.get('bundle')}) "
                             "is stored with different content; the first record is kept",
@@ -151,7 +147,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
             except ItemInvalid as e:
                 ack.rejected.add(
                     image_id=msg.record.image_id,
-                    error=_item_error(grpc.StatusCode.INVALID_ARGUMENT, e.field, str(e)),
+                    error=item_error(grpc.StatusCode.INVALID_ARGUMENT, e.field, str(e)),
                 )
                 continue
             batch.append(item)
