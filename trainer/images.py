@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gsal_edge.data.datasets import load_image
 from gsal_edge.errors import GSALError
 
 FSYNC_THREADS = 16  # concurrent fsyncs per image batch
@@ -71,19 +72,11 @@ def encode_pixels(pixels: np.ndarray, where: str = "image") -> tuple[bytes, str]
 
 
 def decode_image(path: str | Path) -> np.ndarray:
-    """Read a stored image back as a 2-D array (its stored dtype)."""
+    """Read a stored image back as a 2-D array (its stored dtype), with the project's one image reader."""
     path = Path(path)
-    ext = path.suffix.lower().lstrip(".")
-    if ext == "npy":
+    if path.suffix.lower() == ".npy":  # load_image reads no .npy yet
         return np.load(path, allow_pickle=False)
-    if ext in ("tif", "tiff"):
-        import tifffile
-
-        return tifffile.imread(path)
-    from PIL import Image
-
-    with Image.open(path) as im:
-        return np.asarray(im)
+    return load_image(path)
 
 
 def to_display_uint8(pixels: np.ndarray) -> np.ndarray:
