@@ -54,16 +54,19 @@ class ClientTLSOptions:
 
 
 def client_tls_options(peer: str, prefix: str = "", cert_prefix: str | None = None) -> ClientTLSOptions:
-    """``--{prefix}insecure``, ``--{prefix}ca`` and ``--{cert_prefix}client-cert``, ``--{cert_prefix}client-key``,
-    ``--{cert_prefix}server-name`` (``cert_prefix`` defaults to ``prefix``) for a connection to ``peer``."""
+    """The options of a connection to ``peer``: ``--{prefix}insecure``, ``--{prefix}ca``, and
+    ``--{cert_prefix}client-cert``, ``--{cert_prefix}client-key``, ``--{cert_prefix}server-name``
+    (``cert_prefix`` defaults to ``prefix``)."""
     cp = prefix if cert_prefix is None else cert_prefix
     return ClientTLSOptions(
         insecure=typer.Option(False, f"--{prefix}insecure",
-                              help=f"plaintext gRPC to {peer} (no TLS: loopback or a trusted lab network only)"),
-        ca=typer.Option(None, f"--{prefix}ca", help=f"CA that signed the certificate of {peer} (PEM); "
-                        "default: system roots"),
-        client_cert=typer.Option(None, f"--{cp}client-cert", help=f"client certificate for mutual TLS with {peer} (PEM)"),
-        client_key=typer.Option(None, f"--{cp}client-key", help=f"client key for mutual TLS with {peer} (PEM)"),
+                              help=f"plaintext gRPC to {peer} (no TLS: loopback or a trusted network only)"),
+        ca=typer.Option(None, f"--{prefix}ca",
+                        help=f"CA that signed the certificate of {peer} (PEM); default: system roots"),
+        client_cert=typer.Option(None, f"--{cp}client-cert",
+                                 help=f"client certificate for mutual TLS with {peer} (PEM)"),
+        client_key=typer.Option(None, f"--{cp}client-key",
+                                help=f"client key for mutual TLS with {peer} (PEM)"),
         server_name=typer.Option(None, f"--{cp}server-name",
                                  help=f"TLS name of {peer} to verify when it differs from the address"),
     )

@@ -79,7 +79,8 @@ def serve(
         from gsal_wire.cli_options import server_tls
         from gsal_wire.security import server_credentials
 
-        creds = server_credentials(server_tls(tls_cert, tls_key, client_ca, require_client_cert=client_ca is not None))
+        tls = server_tls(tls_cert, tls_key, client_ca, require_client_cert=client_ca is not None)
+        creds = server_credentials(tls)
     cfg = IngestConfig(host=host, port=port, batch_items=batch_items, max_workers=workers)
     serve_forever(store, cfg, credentials=creds, port_file=port_file)
 

@@ -3,7 +3,7 @@
 The servicer only translates messages (:func:`item_from_pb`) and calls :meth:`PoolStore.ingest`. Items are
 committed in batches while the stream is read (bounded memory); the single ``IngestAck`` is returned only
 after the last batch has committed, so an acknowledged record is on disk (WAL, ``synchronous=FULL``, see
-``trainer.store``). If the trainer dies mid-stream the station gets no ack and re-sends the whole
+``trainer.store.schema``). If the trainer dies mid-stream the station gets no ack and re-sends the whole
 call; items already committed come back as ``duplicates`` and are not stored twice.
 
 Per-item problems do not fail the call: a malformed item is listed in ``IngestAck.rejected`` with

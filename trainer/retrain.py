@@ -115,7 +115,7 @@ class Sources:
 def resolve_sources(store: PoolStore, models_dir: Path | None) -> Sources:
     """Where the serving detector, prior and CLIP live: ``models_dir``, else the serving bundle."""
     if models_dir is not None:
-        from export.sources import SourceError, discover_sources
+        from export.sources import SourceError, discover_sources  # the export's own source layout
 
         try:
             s = discover_sources(models_dir)
@@ -224,6 +224,7 @@ def retrain(
         audit.append("retrain", to_jsonable(entry | {"deployed": False}))
         return report
 
+    # trainer -> export is allowed: retrain exports the new bundle (stations never import export/)
     from export.config import load_export_config
     from export.pipeline import run_export
     from export.sources import ModelSources

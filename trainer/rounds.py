@@ -1,6 +1,6 @@
 """Selection rounds over the stored pool, with every decision written to the hash-chained audit log.
 
-``select_round``: the current unlabeled pool (fresh records only, see ``trainer.store``) is fused with
+``select_round``: the current unlabeled pool (fresh records only, see ``trainer.store.ingest``) is fused with
 the concept graph and the current coverage counts n(v) (spec sections 3-7) by the library
 (``ScorePool.from_records`` + a ``gsal_edge.acquisition.strategies`` strategy); the picks and their rationale go to
 the ``selections`` table and, in the same step, to ``audit.jsonl`` (the entry's hash is kept on the
