@@ -7,4 +7,8 @@ Both ``server/`` and ``trainer/`` import this package and never each other, so t
 only through ``proto/`` messages. It imports ``gsal_edge`` (one way), never the other way round.
 """
 
+import re
+
 MiB = 1024 * 1024
+#: a station id as the station sends it and the trainer files records under
+STATION_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 from pydantic import Field, model_validator
 
 from gsal_edge.config_files import FrozenModel
 from gsal_edge.data.slices import SliceLimits
-from gsal_wire import MiB
+from gsal_wire import STATION_ID_RE, MiB
 from gsal_wire.security import TLSConfig
 
 __all__ = ["MiB", "ServerConfig", "TLSConfig", "TrainerLink"]
 
-STATION_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")  # what the trainer accepts as station_id
 
 
 class TrainerLink(FrozenModel):

@@ -27,12 +27,12 @@ import grpc
 from gsal_edge.acquisition.records import RecordError
 from gsal_edge.data.slices import SliceError
 from gsal_edge.errors import GSALError
-from gsal_wire import MiB
+from gsal_wire import STATION_ID_RE, MiB
 from gsal_wire.convert import PB_TO_ENCODING, decode_pb_slice, item_error, record_from_pb
 from gsal_wire.pb import TRAINER_SERVICE, trainer_pb2, trainer_pb2_grpc
 from trainer.images import ImageError, encode_pixels
 from trainer.store.pool_store import PoolStore
-from trainer.store.types import STATION_RE, IngestItem
+from trainer.store.types import IngestItem
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +61,8 @@ class ItemInvalid(GSALError, ValueError):
 def item_from_pb(msg: trainer_pb2.IngestItem) -> IngestItem:
     """Validate and translate one wire item (pure; raises :class:`ItemInvalid`)."""
     station = msg.station_id
-    if not STATION_RE.match(station or ""):
-        raise ItemInvalid("station_id", f"station_id {station!r} must match {STATION_RE.pattern}")
+    if not STATION_ID_RE.match(station or ""):
+        raise ItemInvalid("station_id", f"station_id {station!r} must match {STATION_ID_RE.pattern}")
     if not msg.HasField("record"):
         raise ItemInvalid("record", "missing record")
     try:

@@ -9,7 +9,6 @@ it (:func:`bundle_of`).
 from __future__ import annotations
 
 import hashlib
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -17,9 +16,9 @@ from typing import Any, Literal
 from gsal_edge.acquisition.records import ScoreRecord
 from gsal_edge.errors import GSALError
 from gsal_edge.jsonio import canonical_json
+from gsal_wire import STATION_ID_RE
 
 UNKNOWN_BUNDLE = "unknown"
-STATION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 
 
 class StoreError(GSALError, ValueError):
@@ -112,9 +111,9 @@ def split_key(key: str) -> tuple[str, str]:
 
 
 def check_station(station: str, where: str) -> None:
-    """StoreError naming ``where`` unless ``station`` is a valid station id (:data:`STATION_RE`)."""
-    if not isinstance(station, str) or not STATION_RE.match(station):
-        raise StoreError(f"{where}: station id {station!r} must match {STATION_RE.pattern}")
+    """StoreError naming ``where`` unless ``station`` is a valid station id (:data:`STATION_ID_RE`)."""
+    if not isinstance(station, str) or not STATION_ID_RE.match(station):
+        raise StoreError(f"{where}: station id {station!r} must match {STATION_ID_RE.pattern}")
 
 
 def record_digest(record: ScoreRecord) -> str:
