@@ -8,16 +8,14 @@ so a station never sees a half-written bundle; ``OUT/LATEST`` names the newest.
 from __future__ import annotations
 
 import datetime as dt
-import importlib.metadata
-import json
 import shutil
-import subprocess
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from gsal_edge.provenance import git_commit, package_versions
 from gsal_edge.scoring.bundle import (
     EMBEDDINGS_FILE,
     FORMAT,
@@ -32,37 +30,11 @@ from gsal_edge.scoring.bundle import (
     sha256_file,
 )
 
+#: the packages that shape an export, listed in the manifest when installed (absent ones left out)
 PACKAGES = (
     "gsal-edge", "torch", "torchvision", "onnx", "onnxruntime", "onnxruntime-gpu", "onnxslim", "diffusers",
     "open_clip_torch", "numpy", "cryptography", "tensorrt",
 )
-
-
-def package_versions(names: tuple[str, ...] = PACKAGES) -> dict[str, str]:
-    """Installed versions of the packages that shape an export (absent ones left out)."""
-    out = {}
-    for n in names:
-        try:
-            out[n] = importlib.metadata.version(n)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return out
-
-
-def git_commit(repo: str | Path | None = None) -> str:
-    """``HEAD`` of the source tree (with ``+dirty`` when it has changes), or ``unknown``."""
-    cwd = str(repo or Path(__file__).resolve().parents[1])
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10,
-                              check=False)
-        if head.returncode != 0:
-            return "unknown"
-        # diff-index takes no index lock (unlike `git status`), so it never races a commit
-        dirty = subprocess.run(["git", "diff-index", "--quiet", "HEAD", "--"], cwd=cwd, capture_output=True,
-                               timeout=10, check=False)
-        return head.stdout.strip() + ("+dirty" if dirty.returncode == 1 else "")
-    except (OSError, subprocess.TimeoutExpired):
-        return "unknown"
 
 
 class BundleWriter:
@@ -126,7 +98,7 @@ class BundleWriter:
             "bundle_id": bundle_id,
             "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "git_commit": git_commit(),
-            "packages": package_versions(),
+            "packages": package_versions(PACKAGES),
             "files": files,
         }
         (self.stage / MANIFEST).write_bytes(manifest_bytes(manifest))
@@ -146,6 +118,3 @@ def dir_size(path: str | Path) -> int:
     """Bytes of all files under ``path``."""
     return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
 
-
-def read_json(path: str | Path) -> Any:
-    return json.loads(Path(path).read_text())

@@ -1,4 +1,4 @@
-"""``gsal-edge export``: the typer app the lead mounts as ``app.add_typer(export.cli.app, name="export")``.
+"""``gsal-edge export``: the typer app that ``gsal_cli/main.py`` mounts as ``gsal-edge export``.
 
     gsal-edge export --models DIR --out BUNDLES_DIR [--key FILE] [--fp16] [--tensorrt auto|off|on] [--simplify]
     gsal-edge export keygen [--key FILE]
@@ -63,11 +63,11 @@ def export(
         raise typer.Exit(2)
     if tensorrt not in ("auto", "off", "on"):
         raise typer.BadParameter("must be auto, off or on", param_hint="--tensorrt")
-    from export.config import ExportConfigError, load_export_config
-    from export.pipeline import ExportError, run_export
+    from export.config import load_export_config
+    from export.pipeline import run_export
     from export.signing import DEFAULT_KEY, generate_keypair, load_private_key
-    from export.sources import SourceError, discover_sources
-    from gsal_edge.scoring.bundle import BundleError
+    from export.sources import discover_sources
+    from gsal_edge.errors import GSALError
 
     try:
         cfg = load_export_config(config, simplify=simplify or None, fp16=fp16 or None, tensorrt_mode=tensorrt,
@@ -82,7 +82,7 @@ def export(
             signing = load_private_key(kpath)
         typer.echo("sources " + ", ".join(f"{k}={v}" for k, v in srcs.as_dict().items()))
         res = run_export(srcs, out, cfg, signing, progress=typer.echo)
-    except (ExportConfigError, SourceError, BundleError, ExportError) as e:
+    except GSALError as e:
         typer.echo(f"export failed: {e}", err=True)
         raise typer.Exit(1) from None
     _echo_export(res)

@@ -9,19 +9,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
 
-from gsal_edge.config_files import read_yaml_mapping
+from gsal_edge.config_files import StrictModel, read_yaml_mapping
+from gsal_edge.errors import GSALError
 
 
-class ExportConfigError(ValueError):
+class ExportConfigError(GSALError, ValueError):
     """An export config file is invalid; the message names the file and field."""
 
 
-class Tolerance(BaseModel):
+class Tolerance(StrictModel):
     """Polygraphy-style closeness: an element passes if |a-b| <= atol or |a-b| <= rtol*|b|."""
 
-    model_config = ConfigDict(extra="forbid")
     atol: float = Field(1e-4, ge=0)
     rtol: float = Field(1e-3, ge=0)
 
@@ -30,10 +30,9 @@ def _tol(atol: float, rtol: float) -> Tolerance:
     return Tolerance(atol=atol, rtol=rtol)
 
 
-class ParityConfig(BaseModel):
+class ParityConfig(StrictModel):
     """Tolerances of ONNX Runtime vs PyTorch (CPU, fp32) per engine output, and end-to-end."""
 
-    model_config = ConfigDict(extra="forbid")
     engines: dict[str, dict[str, Tolerance]] = Field(
         default_factory=lambda: {
             "vae_encoder": {"latent": _tol(1e-4, 1e-3)},
@@ -67,23 +66,21 @@ class ParityConfig(BaseModel):
     seed: int = 0
 
 
-class TrtProfile(BaseModel):
+class TrtProfile(StrictModel):
     """min/opt/max of one dynamic axis for a TensorRT optimization profile."""
 
-    model_config = ConfigDict(extra="forbid")
     min: int = Field(1, ge=1)
     opt: int = Field(8, ge=1)
     max: int = Field(64, ge=1)
 
 
-class TensorRTConfig(BaseModel):
+class TensorRTConfig(StrictModel):
     """TensorRT engine build: precision, workspace, and the batch sizes the server batches to.
 
     With the server's ``max_batch_size`` 8 and K = 4, the UNet sees up to 32 latents per call and
     ``GSALScorer`` chunks every engine call to ``max_unet_batch`` (64): hence the defaults.
     """
 
-    model_config = ConfigDict(extra="forbid")
     mode: Literal["auto", "off", "on"] = "auto"
     fp16: bool = False
     workspace_mib: int = Field(2048, ge=64)
@@ -104,10 +101,9 @@ class TensorRTConfig(BaseModel):
     )
 
 
-class ExportConfig(BaseModel):
+class ExportConfig(StrictModel):
     """Everything ``gsal-edge export`` needs besides the model sources."""
 
-    model_config = ConfigDict(extra="forbid")
     opset: int = Field(17, ge=13)
     simplify: bool = Field(False, description="run onnxslim on every exported graph")
     dynamic_batch: bool = True

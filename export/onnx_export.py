@@ -18,6 +18,7 @@ import onnx
 import torch
 
 from export.config import ExportConfig
+from gsal_edge.errors import GSALError
 from gsal_edge.scoring.runtime.base import ENGINE_SIGNATURES
 
 log = logging.getLogger(__name__)
@@ -27,7 +28,7 @@ SPATIAL_AXES = {"height", "width", "h", "w"}
 COUNT_AXES = {"n"}  # data-dependent (detections): always dynamic
 
 
-class OnnxExportError(RuntimeError):
+class OnnxExportError(GSALError, RuntimeError):
     """Export, checking or simplification of an engine failed; the message names engine and file."""
 
 

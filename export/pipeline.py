@@ -27,13 +27,14 @@ from export.parity import (
     records_parity,
 )
 from export.sources import ModelSources, Reference, hash_source, load_reference, model_files
+from gsal_edge.errors import GSALError
 from gsal_edge.scoring.bundle import ENGINE_NAMES
 from gsal_edge.scoring.runtime.base import ENGINE_SIGNATURES
 
 log = logging.getLogger(__name__)
 
 
-class ExportError(RuntimeError):
+class ExportError(GSALError, RuntimeError):
     """The export could not produce a bundle (parity failed, TensorRT required but missing, ...)."""
 
 

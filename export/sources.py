@@ -18,12 +18,13 @@ from typing import Any
 
 import numpy as np
 
+from gsal_edge.errors import GSALError
 from gsal_edge.scoring.bundle import build_torch_modules, sha256_file
 
 DEFAULT_GRAPH = "thin_film_ct"
 
 
-class SourceError(FileNotFoundError):
+class SourceError(GSALError, FileNotFoundError):
     """A model source is missing or ambiguous; the message names the folder searched."""
 
 

@@ -14,12 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from export.config import TensorRTConfig
+from gsal_edge.errors import GSALError
 from gsal_edge.scoring.runtime.tensorrt_backend import tensorrt_status
 
 Shape = tuple[int, ...]
 
 
-class TensorRTBuildError(RuntimeError):
+class TensorRTBuildError(GSALError, RuntimeError):
     """The ONNX parser or the builder failed; the message names the ONNX file."""
 
 

@@ -256,7 +256,7 @@ def _wait_station(addr: str, proc: subprocess.Popen, timeout: float = 300.0) -> 
 
 def _wait_ingested(store: Path, n: int, timeout: float = 120.0) -> None:
     """Wait until the station's forwarder has delivered ``n`` records to the trainer's store."""
-    from trainer.pool_store import PoolStore
+    from trainer.store.pool_store import PoolStore
 
     t0 = time.time()
     have = 0

@@ -31,7 +31,7 @@ def write_report(out: Path, run_dir: Path, store_dir: Path, status: dict[str, An
 
     from gsal_edge.data.image_io import load_image
     from gsal_edge.data.preprocessing import to_unit_float
-    from trainer.pool_store import PoolStore
+    from trainer.store.pool_store import PoolStore
 
     truth = _truth(out / "data" / "pool")
     pool_counts = Counter(c for cs in truth.values() for c in cs)

@@ -64,5 +64,5 @@ def git_commit(repo: str | Path | None = None) -> str:
 
 def provenance(packages: Iterable[str] = DEFAULT_PACKAGES) -> dict[str, Any]:
     """The block written beside results: UTC time, package versions, git commit and dirtiness."""
-    return {"time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    return {"time": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
             "versions": package_versions(packages), "git": git_state()}

@@ -10,6 +10,7 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC
 from typing import Any
 
+import grpc
 import numpy as np
 
 from gsal_edge.acquisition.records import ProposalScore, RecordError, ScoreRecord
@@ -93,6 +94,11 @@ def record_from_pb(msg: common_pb2.ScoreRecord) -> ScoreRecord:
         embedding=list(msg.embedding.values) if msg.HasField("embedding") else None,
     )
     return ScoreRecord.from_dict(rec.to_dict(), where=where)
+
+
+def item_error(code: grpc.StatusCode, field: str, message: str) -> common_pb2.ItemError:
+    """A per-item ``ItemError`` (the status code by number and name, the offending field, the message)."""
+    return common_pb2.ItemError(code=code.value[0], code_name=code.name, field=field, message=message)
 
 
 def slice_meta(msg: common_pb2.Slice) -> dict[str, str]:

@@ -4,20 +4,21 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Self
 
 import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gsal_edge.acquisition.records import ScoreRecord
+from gsal_edge.errors import GSALError
 from gsal_wire import MiB
+from gsal_wire.channel import ChannelClient, open_channel
 from gsal_wire.convert import make_pb_slice, record_from_pb
 from gsal_wire.pb import scorer_pb2, scorer_pb2_grpc
-from gsal_wire.security import bearer, channel_credentials
+from gsal_wire.security import bearer
 
 
-class ItemFailed(RuntimeError):
+class ItemFailed(GSALError, RuntimeError):
     """A per-item error from a ``Score`` stream (code name, field, message)."""
 
     def __init__(self, slice_id: str, code_name: str, field: str, message: str) -> None:
@@ -25,7 +26,7 @@ class ItemFailed(RuntimeError):
         self.slice_id, self.code_name, self.field, self.message = slice_id, code_name, field, message
 
 
-class ScorerClient:
+class ScorerClient(ChannelClient):
     """Connects to a station: TLS by default (``ca``, optional client cert for mTLS), plaintext only with
     ``insecure=True``. ``token`` is sent as a bearer token on scoring calls, ``admin_token`` on LoadBundle."""
 
@@ -46,12 +47,8 @@ class ScorerClient:
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
         ]
-        if server_name:
-            opts.append(("grpc.ssl_target_name_override", server_name))
-        if insecure:
-            self.channel = grpc.insecure_channel(address, options=opts)
-        else:
-            self.channel = grpc.secure_channel(address, channel_credentials(ca, client_cert, client_key), options=opts)
+        self.channel = open_channel(address, opts, insecure=insecure, ca=ca, client_cert=client_cert,
+                                    client_key=client_key, server_name=server_name)
         self.stub = scorer_pb2_grpc.ScorerStub(self.channel)
         self.health_stub = health_pb2_grpc.HealthStub(self.channel)
         self._md = bearer(token) if token else None
@@ -106,15 +103,6 @@ class ScorerClient:
 
     def wait_ready(self, timeout: float = 10.0) -> None:
         grpc.channel_ready_future(self.channel).result(timeout=timeout)
-
-    def close(self) -> None:
-        self.channel.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def to_result(resp: scorer_pb2.ScoreResponse) -> ScoreRecord | ItemFailed:

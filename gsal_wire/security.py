@@ -14,17 +14,18 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import grpc
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import model_validator
+
+from gsal_edge.config_files import FrozenModel
+from gsal_edge.errors import GSALError
 
 log = logging.getLogger(__name__)
 
 AUTH_HEADER = "authorization"
 
 
-class TLSConfig(BaseModel):
+class TLSConfig(FrozenModel):
     """Server certificate, and for mutual TLS the CA that signs client certificates."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     cert: Path
     key: Path
@@ -38,7 +39,7 @@ class TLSConfig(BaseModel):
         return self
 
 
-class SecurityError(ValueError):
+class SecurityError(GSALError, ValueError):
     """A certificate, key or token file is missing or unusable; the message names it."""
 
 

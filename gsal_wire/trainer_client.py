@@ -1,7 +1,7 @@
 """Station-side push client for the trainer's ``Ingest`` RPC, with retry and exponential backoff.
 
 Used by the station (``server.forwarder``) and importing no trainer internals: it needs only ``gsal_edge``,
-the generated ``gsal_proto`` code and ``gsal_wire.convert``/``gsal_wire.pb``/``gsal_wire.security``.
+the generated ``gsal_proto`` code and ``gsal_wire`` (``channel``, ``convert``, ``pb``).
 
 Records are sent in chunks (one ``Ingest`` call each). A chunk counts as delivered only when its ack
 arrives; on a retryable failure (UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, ABORTED, INTERNAL,
@@ -18,12 +18,13 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Self
 
 import grpc
 import numpy as np
 
 from gsal_edge.acquisition.records import ScoreRecord
+from gsal_edge.errors import GSALError
+from gsal_wire.channel import ChannelClient, open_channel
 from gsal_wire.convert import DTYPE_TO_PB, ENCODING_TO_PB, make_pb_slice, record_to_pb
 from gsal_wire.pb import common_pb2, trainer_pb2, trainer_pb2_grpc
 
@@ -81,7 +82,7 @@ class PushResult:
     acked_ids: list[str] = field(default_factory=list)  # image ids in acknowledged chunks
 
 
-class PushError(RuntimeError):
+class PushError(GSALError, RuntimeError):
     """A chunk could not be delivered (non-retryable error, or retries exhausted); ``code`` is the last gRPC code."""
 
     def __init__(self, message: str, code: grpc.StatusCode | None = None) -> None:
@@ -113,7 +114,7 @@ def item_to_pb(station_id: str, item: PushItem) -> trainer_pb2.IngestItem:
     return msg
 
 
-class TrainerPushClient:
+class TrainerPushClient(ChannelClient):
     """Pushes a station's score records to the trainer (TLS by default; plaintext with ``insecure``)."""
 
     def __init__(
@@ -141,14 +142,8 @@ class TrainerPushClient:
             ("grpc.min_reconnect_backoff_ms", int(reconnect_backoff_s[0] * 1000)),
             ("grpc.max_reconnect_backoff_ms", int(reconnect_backoff_s[1] * 1000)),
         ]
-        if server_name:
-            opts.append(("grpc.ssl_target_name_override", server_name))
-        if insecure:
-            self.channel = grpc.insecure_channel(address, options=opts)
-        else:
-            from gsal_wire.security import channel_credentials
-
-            self.channel = grpc.secure_channel(address, channel_credentials(ca, client_cert, client_key), opts)
+        self.channel = open_channel(address, opts, insecure=insecure, ca=ca, client_cert=client_cert,
+                                    client_key=client_key, server_name=server_name)
         self.stub = trainer_pb2_grpc.TrainerStub(self.channel)
         self.station_id = station_id
         self.retry = retry
@@ -207,15 +202,6 @@ class TrainerPushClient:
         for rej in ack.rejected:
             result.rejected.append((rej.image_id, rej.error.code_name, rej.error.message))
         result.acked_ids.extend(it.record.image_id for it in chunk)
-
-    def close(self) -> None:
-        self.channel.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def _chunks(items: Iterable[PushItem], n: int) -> Iterator[list[PushItem]]:

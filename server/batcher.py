@@ -26,6 +26,7 @@ from typing import Generic, Protocol, TypeVar
 import numpy as np
 
 from gsal_edge.acquisition.records import ScoreRecord
+from gsal_edge.errors import GSALError
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ class BatchScorer(Protocol):
 S = TypeVar("S", bound=BatchScorer)
 
 
-class BatcherError(RuntimeError):
+class BatcherError(GSALError, RuntimeError):
     """Base of the batcher's refusals; ``code`` is the gRPC status name the server answers with."""
 
     code = "INTERNAL"

@@ -16,11 +16,14 @@ from pathlib import Path
 
 import typer
 
+from gsal_wire.cli_options import CLIENT_CA, REQUIRE_CLIENT_CERT, TLS_CERT, TLS_KEY, client_tls_options
+
 log = logging.getLogger("gsal.server")
 
 app = typer.Typer(help="Station scorer: gRPC server and client.", no_args_is_help=True, add_completion=False)
 
-_TLS_HELP = "PEM file"
+_station = client_tls_options("the station")
+_trainer = client_tls_options("the trainer", prefix="trainer-")
 
 
 def _fail(msg: str, code: int = 2) -> typer.Exit:
@@ -44,10 +47,10 @@ def serve(
     allow_unsigned: bool = typer.Option(False, "--allow-unsigned", help="accept bundles without a signature"),
     allow_untrained: bool = typer.Option(False, "--allow-untrained",
                                          help="accept 'untrained:seed=N,size=N' specs (tests/benchmarks)"),
-    tls_cert: Path | None = typer.Option(None, "--tls-cert", help="server certificate chain, " + _TLS_HELP),
-    tls_key: Path | None = typer.Option(None, "--tls-key", help="server private key, " + _TLS_HELP),
-    client_ca: Path | None = typer.Option(None, "--client-ca", help="CA that signs client certificates (mTLS)"),
-    require_client_cert: bool = typer.Option(False, "--require-client-cert", help="mutual TLS: refuse clients without a cert"),
+    tls_cert: Path | None = TLS_CERT,
+    tls_key: Path | None = TLS_KEY,
+    client_ca: Path | None = CLIENT_CA,
+    require_client_cert: bool = REQUIRE_CLIENT_CERT,
     admin_token_file: Path | None = typer.Option(None, "--admin-token-file", help="bearer token for LoadBundle"),
     score_token_file: Path | None = typer.Option(None, "--score-token-file", help="bearer token for scoring"),
     insecure: bool = typer.Option(False, "--insecure", help="plaintext gRPC (no TLS); logs a warning"),
@@ -62,13 +65,11 @@ def serve(
     threads: int | None = typer.Option(None, "--threads", help="intra-op threads for the engines (torch and ORT)"),
     trainer: str | None = typer.Option(None, "--trainer", help="trainer host:port: forward every scored slice + "
                                        "record to it (needs --station-id)"),
-    trainer_insecure: bool = typer.Option(False, "--trainer-insecure", help="plaintext channel to the trainer"),
-    trainer_ca: Path | None = typer.Option(None, "--trainer-ca", help="CA of the trainer's certificate (PEM); "
-                                           "default: system roots"),
-    trainer_client_cert: Path | None = typer.Option(None, "--trainer-client-cert", help="client cert for mTLS (PEM)"),
-    trainer_client_key: Path | None = typer.Option(None, "--trainer-client-key", help="client key for mTLS (PEM)"),
-    trainer_server_name: str | None = typer.Option(None, "--trainer-server-name",
-                                                   help="TLS name to verify when it differs from the address"),
+    trainer_insecure: bool = _trainer.insecure,
+    trainer_ca: Path | None = _trainer.ca,
+    trainer_client_cert: Path | None = _trainer.client_cert,
+    trainer_client_key: Path | None = _trainer.client_key,
+    trainer_server_name: str | None = _trainer.server_name,
     trainer_chunk: int = typer.Option(64, "--trainer-chunk", help="records per push"),
     trainer_max_delay_ms: float = typer.Option(1000.0, "--trainer-max-delay-ms",
                                                help="longest a record waits for its push chunk to fill"),
@@ -82,21 +83,17 @@ def serve(
     """
     from pydantic import ValidationError
 
+    from gsal_edge.errors import GSALError
+    from gsal_wire.cli_options import server_tls
     from gsal_wire.security import SecurityError, read_secret_file
     from server.app import StationServer
-    from server.config import MiB, ServerConfig, TLSConfig, TrainerLink
+    from server.config import MiB, ServerConfig, TrainerLink
     from server.station import SwapError, default_scorer_factory
 
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        tls = None
-        if tls_cert or tls_key:
-            if not (tls_cert and tls_key):
-                raise _fail("--tls-cert and --tls-key go together")
-            tls = TLSConfig(cert=tls_cert, key=tls_key, client_ca=client_ca, require_client_cert=require_client_cert)
-        elif client_ca or require_client_cert:
-            raise _fail("--client-ca/--require-client-cert need --tls-cert and --tls-key")
+        tls = server_tls(tls_cert, tls_key, client_ca, require_client_cert)
         link = None
         if trainer:
             if not station_id:
@@ -116,7 +113,7 @@ def serve(
             score_token=read_secret_file(score_token_file, "--score-token-file") if score_token_file else None,
             trainer=link,
         )
-    except (ValidationError, SecurityError) as e:
+    except (ValidationError, GSALError) as e:
         raise _fail(str(e)) from None
     if threads:
         import torch
@@ -132,7 +129,7 @@ def serve(
         raise _fail(f"--trainer: {e}") from None
     try:
         srv.start()
-    except (OSError, SecurityError, RuntimeError) as e:
+    except (OSError, GSALError, RuntimeError) as e:
         raise _fail(f"cannot start: {e}") from None
     typer.echo(f"listening on {srv.address}" + (f", metrics on 127.0.0.1:{srv.metrics_port}" if srv.metrics_port else ""))
     if link is not None:
@@ -191,11 +188,6 @@ def _client(server: str, ca: Path | None, client_cert: Path | None, client_key: 
 
 
 _server_opt = typer.Option(..., "--server", help="host:port of the station")
-_ca_opt = typer.Option(None, "--ca", help="CA certificate that signed the server's (PEM)")
-_cc_opt = typer.Option(None, "--client-cert", help="client certificate for mutual TLS (PEM)")
-_ck_opt = typer.Option(None, "--client-key", help="client key for mutual TLS (PEM)")
-_insecure_opt = typer.Option(False, "--insecure", help="plaintext connection (server started with --insecure)")
-_name_opt = typer.Option(None, "--server-name", help="TLS name to verify when it differs from the address")
 
 
 @app.command("score")
@@ -203,12 +195,12 @@ def score(
     server: str = _server_opt,
     images: Path = typer.Option(..., "--images", help="folder of .png / .tif / .tiff / .npy slices"),
     out: Path | None = typer.Option(None, "--out", help="write score records here (JSONL); stdout if absent"),
-    ca: Path | None = _ca_opt,
-    client_cert: Path | None = _cc_opt,
-    client_key: Path | None = _ck_opt,
+    ca: Path | None = _station.ca,
+    client_cert: Path | None = _station.client_cert,
+    client_key: Path | None = _station.client_key,
     token_file: Path | None = typer.Option(None, "--token-file", help="scoring bearer token"),
-    insecure: bool = _insecure_opt,
-    server_name: str | None = _name_opt,
+    insecure: bool = _station.insecure,
+    server_name: str | None = _station.server_name,
     line: str | None = typer.Option(None, "--line", help="meta.line for every slice"),
     part: str | None = typer.Option(None, "--part", help="meta.part for every slice"),
     timeout_s: float | None = typer.Option(None, "--timeout-s", help="deadline for the whole stream"),
@@ -220,7 +212,8 @@ def score(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from gsal_edge.acquisition.records import ScoreRecord
-    from gsal_edge.data.slices import SLICE_SUFFIXES, SliceError, read_slice_file
+    from gsal_edge.data.slices import SLICE_SUFFIXES, read_slice_file
+    from gsal_edge.errors import GSALError
     from gsal_wire.convert import make_pb_slice
     from gsal_wire.pb import scorer_pb2
     from gsal_wire.scorer_client import ItemFailed, to_result
@@ -239,7 +232,7 @@ def score(
             sid = p.relative_to(images).as_posix()
             try:
                 f = read_slice_file(str(p))
-            except (SliceError, OSError, ValueError) as e:
+            except (GSALError, OSError, ValueError) as e:
                 log.warning("%s: skipped (%s)", p, e)
                 continue
             yield scorer_pb2.ScoreRequest(
@@ -281,10 +274,10 @@ def score(
 
 @app.command("info")
 def info(
-    server: str = _server_opt, ca: Path | None = _ca_opt, client_cert: Path | None = _cc_opt,
-    client_key: Path | None = _ck_opt,
+    server: str = _server_opt, ca: Path | None = _station.ca, client_cert: Path | None = _station.client_cert,
+    client_key: Path | None = _station.client_key,
     token_file: Path | None = typer.Option(None, "--token-file", help="scoring bearer token"),
-    insecure: bool = _insecure_opt, server_name: str | None = _name_opt,
+    insecure: bool = _station.insecure, server_name: str | None = _station.server_name,
 ) -> None:
     """Print the station's health and serving bundle (JSON)."""
     import grpc
@@ -304,11 +297,11 @@ def info(
 @app.command("load-bundle")
 def load_bundle(
     path: str = typer.Argument(..., help="bundle directory on the station"),
-    server: str = _server_opt, ca: Path | None = _ca_opt, client_cert: Path | None = _cc_opt,
-    client_key: Path | None = _ck_opt,
+    server: str = _server_opt, ca: Path | None = _station.ca, client_cert: Path | None = _station.client_cert,
+    client_key: Path | None = _station.client_key,
     admin_token_file: Path = typer.Option(..., "--admin-token-file", help="admin bearer token"),
     expected_bundle_id: str = typer.Option("", "--expect", help="refuse unless the bundle has this id"),
-    insecure: bool = _insecure_opt, server_name: str | None = _name_opt,
+    insecure: bool = _station.insecure, server_name: str | None = _station.server_name,
 ) -> None:
     """Hot-swap the station to another bundle (verified and warmed up first)."""
     import grpc

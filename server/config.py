@@ -2,24 +2,21 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
+from gsal_edge.config_files import FrozenModel
 from gsal_edge.data.slices import SliceLimits
-from gsal_wire import MiB
+from gsal_wire import STATION_ID_RE, MiB
 from gsal_wire.security import TLSConfig
 
 __all__ = ["MiB", "ServerConfig", "TLSConfig", "TrainerLink"]
 
-STATION_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")  # what the trainer accepts as station_id
 
 
-class TrainerLink(BaseModel):
+class TrainerLink(FrozenModel):
     """Where and how the station forwards its score records + slices (see :mod:`server.forwarder`)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     address: str = Field(..., min_length=1, description="trainer host:port")
     station_id: str = Field(..., description="this station's id at the trainer (must equal ServerConfig.station_id)")
@@ -50,11 +47,8 @@ class TrainerLink(BaseModel):
         return self
 
 
-
-class ServerConfig(BaseModel):
+class ServerConfig(FrozenModel):
     """Station scorer configuration. Defaults suit one CPU station; see ``docs`` in each field."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     host: str = Field("127.0.0.1", description="address to bind; 127.0.0.1 unless you mean to expose it")
     port: int = Field(0, ge=0, le=65535, description="0 picks a free port")

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 import grpc
 
 from gsal_edge.data.slices import SliceError, check_slice_id
-from gsal_wire.convert import decode_pb_slice, record_to_pb, slice_meta
-from gsal_wire.pb import common_pb2, scorer_pb2, scorer_pb2_grpc
+from gsal_wire.convert import decode_pb_slice, item_error, record_to_pb, slice_meta
+from gsal_wire.pb import scorer_pb2, scorer_pb2_grpc
 from server.batcher import BatcherError
 from server.forwarder import ReceivedSlice
 from server.station import Station, SwapError
@@ -51,10 +51,6 @@ _END = object()
 
 def _code(name: str) -> grpc.StatusCode:
     return grpc.StatusCode[name]
-
-
-def item_error(code: grpc.StatusCode, field: str, message: str) -> common_pb2.ItemError:
-    return common_pb2.ItemError(code=code.value[0], code_name=code.name, field=field, message=message)
 
 
 class ScorerServicer(scorer_pb2_grpc.ScorerServicer):

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from gsal_edge.acquisition.records import ScoreRecord
+from gsal_edge.errors import GSALError
 from server.batcher import BatchScorer, DynamicBatcher, ScorerSlot
 from server.config import ServerConfig
 from server.metrics import ServerMetrics
@@ -35,7 +36,7 @@ ScorerFactory = Callable[[str], BatchScorer]
 UNTRAINED_PREFIX = "untrained:"
 
 
-class SwapError(RuntimeError):
+class SwapError(GSALError, RuntimeError):
     """LoadBundle refused; ``code`` is the gRPC status name. The previous bundle keeps serving."""
 
     def __init__(self, code: str, message: str) -> None:

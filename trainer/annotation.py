@@ -34,8 +34,10 @@ from urllib.parse import unquote, urlparse
 from xml.sax.saxutils import quoteattr
 
 from gsal_edge.acquisition.concept_graph import UNKNOWN, ConceptGraph
+from gsal_edge.errors import GSALError
 from trainer.images import atomic_write, decode_image, to_display_uint8
-from trainer.pool_store import ImageLabels, LabelBox, PoolStore, SliceInfo, StoreError
+from trainer.store.pool_store import PoolStore
+from trainer.store.types import ImageLabels, LabelBox, SliceInfo, StoreError
 
 LabelMode = Literal["typed", "binary"]
 #: (slice, boxes) -> one fine concept per box (binary mode)
@@ -48,7 +50,7 @@ LS_TO_NAME = "image"
 LS_DEFAULT_URL_PREFIX = "/data/local-files/?d="
 
 
-class AnnotationError(ValueError):
+class AnnotationError(GSALError, ValueError):
     """An annotation file failed validation; ``problems`` lists every problem (file and item named)."""
 
     def __init__(self, path: str | Path, problems: list[str]) -> None:

@@ -21,17 +21,19 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from gsal_edge.errors import GSALError
+from gsal_edge.jsonio import canonical_json
+
 GENESIS = "0" * 64
 
 
-class AuditError(RuntimeError):
+class AuditError(GSALError, RuntimeError):
     """The audit log cannot be appended to (e.g. a torn last line); the message names the file."""
 
 
 def canonical(entry: dict[str, Any]) -> bytes:
-    return json.dumps(entry, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode(
-        "utf-8"
-    )
+    """The bytes of one audit line (canonical JSON, UTF-8, no newline)."""
+    return canonical_json(entry).encode("utf-8")
 
 
 def entry_hash(line: bytes) -> str:

@@ -16,6 +16,8 @@ from typing import Any
 
 import typer
 
+from gsal_wire.cli_options import CLIENT_CA, TLS_CERT, TLS_KEY, client_tls_options
+
 app = typer.Typer(
     name="trainer",
     help="Trainer node: ingest score records, select rounds, annotation round trip, retrain and deploy.",
@@ -38,7 +40,8 @@ def _echo_json(obj: Any) -> None:
 
 
 def _open(store: Path):
-    from trainer.pool_store import PoolStore, StoreError
+    from trainer.store.pool_store import PoolStore
+    from trainer.store.types import StoreError
 
     try:
         return PoolStore(store)
@@ -55,9 +58,9 @@ def serve(
     host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (127.0.0.1 unless you mean to expose it)."),
     port: int = typer.Option(50061, "--port", help="Port (0 = pick a free one; see --port-file)."),
     port_file: Path | None = typer.Option(None, "--port-file", help="Write the bound port here once serving."),
-    tls_cert: Path | None = typer.Option(None, "--tls-cert", help="Server certificate (PEM)."),
-    tls_key: Path | None = typer.Option(None, "--tls-key", help="Server private key (PEM)."),
-    client_ca: Path | None = typer.Option(None, "--client-ca", help="CA of client certificates (mutual TLS)."),
+    tls_cert: Path | None = TLS_CERT,
+    tls_key: Path | None = TLS_KEY,
+    client_ca: Path | None = CLIENT_CA,
     insecure: bool = typer.Option(False, "--insecure", help="Plaintext gRPC (tests, loopback demos only)."),
     batch_items: int = typer.Option(128, "--batch-items", help="Commit every N ingested items."),
     workers: int = typer.Option(8, "--workers", help="Concurrent Ingest streams."),
@@ -73,11 +76,11 @@ def serve(
     else:
         if not (tls_cert and tls_key):
             _fail("give --tls-cert and --tls-key (add --client-ca for mutual TLS), or --insecure explicitly")
-        from gsal_wire.security import TLSConfig, server_credentials
+        from gsal_wire.cli_options import server_tls
+        from gsal_wire.security import server_credentials
 
-        creds = server_credentials(
-            TLSConfig(cert=tls_cert, key=tls_key, client_ca=client_ca, require_client_cert=client_ca is not None)
-        )
+        tls = server_tls(tls_cert, tls_key, client_ca, require_client_cert=client_ca is not None)
+        creds = server_credentials(tls)
     cfg = IngestConfig(host=host, port=port, batch_items=batch_items, max_workers=workers)
     serve_forever(store, cfg, credentials=creds, port_file=port_file)
 
@@ -189,14 +192,15 @@ BinaryClassOpt = typer.Option("defect", "--binary-class", help="The one label cl
 
 
 def _graph_and_config(graph: str, config: Path | None, sets: list[str] | None):
-    from gsal_edge.acquisition.concept_graph import GraphError, load_graph
-    from gsal_edge.acquisition.config import ConfigError, GSALConfig
+    from gsal_edge.acquisition.concept_graph import load_graph
+    from gsal_edge.acquisition.config import GSALConfig
+    from gsal_edge.errors import GSALError
 
     try:
         cfg = GSALConfig.from_yaml(config) if config else GSALConfig()
         cfg = cfg.with_overrides(list(sets or []))
         return load_graph(graph), cfg
-    except (GraphError, ConfigError) as e:
+    except GSALError as e:
         _fail(str(e))
 
 
@@ -210,15 +214,14 @@ def select(
     strategy: str = typer.Option("gsal", "--strategy", help="gsal (default) or a baseline/ablation name."),
 ) -> None:
     """Fuse the unlabeled pool with the graph and coverage counts; write picks + rationale (DB + audit log)."""
-    from gsal_edge.acquisition.rarity import RarityError
-    from gsal_edge.acquisition.score_pool import FusionError
-    from trainer.rounds import RoundError, select_round
+    from gsal_edge.errors import GSALError
+    from trainer.rounds import select_round
 
     g, cfg = _graph_and_config(graph, config, set_)
     s = _open(store)
     try:
         res = select_round(s, g, cfg, budget, strategy=strategy)
-    except (RoundError, FusionError, RarityError, KeyError) as e:
+    except (GSALError, KeyError) as e:
         _fail(e.args[0] if isinstance(e, KeyError) and e.args else str(e))
     finally:
         s.close()
@@ -242,8 +245,7 @@ def export_tasks(
         None, "--image-url-prefix", help="Prefix of data.image in Label Studio tasks (default /data/local-files/?d=)."),
 ) -> None:
     """Export the selected images as COCO and Label Studio tasks with detector pre-annotations."""
-    from trainer.pool_store import StoreError
-    from trainer.rounds import RoundError
+    from gsal_edge.errors import GSALError
     from trainer.rounds import export_tasks as run
 
     g, cfg = _graph_and_config(graph, config, set_)
@@ -251,7 +253,7 @@ def export_tasks(
     try:
         info = run(s, g, out, round_id=round_id, label_mode=cfg.label_mode, binary_class=binary_class,
                    image_url_prefix=image_url_prefix)
-    except (RoundError, StoreError) as e:
+    except GSALError as e:
         _fail(str(e))
     finally:
         s.close()
@@ -277,10 +279,7 @@ def import_labels(
                                  "stored proposal), auto (clip when a bundle is serving)."),
 ) -> None:
     """Validate finished labels completely, then store them in one transaction (nothing half-written)."""
-    from gsal_edge.scoring.bundle import BundleError
-    from trainer.annotation import AnnotationError
-    from trainer.pool_store import StoreError
-    from trainer.rounds import RoundError
+    from gsal_edge.errors import GSALError
     from trainer.rounds import import_labels as run
 
     if (labels is None) == (simulate_annotator is None):
@@ -291,7 +290,7 @@ def import_labels(
         rep = run(s, g, labels or simulate_annotator, round_id=round_id, fmt=fmt, label_mode=cfg.label_mode,
                   binary_class=binary_class, simulate=simulate_annotator is not None,
                   allow_unselected=allow_unselected, concepts=concepts)
-    except (AnnotationError, RoundError, StoreError, BundleError) as e:
+    except GSALError as e:
         _fail(str(e), 1)
     finally:
         s.close()
@@ -320,12 +319,10 @@ def _access(insecure: bool, ca: Path | None, cert: Path | None, key: Path | None
                          server_name=server_name)
 
 
-StInsecure = typer.Option(False, "--stations-insecure", help="Plaintext gRPC to the stations (loopback demos).")
-StCa = typer.Option(None, "--stations-ca", help="CA that signed the stations' certificates.")
-StCert = typer.Option(None, "--client-cert", help="Trainer's client certificate (stations with mTLS).")
-StKey = typer.Option(None, "--client-key", help="Trainer's client key (stations with mTLS).")
+_stations = client_tls_options("the stations", prefix="stations-", cert_prefix="")
+StInsecure, StCa, StCert, StKey, StName = (_stations.insecure, _stations.ca, _stations.client_cert,
+                                           _stations.client_key, _stations.server_name)
 StToken = typer.Option(None, "--admin-token-file", help="File with the stations' LoadBundle admin token.")
-StName = typer.Option(None, "--server-name", help="TLS server name override.")
 
 
 @app.command("deploy")
@@ -338,13 +335,19 @@ def deploy_cmd(
     server_name: str | None = StName,
 ) -> None:
     """Deploy a bundle to the registered stations and make it the serving one (e.g. the first bundle)."""
-    from trainer.deploy import DeployError, bundle_identity, deploy
+    from trainer.deploy import bundle_identity, deploy
 
     access = _access(stations_insecure, stations_ca, client_cert, client_key, admin_token_file, server_name)
+    _deploy_in(store, lambda s: deploy(s, *bundle_identity(bundle), access, push=push))
+
+
+def _deploy_in(store: Path, run) -> None:
+    """Open the store, run one deploy or rollback in it, print the report (a DeployError: exit 1)."""
+    from trainer.deploy import DeployError
+
     s = _open(store)
     try:
-        bid, path = bundle_identity(bundle)
-        rep = deploy(s, bid, path, access, push=push)
+        rep = run(s)
     except DeployError as e:
         _fail(str(e), 1)
     finally:
@@ -369,17 +372,10 @@ def rollback_cmd(
     server_name: str | None = StName,
 ) -> None:
     """Re-deploy the previous bundle; the current one is retired."""
-    from trainer.deploy import DeployError, rollback
+    from trainer.deploy import rollback
 
     access = _access(stations_insecure, stations_ca, client_cert, client_key, admin_token_file, server_name)
-    s = _open(store)
-    try:
-        rep = rollback(s, access, push=push)
-    except DeployError as e:
-        _fail(str(e), 1)
-    finally:
-        s.close()
-    _print_deploy(rep)
+    _deploy_in(store, lambda s: rollback(s, access, push=push))
 
 
 @app.command("rescore")
@@ -430,8 +426,8 @@ def retrain_cmd(
     server_name: str | None = StName,
 ) -> None:
     """Retrain on all labels, gate on the validation split, export a bundle and deploy it if not worse."""
-    from trainer.deploy import DeployError
-    from trainer.retrain import RetrainError, RetrainOptions, retrain
+    from gsal_edge.errors import GSALError
+    from trainer.retrain import RetrainOptions, retrain
 
     if threads:
         import torch
@@ -444,7 +440,7 @@ def retrain_cmd(
     s = _open(store)
     try:
         rep = retrain(s, opts, access, say=typer.echo)
-    except (RetrainError, DeployError) as e:
+    except GSALError as e:
         _fail(str(e), 1)
     finally:
         s.close()

@@ -19,13 +19,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gsal_edge.errors import GSALError
 from trainer.audit_log import AuditLog
-from trainer.pool_store import PoolStore, StoreError
+from trainer.store.pool_store import PoolStore
+from trainer.store.types import StoreError
 
 log = logging.getLogger(__name__)
 
 
-class DeployError(RuntimeError):
+class DeployError(GSALError, RuntimeError):
     """No station accepted the bundle (or there is nothing to roll back to)."""
 
 
@@ -132,7 +134,7 @@ def rescore_stale(
     """
     from gsal_wire.scorer_client import ItemFailed, ScorerClient
     from trainer.images import decode_image
-    from trainer.pool_store import IngestItem
+    from trainer.store.types import IngestItem
 
     todo = [s for s in store.stale_slices() if s.image_path is not None]
     if limit is not None:

@@ -19,6 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
+from gsal_edge.data.image_io import load_image
+from gsal_edge.errors import GSALError
+
 FSYNC_THREADS = 16  # concurrent fsyncs per image batch
 #: formats the store accepts, by file extension
 IMAGE_FORMATS = ("png", "tiff", "npy")
@@ -29,7 +32,7 @@ _MAGIC = {
 }
 
 
-class ImageError(ValueError):
+class ImageError(GSALError, ValueError):
     """Image bytes or pixels cannot be stored; the message names the item."""
 
 
@@ -69,19 +72,8 @@ def encode_pixels(pixels: np.ndarray, where: str = "image") -> tuple[bytes, str]
 
 
 def decode_image(path: str | Path) -> np.ndarray:
-    """Read a stored image back as a 2-D array (its stored dtype)."""
-    path = Path(path)
-    ext = path.suffix.lower().lstrip(".")
-    if ext == "npy":
-        return np.load(path, allow_pickle=False)
-    if ext in ("tif", "tiff"):
-        import tifffile
-
-        return tifffile.imread(path)
-    from PIL import Image
-
-    with Image.open(path) as im:
-        return np.asarray(im)
+    """Read a stored image back as a 2-D array (its stored dtype), with the project's one image reader."""
+    return load_image(path)
 
 
 def to_display_uint8(pixels: np.ndarray) -> np.ndarray:

@@ -3,7 +3,7 @@
 The servicer only translates messages (:func:`item_from_pb`) and calls :meth:`PoolStore.ingest`. Items are
 committed in batches while the stream is read (bounded memory); the single ``IngestAck`` is returned only
 after the last batch has committed, so an acknowledged record is on disk (WAL, ``synchronous=FULL``, see
-``trainer.pool_store``). If the trainer dies mid-stream the station gets no ack and re-sends the whole
+``trainer.store.schema``). If the trainer dies mid-stream the station gets no ack and re-sends the whole
 call; items already committed come back as ``duplicates`` and are not stored twice.
 
 Per-item problems do not fail the call: a malformed item is listed in ``IngestAck.rejected`` with
@@ -26,14 +26,15 @@ import grpc
 
 from gsal_edge.acquisition.records import RecordError
 from gsal_edge.data.slices import SliceError
-from gsal_wire.convert import PB_TO_ENCODING, decode_pb_slice, record_from_pb
-from gsal_wire.pb import TRAINER_SERVICE, common_pb2, trainer_pb2, trainer_pb2_grpc
+from gsal_edge.errors import GSALError
+from gsal_wire import STATION_ID_RE, MiB
+from gsal_wire.convert import PB_TO_ENCODING, decode_pb_slice, item_error, record_from_pb
+from gsal_wire.pb import TRAINER_SERVICE, trainer_pb2, trainer_pb2_grpc
 from trainer.images import ImageError, encode_pixels
-from trainer.pool_store import STATION_RE, IngestItem, PoolStore, StoreError
+from trainer.store.pool_store import PoolStore
+from trainer.store.types import IngestItem
 
 log = logging.getLogger(__name__)
-
-MiB = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,7 @@ class IngestConfig:
     grace_s: float = 5.0  # graceful-stop drain time
 
 
-class ItemInvalid(ValueError):
+class ItemInvalid(GSALError, ValueError):
     """One IngestItem cannot be stored; ``field`` names the offending field."""
 
     def __init__(self, field: str, message: str) -> None:
@@ -60,8 +61,8 @@ class ItemInvalid(ValueError):
 def item_from_pb(msg: trainer_pb2.IngestItem) -> IngestItem:
     """Validate and translate one wire item (pure; raises :class:`ItemInvalid`)."""
     station = msg.station_id
-    if not STATION_RE.match(station or ""):
-        raise ItemInvalid("station_id", f"station_id {station!r} must match {STATION_RE.pattern}")
+    if not STATION_ID_RE.match(station or ""):
+        raise ItemInvalid("station_id", f"station_id {station!r} must match {STATION_ID_RE.pattern}")
     if not msg.HasField("record"):
         raise ItemInvalid("record", "missing record")
     try:
@@ -99,10 +100,6 @@ def item_from_pb(msg: trainer_pb2.IngestItem) -> IngestItem:
     raise ItemInvalid("pixels", "neither slice nor ref given")
 
 
-def _item_error(code: grpc.StatusCode, field: str, message: str) -> common_pb2.ItemError:
-    return common_pb2.ItemError(code=code.value[0], code_name=code.name, field=field, message=message)
-
-
 class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
     """Translates Ingest streams into batched, durable :meth:`PoolStore.ingest` calls."""
 
@@ -123,7 +120,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
                 return
             try:
                 res = self.store.ingest(batch)
-            except (sqlite3.Error, OSError, StoreError) as e:
+            except (sqlite3.Error, OSError, GSALError) as e:
                 log.error("ingest commit failed: %s", e)
                 context.abort(grpc.StatusCode.UNAVAILABLE, f"trainer store commit failed: {e}")
                 raise  # abort() raises; this line is never reached
@@ -135,7 +132,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
                 else:
                     ack.rejected.add(
                         image_id=it.record.image_id,
-                        error=_item_error(
+                        error=item_error(
                             grpc.StatusCode.ALREADY_EXISTS, "record",
                             f"({it.station}, {it.record.image_id}, bundle {it.record.model.get('bundle')}) "
                             "is stored with different content; the first record is kept",
@@ -150,7 +147,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
             except ItemInvalid as e:
                 ack.rejected.add(
                     image_id=msg.record.image_id,
-                    error=_item_error(grpc.StatusCode.INVALID_ARGUMENT, e.field, str(e)),
+                    error=item_error(grpc.StatusCode.INVALID_ARGUMENT, e.field, str(e)),
                 )
                 continue
             batch.append(item)

@@ -22,16 +22,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gsal_edge.errors import GSALError
+from gsal_edge.jsonio import to_jsonable
 from trainer.audit_log import AuditLog
 from trainer.deploy import DeployReport, StationAccess, deploy
-from trainer.pool_store import PoolStore
+from trainer.store.pool_store import PoolStore
 
 log = logging.getLogger(__name__)
 
 SUMMARY_KEYS = ("f1", "map50", "ap", "precision", "recall", "f1_macro", "n_images")
 
 
-class RetrainError(RuntimeError):
+class RetrainError(GSALError, RuntimeError):
     """Retraining cannot start (no serving bundle, no labels, class mismatch); the message says why."""
 
 
@@ -95,11 +97,9 @@ def gate(new: dict[str, Any], serving: dict[str, Any], metric: str, tolerance: f
 
 def summarize(metrics: dict[str, Any]) -> dict[str, Any]:
     """The headline numbers of an evaluation, JSON-safe (NaN, e.g. a class absent from val -> None)."""
-    from trainer.rounds import json_safe
-
     out = {k: metrics[k] for k in SUMMARY_KEYS if k in metrics}
     out["per_class_f1"] = {c: v.get("f1") for c, v in (metrics.get("per_class") or {}).items()}
-    return json_safe(out)
+    return to_jsonable(out)
 
 
 @dataclass(frozen=True)
@@ -115,7 +115,7 @@ class Sources:
 def resolve_sources(store: PoolStore, models_dir: Path | None) -> Sources:
     """Where the serving detector, prior and CLIP live: ``models_dir``, else the serving bundle."""
     if models_dir is not None:
-        from export.sources import SourceError, discover_sources
+        from export.sources import SourceError, discover_sources  # the export's own source layout
 
         try:
             s = discover_sources(models_dir)
@@ -223,9 +223,10 @@ def retrain(
         b = next(b for b in store.bundles() if b["bundle_id"] == src.serving_bundle)
         store.add_bundle(b["bundle_id"], b["path"], b["role"], serving_m)
     if not g.passed:
-        audit.append("retrain", _plain(entry | {"deployed": False}))
+        audit.append("retrain", to_jsonable(entry | {"deployed": False}))
         return report
 
+    # trainer -> export is allowed: retrain exports the new bundle (stations never import export/)
     from export.config import load_export_config
     from export.pipeline import run_export
     from export.sources import ModelSources
@@ -243,8 +244,8 @@ def retrain(
     report.export_seconds = time.perf_counter() - t1
     report.bundle_id, report.bundle_dir = res.bundle_id, Path(res.bundle_dir)
     say(f"exported {res.bundle_id} in {report.export_seconds:.1f}s -> {res.bundle_dir}")
-    audit.append("retrain", _plain(entry | {"deployed": opts.deploy, "bundle_id": res.bundle_id,
-                                             "bundle_dir": str(res.bundle_dir)}))
+    audit.append("retrain", to_jsonable(entry | {"deployed": opts.deploy, "bundle_id": res.bundle_id,
+                                                 "bundle_dir": str(res.bundle_dir)}))
     bundle_path = str(Path(res.bundle_dir).resolve())
     if opts.deploy:
         report.deploy = deploy(store, res.bundle_id, bundle_path, access, metrics=new_m,
@@ -254,6 +255,3 @@ def retrain(
         report.notes.append("not deployed (--no-deploy): registered as a candidate; `trainer deploy` pushes it")
     return report
 
-
-def _plain(obj: Any) -> Any:
-    return json.loads(json.dumps(obj, default=float))

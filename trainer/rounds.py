@@ -1,6 +1,6 @@
 """Selection rounds over the stored pool, with every decision written to the hash-chained audit log.
 
-``select_round``: the current unlabeled pool (fresh records only, see ``trainer.pool_store``) is fused with
+``select_round``: the current unlabeled pool (fresh records only, see ``trainer.store.ingest``) is fused with
 the concept graph and the current coverage counts n(v) (spec sections 3-7) by the library
 (``ScorePool.from_records`` + a ``gsal_edge.acquisition.strategies`` strategy); the picks and their rationale go to
 the ``selections`` table and, in the same step, to ``audit.jsonl`` (the entry's hash is kept on the
@@ -21,14 +21,17 @@ import numpy as np
 
 from gsal_edge.acquisition.concept_graph import BACKGROUND, UNKNOWN, ConceptGraph
 from gsal_edge.acquisition.config import GSALConfig
+from gsal_edge.errors import GSALError
+from gsal_edge.jsonio import to_jsonable
 from trainer import annotation
 from trainer.audit_log import AuditLog, verify
-from trainer.pool_store import Pick, PoolStore, StoreError
+from trainer.store.pool_store import PoolStore
+from trainer.store.types import Pick, StoreError
 
 log = logging.getLogger(__name__)
 
 
-class RoundError(ValueError):
+class RoundError(GSALError, ValueError):
     """A round cannot run (empty pool, unknown concept in the labels, ...); the message says why."""
 
 
@@ -90,7 +93,7 @@ def select_round(
         Pick(p.image_id, p.rank, float(p.acquisition), dict(p.rationale) | {"sentence": p.sentence})
         for p in sel.picks
     ]
-    params = {"config": config.to_dict(), "counts": counts, "graph": graph.name, "info": json_safe(sel.info)}
+    params = {"config": config.to_dict(), "counts": counts, "graph": graph.name, "info": to_jsonable(sel.info)}
     round_id = store.record_round(
         picks, budget=budget, strategy=sel.strategy, pool_size=len(records), params=params,
         bundle_id=store.current_bundle,
@@ -111,14 +114,14 @@ def select_round(
             for p in picks
         ],
     }
-    h = audit_log(store).append("selection", json_safe(entry))
+    h = audit_log(store).append("selection", to_jsonable(entry))
     store.set_round_audit_hash(round_id, h)
     log.info("round %d: %d picks from a pool of %d (%s)", round_id, len(picks), len(records), sel.strategy)
     return RoundResult(
         round_id,
         [{"rank": p.rank, "image_id": p.key, "acquisition": p.score, "sentence": p.rationale["sentence"]}
          for p in picks],
-        len(records), counts, h, json_safe(sel.info),
+        len(records), counts, h, to_jsonable(sel.info),
     )
 
 
@@ -180,7 +183,7 @@ def import_labels(
                                        allow_unselected=allow_unselected)
     entry = rep.to_dict() | {"coverage": fine_counts(store, graph, label_mode), "label_mode": label_mode,
                              "concept_assigner": assigner_name}
-    audit_log(store).append("labels", json_safe(entry))
+    audit_log(store).append("labels", to_jsonable(entry))
     return rep
 
 
@@ -213,23 +216,6 @@ def audit_entry_hashes(path: Path) -> list[str]:
     if not Path(path).exists():
         return []
     return [entry_hash(line) for line in Path(path).read_bytes().splitlines() if line.strip()]
-
-
-def json_safe(obj: Any) -> Any:
-    """numpy scalars/arrays and tuples -> plain JSON types (the audit log is strict JSON)."""
-    if isinstance(obj, dict):
-        return {str(k): json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_safe(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return json_safe(obj.tolist())
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, float) and not np.isfinite(obj):
-        return None
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
 
 
 __all__ = [

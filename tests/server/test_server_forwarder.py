@@ -28,7 +28,7 @@ from server.config import ServerConfig, TrainerLink
 from server.station import default_scorer_factory
 from trainer.images import decode_image
 from trainer.ingest_service import IngestConfig, RunningServer, start_server
-from trainer.pool_store import PoolStore
+from trainer.store.pool_store import PoolStore
 
 SPEC = "untrained:seed=0,size=32"
 STATION = "st-01"

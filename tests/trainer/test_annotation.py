@@ -16,7 +16,8 @@ from trainer.annotation import (
     import_labels,
     simulate_annotator,
 )
-from trainer.pool_store import Pick, PoolStore
+from trainer.store.pool_store import PoolStore
+from trainer.store.types import Pick
 
 
 @pytest.fixture

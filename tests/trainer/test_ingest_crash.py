@@ -22,7 +22,7 @@ from test_trainer_helpers import make_pixels, make_record
 
 from gsal_wire.pb import trainer_pb2_grpc
 from gsal_wire.trainer_client import PushItem, RetryPolicy, TrainerPushClient, item_to_pb
-from trainer.pool_store import PoolStore
+from trainer.store.pool_store import PoolStore
 
 REPO = Path(__file__).resolve().parents[2]
 N_PER_STATION = 240

@@ -17,7 +17,7 @@ from gsal_wire.pb import trainer_pb2, trainer_pb2_grpc
 from gsal_wire.trainer_client import PushError, PushItem, RetryPolicy, TrainerPushClient
 from trainer.images import decode_image
 from trainer.ingest_service import IngestConfig, start_server
-from trainer.pool_store import PoolStore
+from trainer.store.pool_store import PoolStore
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from test_trainer_helpers import make_pixels, make_record
 from gsal_wire.security import TLSConfig, server_credentials
 from gsal_wire.trainer_client import PushError, PushItem, RetryPolicy, TrainerPushClient
 from trainer.ingest_service import IngestConfig, start_server
-from trainer.pool_store import PoolStore
+from trainer.store.pool_store import PoolStore
 
 
 @pytest.fixture

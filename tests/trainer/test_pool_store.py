@@ -9,16 +9,9 @@ from test_trainer_helpers import make_item, make_pixels, make_record
 
 from gsal_edge.acquisition.records import ScoreRecord
 from trainer.images import decode_image, sha256_bytes
-from trainer.pool_store import (
-    SCHEMA_VERSION,
-    ImageLabels,
-    IngestItem,
-    LabelBox,
-    Pick,
-    PoolStore,
-    StoreError,
-    pool_key,
-)
+from trainer.store.pool_store import PoolStore
+from trainer.store.schema import SCHEMA_VERSION
+from trainer.store.types import ImageLabels, IngestItem, LabelBox, Pick, StoreError, pool_key
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import numpy as np
 
 from gsal_edge.acquisition.records import ProposalScore, ScoreRecord
 from trainer.images import encode_pixels
-from trainer.pool_store import IngestItem
+from trainer.store.types import IngestItem
 
 CONCEPTS = ("void", "inclusion", "petal", "drill_hole")
 

@@ -43,9 +43,10 @@ def test_retrain_gate_deploy_rescore_rollback(tmp_path: Path):
     from trainer.audit_log import read_entries, verify
     from trainer.deploy import StationAccess, bundle_identity, deploy, rescore_stale, rollback
     from trainer.images import decode_image
-    from trainer.pool_store import IngestItem, PoolStore
     from trainer.retrain import RetrainOptions, retrain
     from trainer.rounds import import_labels, select_round
+    from trainer.store.pool_store import PoolStore
+    from trainer.store.types import IngestItem
 
     synth = SynthConfig(height=192, width=192)
     pool_ds = generate_dataset(tmp_path / "pool", 20, seed=1, cfg=synth, progress=False)

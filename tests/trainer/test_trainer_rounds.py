@@ -12,8 +12,8 @@ from gsal_edge.acquisition.concept_graph import load_graph
 from gsal_edge.acquisition.config import GSALConfig
 from trainer.audit_log import read_entries, verify
 from trainer.cli import app
-from trainer.pool_store import PoolStore
 from trainer.rounds import RoundError, fine_counts, select_round
+from trainer.store.pool_store import PoolStore
 
 
 @pytest.fixture

@@ -1,269 +1,44 @@
-"""The trainer's durable pool: one SQLite file in WAL mode plus content-addressed images on disk.
+"""The trainer's durable pool: one SQLite file (``trainer.store.schema``) plus content-addressed images.
 
-Layout of a store directory::
-
-    <root>/pool.sqlite     stations, slices, score_records, proposals, labels, label_boxes,
-                           rounds, selections, bundles, kv (schema version in PRAGMA user_version)
-    <root>/images/         slice images named by sha256 (see ``trainer.images``)
-    <root>/audit.jsonl     the hash-chained audit log (``trainer.audit_log``)
-
-Durability. Every write is one ``BEGIN IMMEDIATE ... COMMIT`` transaction with ``journal_mode=WAL`` and
-``synchronous=FULL``: a commit that returned is on disk even after a power loss, not only after a
-process crash (NORMAL would only survive the latter, and the trainer acknowledges records to stations
-that may then drop their copy). Ingest batches many records per transaction, so the one fsync per
-commit is amortized. Image files are written atomically and fsynced *before* the row that names them
-commits, so a committed row never points at a missing file.
-
-Idempotency. A slice is keyed by (station, slice id); a score record by (slice, bundle id).
-
-* same key, same content (sha256 of the canonical record JSON): a duplicate, nothing written;
-* same (station, slice), a different bundle: the new record is stored *alongside* the old one;
-* same (station, slice, bundle), different content: a conflict; the first record is kept (the rationale
-  of any round that used it stays reproducible), the newcomer is counted and logged, not stored.
-  Scoring is seeded per image, so this only happens if a station changes its scoring config without
-  changing its bundle.
-
-Several bundles (mark-stale, not re-score). The store has one *current bundle* (the one deployed by the
-trainer; until one is deployed, the bundle of the first record ever ingested). Records made by any other
-bundle are marked ``stale`` and excluded from selection: raw E_rec/V_den and detector proposals of two
-different models are not comparable inside one z-scored pool. A slice whose only records are stale
-waits, unselectable, until a station re-scores it with the current bundle (``stale_slices()`` lists
-them with their stored image for that). Stale records are kept, never deleted: past rounds cite them.
-
-Pool keys. Records handed to selection carry ``image_id = "<station>/<slice id>"`` so two stations may
-reuse a slice id; the station's own id stays in ``model["station"]``.
+:class:`PoolStore` is the one handle on a store directory: ingest (``trainer.store.ingest``), the pool
+queries selection reads, rounds and their picks, labels and coverage n(v), the serving / previous
+bundles, status and online backup. Every write is one ``BEGIN IMMEDIATE ... COMMIT`` transaction
+(WAL, ``synchronous=FULL``); ingest batches many records per transaction, so the one fsync per commit
+is amortized.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import re
 import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Self
 
 from gsal_edge.acquisition.records import ScoreRecord
 from gsal_edge.data.dataset import Annotation, DetectionDataset, ImageEntry
+from gsal_edge.jsonio import canonical_json
 from trainer.images import ImageStore
+from trainer.store.ingest import insert_items, prepare_items, store_images
+from trainer.store.schema import connect, migrate, transaction
+from trainer.store.types import (
+    ImageLabels,
+    IngestItem,
+    IngestResult,
+    Pick,
+    SliceInfo,
+    StoreError,
+    check_station,
+    pool_key,
+    split_key,
+)
 
 DB_NAME = "pool.sqlite"
 IMAGES_DIR = "images"
 AUDIT_NAME = "audit.jsonl"
-UNKNOWN_BUNDLE = "unknown"
-STATION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
-
-# Each entry migrates the schema from version i to i + 1 (PRAGMA user_version). Append, never edit.
-MIGRATIONS: tuple[str, ...] = (
-    """
-    CREATE TABLE kv (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-    CREATE TABLE stations (
-        station_id TEXT PRIMARY KEY,
-        address    TEXT,                     -- host:port of its Scorer service (deploy target)
-        bundle_id  TEXT,                     -- bundle of its latest record
-        first_seen REAL NOT NULL,
-        last_seen  REAL NOT NULL
-    );
-    CREATE TABLE slices (
-        id           INTEGER PRIMARY KEY,
-        station_id   TEXT NOT NULL REFERENCES stations(station_id),
-        slice_id     TEXT NOT NULL,
-        image_sha256 TEXT,                   -- content-addressed file under images/
-        image_format TEXT,
-        image_ref    TEXT,                   -- where the station keeps the pixels (if not sent)
-        width        INTEGER,
-        height       INTEGER,
-        meta_json    TEXT NOT NULL DEFAULT '{}',
-        ingested_at  REAL NOT NULL,
-        UNIQUE (station_id, slice_id)
-    );
-    CREATE TABLE score_records (
-        id             INTEGER PRIMARY KEY,
-        slice_pk       INTEGER NOT NULL REFERENCES slices(id) ON DELETE CASCADE,
-        bundle_id      TEXT NOT NULL,
-        content_sha256 TEXT NOT NULL,
-        e_rec          REAL NOT NULL,
-        v_den          REAL NOT NULL,
-        n_proposals    INTEGER NOT NULL,
-        record_json    TEXT NOT NULL,        -- the raw spec section 11 record as the station sent it
-        stale          INTEGER NOT NULL DEFAULT 0 CHECK (stale IN (0, 1)),
-        ingested_at    REAL NOT NULL,
-        UNIQUE (slice_pk, bundle_id)
-    );
-    CREATE INDEX score_records_fresh ON score_records (stale, slice_pk);
-    CREATE TABLE proposals (
-        record_id       INTEGER NOT NULL REFERENCES score_records(id) ON DELETE CASCADE,
-        idx             INTEGER NOT NULL,
-        x1 REAL NOT NULL, y1 REAL NOT NULL, x2 REAL NOT NULL, y2 REAL NOT NULL,
-        score           REAL NOT NULL,
-        e_rec           REAL NOT NULL,
-        v_den           REAL NOT NULL,
-        concept         TEXT NOT NULL,
-        label           TEXT,
-        similarity_json TEXT NOT NULL,
-        PRIMARY KEY (record_id, idx)
-    ) WITHOUT ROWID;
-    CREATE TABLE rounds (
-        id          INTEGER PRIMARY KEY,
-        created_at  REAL NOT NULL,
-        budget      INTEGER NOT NULL,
-        strategy    TEXT NOT NULL,
-        bundle_id   TEXT,
-        pool_size   INTEGER NOT NULL,
-        params_json TEXT NOT NULL,
-        audit_hash  TEXT,                    -- sha256 of the round's audit-log entry (NULL = not logged)
-        status      TEXT NOT NULL DEFAULT 'selected' CHECK (status IN ('selected', 'labeled', 'cancelled'))
-    );
-    CREATE TABLE selections (
-        round_id       INTEGER NOT NULL REFERENCES rounds(id) ON DELETE CASCADE,
-        slice_pk       INTEGER NOT NULL REFERENCES slices(id),
-        rank           INTEGER NOT NULL,
-        score          REAL NOT NULL,
-        rationale_json TEXT NOT NULL,
-        PRIMARY KEY (round_id, slice_pk),
-        UNIQUE (round_id, rank)
-    );
-    CREATE INDEX selections_slice ON selections (slice_pk);
-    CREATE TABLE labels (
-        slice_pk   INTEGER PRIMARY KEY REFERENCES slices(id),
-        round_id   INTEGER REFERENCES rounds(id),
-        width      INTEGER NOT NULL,
-        height     INTEGER NOT NULL,
-        source     TEXT NOT NULL,
-        labeled_at REAL NOT NULL
-    );
-    CREATE TABLE label_boxes (
-        id       INTEGER PRIMARY KEY,
-        slice_pk INTEGER NOT NULL REFERENCES labels(slice_pk) ON DELETE CASCADE,
-        x1 REAL NOT NULL, y1 REAL NOT NULL, x2 REAL NOT NULL, y2 REAL NOT NULL,
-        category TEXT NOT NULL,              -- class name (typed mode) or e.g. "defect" (binary mode)
-        concept  TEXT                        -- fine concept the box counts for (binary mode: assigned)
-    );
-    CREATE INDEX label_boxes_slice ON label_boxes (slice_pk);
-    CREATE TABLE bundles (
-        bundle_id    TEXT PRIMARY KEY,
-        path         TEXT,
-        created_at   REAL NOT NULL,
-        role         TEXT NOT NULL
-                     CHECK (role IN ('candidate', 'serving', 'previous', 'rejected', 'retired')),
-        metrics_json TEXT NOT NULL DEFAULT '{}',
-        note         TEXT
-    );
-    """,
-)
-SCHEMA_VERSION = len(MIGRATIONS)
-
-
-class StoreError(ValueError):
-    """A store operation was refused; the message names the store file and the item."""
-
-
-# ---------------------------------------------------------------------------------------------- types
-
-
-@dataclass
-class IngestItem:
-    """One score record as it arrives from a station, with its pixels (encoded) or a reference."""
-
-    station: str
-    record: ScoreRecord
-    image: bytes | None = None  # PNG / TIFF / NPY bytes (see trainer.images.encode_pixels)
-    image_format: str | None = None  # sniffed from the bytes when None
-    image_ref: str | None = None  # where the station stored the pixels, when not sent
-    width: int | None = None
-    height: int | None = None
-
-
-Outcome = Literal["inserted", "duplicate", "conflict"]
-
-
-@dataclass
-class IngestResult:
-    """What one committed ingest batch did, item by item (same order as the input)."""
-
-    outcomes: list[Outcome] = field(default_factory=list)
-
-    @property
-    def inserted(self) -> int:
-        return self.outcomes.count("inserted")
-
-    @property
-    def duplicates(self) -> int:
-        return self.outcomes.count("duplicate")
-
-    @property
-    def conflicts(self) -> int:
-        return self.outcomes.count("conflict")
-
-
-@dataclass
-class LabelBox:
-    box: tuple[float, float, float, float]  # x1, y1, x2, y2 pixels
-    category: str
-    concept: str | None = None  # the fine concept this box counts for; None -> category
-
-
-@dataclass
-class ImageLabels:
-    """The finished labels of one pool image (zero boxes = a checked, defect-free slice)."""
-
-    key: str
-    width: int
-    height: int
-    boxes: list[LabelBox] = field(default_factory=list)
-
-
-@dataclass
-class Pick:
-    key: str
-    rank: int
-    score: float
-    rationale: dict[str, Any]
-
-
-@dataclass
-class SliceInfo:
-    key: str
-    pk: int
-    station: str
-    slice_id: str
-    image_path: Path | None
-    image_ref: str | None
-    width: int | None
-    height: int | None
-    meta: dict[str, Any]
-
-
-def pool_key(station: str, slice_id: str) -> str:
-    """The image id selection sees for a station's slice."""
-    return f"{station}/{slice_id}"
-
-
-def split_key(key: str) -> tuple[str, str]:
-    station, sep, slice_id = key.partition("/")
-    if not sep or not station or not slice_id:
-        raise StoreError(f"pool key {key!r} is not '<station>/<slice id>'")
-    return station, slice_id
-
-
-def canonical_json(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-
-
-def record_digest(record: ScoreRecord) -> str:
-    return hashlib.sha256(canonical_json(record.to_dict()).encode("utf-8")).hexdigest()
-
-
-def bundle_of(record: ScoreRecord) -> str:
-    return record.model.get("bundle") or UNKNOWN_BUNDLE
-
-
-# ---------------------------------------------------------------------------------------------- store
 
 
 class PoolStore:
@@ -276,14 +51,9 @@ class PoolStore:
         self.images = ImageStore(self.root / IMAGES_DIR)
         self.audit_path = self.root / AUDIT_NAME
         self._lock = threading.RLock()
-        self._conn = sqlite3.connect(
-            self.db_path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False
-        )
-        self._conn.row_factory = sqlite3.Row
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=FULL")
-        self._conn.execute("PRAGMA foreign_keys=ON")
-        self._migrate()
+        self._conn = connect(self.db_path, busy_timeout_s)
+        with self._lock:
+            migrate(self._conn, self.db_path)
 
     # -- plumbing
 
@@ -300,31 +70,12 @@ class PoolStore:
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         """One write transaction: BEGIN IMMEDIATE ... COMMIT, rolled back on any exception."""
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._conn
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            self._conn.execute("COMMIT")
+        with self._lock, transaction(self._conn) as c:
+            yield c
 
     def _q(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[sqlite3.Row]:
         with self._lock:
             return self._conn.execute(sql, params).fetchall()
-
-    def _migrate(self) -> None:
-        with self._lock:
-            version = self._conn.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise StoreError(
-                    f"{self.db_path}: schema version {version} is newer than this code's {SCHEMA_VERSION}"
-                )
-            for v in range(version, SCHEMA_VERSION):
-                with self._write() as c:
-                    for stmt in _split_sql(MIGRATIONS[v]):
-                        c.execute(stmt)
-                    c.execute(f"PRAGMA user_version={v + 1}")
 
     @property
     def schema_version(self) -> int:
@@ -355,7 +106,7 @@ class PoolStore:
 
     def register_station(self, station: str, address: str | None = None) -> None:
         """Add or update a station (``address`` = host:port of its Scorer, the deploy target)."""
-        _check_station(station, str(self.db_path))
+        check_station(station, str(self.db_path))
         now = time.time()
         with self._write() as c:
             c.execute(
@@ -371,104 +122,15 @@ class PoolStore:
     # -- ingest
 
     def ingest(self, items: Sequence[IngestItem]) -> IngestResult:
-        """Store a batch durably in one transaction (images first); idempotent, see the module doc.
+        """Store a batch durably in one transaction (images first); idempotent, see ``trainer.store.ingest``.
 
         Raises StoreError (naming the item) before writing anything if an item is invalid.
         """
-        prepared = []
-        for i, it in enumerate(items):
-            where = f"ingest item {i} (station={it.station!r}, image_id={it.record.image_id!r})"
-            _check_station(it.station, where)
-            rec_station = it.record.model.get("station")
-            if rec_station and rec_station != it.station:
-                raise StoreError(f"{where}: record's model.station={rec_station!r} differs from the stream's")
-            if it.image is None and it.image_ref is None:
-                raise StoreError(f"{where}: neither image bytes nor an image reference")
-            if it.width is not None and (it.width <= 0 or (it.height or 0) <= 0):
-                raise StoreError(f"{where}: width/height must be positive, got {it.width}x{it.height}")
-            prepared.append((it, where, record_digest(it.record), canonical_json(it.record.to_dict())))
-        # images: durable before any row names them; content-addressed, so safe outside the lock
-        with_pixels = [(it.image, it.image_format, where) for it, where, _, _ in prepared if it.image is not None]
-        stored = iter(self.images.put_many(with_pixels))
-        images = [next(stored) if it.image is not None else None for it, _, _, _ in prepared]
-
-        result = IngestResult()
+        prepared = prepare_items(items)
+        images = store_images(self.images, prepared)
         now = time.time()
         with self._write() as c:
-            current = c.execute("SELECT value FROM kv WHERE key = 'current_bundle'").fetchone()
-            current_bundle = current[0] if current else None
-            for (it, where, digest, rec_json), img in zip(prepared, images):
-                rec = it.record
-                bundle = bundle_of(rec)
-                if current_bundle is None:
-                    current_bundle = bundle
-                    c.execute("INSERT INTO kv (key, value) VALUES ('current_bundle', ?)", (bundle,))
-                c.execute(
-                    "INSERT INTO stations (station_id, bundle_id, first_seen, last_seen) VALUES (?, ?, ?, ?) "
-                    "ON CONFLICT (station_id) DO UPDATE SET bundle_id = excluded.bundle_id, "
-                    "last_seen = excluded.last_seen",
-                    (it.station, bundle, now, now),
-                )
-                row = c.execute(
-                    "SELECT id, image_sha256 FROM slices WHERE station_id = ? AND slice_id = ?",
-                    (it.station, rec.image_id),
-                ).fetchone()
-                if row is None:
-                    slice_pk = c.execute(
-                        "INSERT INTO slices (station_id, slice_id, image_sha256, image_format, image_ref, "
-                        "width, height, meta_json, ingested_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        (
-                            it.station,
-                            rec.image_id,
-                            img[0] if img else None,
-                            img[1] if img else None,
-                            it.image_ref,
-                            it.width,
-                            it.height,
-                            canonical_json(rec.meta),
-                            now,
-                        ),
-                    ).lastrowid
-                else:
-                    slice_pk = row["id"]
-                    if row["image_sha256"] is None and img is not None:
-                        c.execute(
-                            "UPDATE slices SET image_sha256 = ?, image_format = ?, "
-                            "width = coalesce(width, ?), height = coalesce(height, ?) WHERE id = ?",
-                            (img[0], img[1], it.width, it.height, slice_pk),
-                        )
-                old = c.execute(
-                    "SELECT content_sha256 FROM score_records WHERE slice_pk = ? AND bundle_id = ?",
-                    (slice_pk, bundle),
-                ).fetchone()
-                if old is not None:
-                    result.outcomes.append("duplicate" if old[0] == digest else "conflict")
-                    continue
-                rec_pk = c.execute(
-                    "INSERT INTO score_records (slice_pk, bundle_id, content_sha256, e_rec, v_den, "
-                    "n_proposals, record_json, stale, ingested_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        slice_pk,
-                        bundle,
-                        digest,
-                        rec.e_rec,
-                        rec.v_den,
-                        len(rec.proposals),
-                        rec_json,
-                        int(bundle != current_bundle),
-                        now,
-                    ),
-                ).lastrowid
-                c.executemany(
-                    "INSERT INTO proposals (record_id, idx, x1, y1, x2, y2, score, e_rec, v_den, concept, "
-                    "label, similarity_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [
-                        (rec_pk, j, *p.box, p.score, p.e_rec, p.v_den, p.concept, p.label,
-                         canonical_json(p.similarity))
-                        for j, p in enumerate(rec.proposals)
-                    ],
-                )
-                result.outcomes.append("inserted")
+            result = insert_items(c, prepared, images, now)
         return result
 
     # -- pool queries
@@ -818,19 +480,3 @@ class PoolStore:
                         shutil.copy2(src, dst)
                         copied += 1
         return {"database": str(out), "bytes": out.stat().st_size, "images_copied": copied}
-
-
-def _check_station(station: str, where: str) -> None:
-    if not isinstance(station, str) or not STATION_RE.match(station):
-        raise StoreError(f"{where}: station id {station!r} must match {STATION_RE.pattern}")
-
-
-def _split_sql(script: str) -> list[str]:
-    """Statements of a migration script (no ';' inside literals in our migrations)."""
-    stmts = []
-    for part in script.split(";"):
-        lines = [ln.split("--", 1)[0] for ln in part.splitlines()]
-        s = "\n".join(lines).strip()
-        if s:
-            stmts.append(s)
-    return stmts

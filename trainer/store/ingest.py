@@ -1,0 +1,142 @@
+"""Ingest: validate a batch of score records, store their images, insert their rows idempotently.
+
+Idempotency. A slice is keyed by (station, slice id); a score record by (slice, bundle id).
+
+* same key, same content (sha256 of the canonical record JSON): a duplicate, nothing written;
+* same (station, slice), a different bundle: the new record is stored *alongside* the old one;
+* same (station, slice, bundle), different content: a conflict; the first record is kept (the rationale
+  of any round that used it stays reproducible), the newcomer is counted and logged, not stored.
+  Scoring is seeded per image, so this only happens if a station changes its scoring config without
+  changing its bundle.
+
+Several bundles (mark-stale, not re-score). The store has one *current bundle* (the one deployed by the
+trainer; until one is deployed, the bundle of the first record ever ingested). Records made by any other
+bundle are marked ``stale`` and excluded from selection: raw E_rec/V_den and detector proposals of two
+different models are not comparable inside one z-scored pool. A slice whose only records are stale
+waits, unselectable, until a station re-scores it with the current bundle (``PoolStore.stale_slices()``
+lists them with their stored image for that). Stale records are kept, never deleted: past rounds cite them.
+
+Image files are written atomically and fsynced *before* the rows that name them commit, so a committed
+row never points at a missing file.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+
+from gsal_edge.jsonio import canonical_json
+from trainer.images import ImageStore
+from trainer.store.types import IngestItem, IngestResult, StoreError, bundle_of, check_station, record_digest
+
+#: one validated item: (item, where it is named in errors, content sha256, canonical record JSON)
+Prepared = tuple[IngestItem, str, str, str]
+
+
+def prepare_items(items: Sequence[IngestItem]) -> list[Prepared]:
+    """Validate every item before anything is written; StoreError names the first invalid one."""
+    prepared = []
+    for i, it in enumerate(items):
+        where = f"ingest item {i} (station={it.station!r}, image_id={it.record.image_id!r})"
+        check_station(it.station, where)
+        rec_station = it.record.model.get("station")
+        if rec_station and rec_station != it.station:
+            raise StoreError(f"{where}: record's model.station={rec_station!r} differs from the stream's")
+        if it.image is None and it.image_ref is None:
+            raise StoreError(f"{where}: neither image bytes nor an image reference")
+        if it.width is not None and (it.width <= 0 or (it.height or 0) <= 0):
+            raise StoreError(f"{where}: width/height must be positive, got {it.width}x{it.height}")
+        prepared.append((it, where, record_digest(it.record), canonical_json(it.record.to_dict())))
+    return prepared
+
+
+def store_images(images: ImageStore, prepared: Sequence[Prepared]) -> list[tuple[str, str] | None]:
+    """Write the items' pixels durably; (sha256, format) per item, None for an item sent by reference.
+
+    Content-addressed, so safe outside the database lock and before the transaction that names them.
+    """
+    with_pixels = [(it.image, it.image_format, where) for it, where, _, _ in prepared if it.image is not None]
+    stored = iter(images.put_many(with_pixels))
+    return [next(stored) if it.image is not None else None for it, _, _, _ in prepared]
+
+
+def insert_items(
+    c: sqlite3.Connection, prepared: Sequence[Prepared], images: Sequence[tuple[str, str] | None], now: float
+) -> IngestResult:
+    """The rows of one batch, inside the caller's write transaction (see the module doc for the rules)."""
+    result = IngestResult()
+    current = c.execute("SELECT value FROM kv WHERE key = 'current_bundle'").fetchone()
+    current_bundle = current[0] if current else None
+    for (it, where, digest, rec_json), img in zip(prepared, images):
+        rec = it.record
+        bundle = bundle_of(rec)
+        if current_bundle is None:
+            current_bundle = bundle
+            c.execute("INSERT INTO kv (key, value) VALUES ('current_bundle', ?)", (bundle,))
+        c.execute(
+            "INSERT INTO stations (station_id, bundle_id, first_seen, last_seen) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (station_id) DO UPDATE SET bundle_id = excluded.bundle_id, "
+            "last_seen = excluded.last_seen",
+            (it.station, bundle, now, now),
+        )
+        row = c.execute(
+            "SELECT id, image_sha256 FROM slices WHERE station_id = ? AND slice_id = ?",
+            (it.station, rec.image_id),
+        ).fetchone()
+        if row is None:
+            slice_pk = c.execute(
+                "INSERT INTO slices (station_id, slice_id, image_sha256, image_format, image_ref, "
+                "width, height, meta_json, ingested_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    it.station,
+                    rec.image_id,
+                    img[0] if img else None,
+                    img[1] if img else None,
+                    it.image_ref,
+                    it.width,
+                    it.height,
+                    canonical_json(rec.meta),
+                    now,
+                ),
+            ).lastrowid
+        else:
+            slice_pk = row["id"]
+            if row["image_sha256"] is None and img is not None:
+                c.execute(
+                    "UPDATE slices SET image_sha256 = ?, image_format = ?, "
+                    "width = coalesce(width, ?), height = coalesce(height, ?) WHERE id = ?",
+                    (img[0], img[1], it.width, it.height, slice_pk),
+                )
+        old = c.execute(
+            "SELECT content_sha256 FROM score_records WHERE slice_pk = ? AND bundle_id = ?",
+            (slice_pk, bundle),
+        ).fetchone()
+        if old is not None:
+            result.outcomes.append("duplicate" if old[0] == digest else "conflict")
+            continue
+        rec_pk = c.execute(
+            "INSERT INTO score_records (slice_pk, bundle_id, content_sha256, e_rec, v_den, "
+            "n_proposals, record_json, stale, ingested_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                slice_pk,
+                bundle,
+                digest,
+                rec.e_rec,
+                rec.v_den,
+                len(rec.proposals),
+                rec_json,
+                int(bundle != current_bundle),
+                now,
+            ),
+        ).lastrowid
+        c.executemany(
+            "INSERT INTO proposals (record_id, idx, x1, y1, x2, y2, score, e_rec, v_den, concept, "
+            "label, similarity_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (rec_pk, j, *p.box, p.score, p.e_rec, p.v_den, p.concept, p.label,
+                 canonical_json(p.similarity))
+                for j, p in enumerate(rec.proposals)
+            ],
+        )
+        result.outcomes.append("inserted")
+    return result

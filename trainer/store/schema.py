@@ -1,0 +1,164 @@
+"""The pool database's schema and how a connection to it is opened, migrated and written.
+
+``MIGRATIONS[i]`` takes the schema from version i to i + 1; the version lives in ``PRAGMA user_version``,
+so opening an older file migrates it in place and a newer one is refused.
+
+Durability. Every connection runs ``journal_mode=WAL`` with ``synchronous=FULL``: a commit that returned is
+on disk even after a power loss, not only after a process crash (NORMAL would only survive the latter,
+and the trainer acknowledges records to stations that may then drop their copy). Every write is one
+``BEGIN IMMEDIATE ... COMMIT`` transaction (:func:`transaction`).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from trainer.store.types import StoreError
+
+# Each entry migrates the schema from version i to i + 1 (PRAGMA user_version). Append, never edit.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE kv (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE stations (
+        station_id TEXT PRIMARY KEY,
+        address    TEXT,                     -- host:port of its Scorer service (deploy target)
+        bundle_id  TEXT,                     -- bundle of its latest record
+        first_seen REAL NOT NULL,
+        last_seen  REAL NOT NULL
+    );
+    CREATE TABLE slices (
+        id           INTEGER PRIMARY KEY,
+        station_id   TEXT NOT NULL REFERENCES stations(station_id),
+        slice_id     TEXT NOT NULL,
+        image_sha256 TEXT,                   -- content-addressed file under images/
+        image_format TEXT,
+        image_ref    TEXT,                   -- where the station keeps the pixels (if not sent)
+        width        INTEGER,
+        height       INTEGER,
+        meta_json    TEXT NOT NULL DEFAULT '{}',
+        ingested_at  REAL NOT NULL,
+        UNIQUE (station_id, slice_id)
+    );
+    CREATE TABLE score_records (
+        id             INTEGER PRIMARY KEY,
+        slice_pk       INTEGER NOT NULL REFERENCES slices(id) ON DELETE CASCADE,
+        bundle_id      TEXT NOT NULL,
+        content_sha256 TEXT NOT NULL,
+        e_rec          REAL NOT NULL,
+        v_den          REAL NOT NULL,
+        n_proposals    INTEGER NOT NULL,
+        record_json    TEXT NOT NULL,        -- the raw spec section 11 record as the station sent it
+        stale          INTEGER NOT NULL DEFAULT 0 CHECK (stale IN (0, 1)),
+        ingested_at    REAL NOT NULL,
+        UNIQUE (slice_pk, bundle_id)
+    );
+    CREATE INDEX score_records_fresh ON score_records (stale, slice_pk);
+    CREATE TABLE proposals (
+        record_id       INTEGER NOT NULL REFERENCES score_records(id) ON DELETE CASCADE,
+        idx             INTEGER NOT NULL,
+        x1 REAL NOT NULL, y1 REAL NOT NULL, x2 REAL NOT NULL, y2 REAL NOT NULL,
+        score           REAL NOT NULL,
+        e_rec           REAL NOT NULL,
+        v_den           REAL NOT NULL,
+        concept         TEXT NOT NULL,
+        label           TEXT,
+        similarity_json TEXT NOT NULL,
+        PRIMARY KEY (record_id, idx)
+    ) WITHOUT ROWID;
+    CREATE TABLE rounds (
+        id          INTEGER PRIMARY KEY,
+        created_at  REAL NOT NULL,
+        budget      INTEGER NOT NULL,
+        strategy    TEXT NOT NULL,
+        bundle_id   TEXT,
+        pool_size   INTEGER NOT NULL,
+        params_json TEXT NOT NULL,
+        audit_hash  TEXT,                    -- sha256 of the round's audit-log entry (NULL = not logged)
+        status      TEXT NOT NULL DEFAULT 'selected' CHECK (status IN ('selected', 'labeled', 'cancelled'))
+    );
+    CREATE TABLE selections (
+        round_id       INTEGER NOT NULL REFERENCES rounds(id) ON DELETE CASCADE,
+        slice_pk       INTEGER NOT NULL REFERENCES slices(id),
+        rank           INTEGER NOT NULL,
+        score          REAL NOT NULL,
+        rationale_json TEXT NOT NULL,
+        PRIMARY KEY (round_id, slice_pk),
+        UNIQUE (round_id, rank)
+    );
+    CREATE INDEX selections_slice ON selections (slice_pk);
+    CREATE TABLE labels (
+        slice_pk   INTEGER PRIMARY KEY REFERENCES slices(id),
+        round_id   INTEGER REFERENCES rounds(id),
+        width      INTEGER NOT NULL,
+        height     INTEGER NOT NULL,
+        source     TEXT NOT NULL,
+        labeled_at REAL NOT NULL
+    );
+    CREATE TABLE label_boxes (
+        id       INTEGER PRIMARY KEY,
+        slice_pk INTEGER NOT NULL REFERENCES labels(slice_pk) ON DELETE CASCADE,
+        x1 REAL NOT NULL, y1 REAL NOT NULL, x2 REAL NOT NULL, y2 REAL NOT NULL,
+        category TEXT NOT NULL,              -- class name (typed mode) or e.g. "defect" (binary mode)
+        concept  TEXT                        -- fine concept the box counts for (binary mode: assigned)
+    );
+    CREATE INDEX label_boxes_slice ON label_boxes (slice_pk);
+    CREATE TABLE bundles (
+        bundle_id    TEXT PRIMARY KEY,
+        path         TEXT,
+        created_at   REAL NOT NULL,
+        role         TEXT NOT NULL
+                     CHECK (role IN ('candidate', 'serving', 'previous', 'rejected', 'retired')),
+        metrics_json TEXT NOT NULL DEFAULT '{}',
+        note         TEXT
+    );
+    """,
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def connect(db_path: Path, busy_timeout_s: float) -> sqlite3.Connection:
+    """A connection in autocommit mode (transactions are explicit) with WAL, FULL sync and foreign keys."""
+    conn = sqlite3.connect(db_path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False)
+    conn.row_factory = sqlite3.Row
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    return conn
+
+
+@contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """One write transaction: BEGIN IMMEDIATE ... COMMIT, rolled back on any exception."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def migrate(conn: sqlite3.Connection, db_path: Path) -> None:
+    """Apply the migrations this file lacks, one transaction each; refuse a schema newer than the code."""
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version > SCHEMA_VERSION:
+        raise StoreError(f"{db_path}: schema version {version} is newer than this code's {SCHEMA_VERSION}")
+    for v in range(version, SCHEMA_VERSION):
+        with transaction(conn) as c:
+            for stmt in split_sql(MIGRATIONS[v]):
+                c.execute(stmt)
+            c.execute(f"PRAGMA user_version={v + 1}")
+
+
+def split_sql(script: str) -> list[str]:
+    """Statements of a migration script (no ';' inside literals in our migrations)."""
+    stmts = []
+    for part in script.split(";"):
+        lines = [ln.split("--", 1)[0] for ln in part.splitlines()]
+        s = "\n".join(lines).strip()
+        if s:
+            stmts.append(s)
+    return stmts
