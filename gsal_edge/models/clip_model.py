@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
+from gsal_edge.data.model_inputs import OPENAI_MEAN, OPENAI_STD, prepare_clip_input
 from gsal_edge.errors import GSALError
-from gsal_edge.scoring.inputs import OPENAI_MEAN, OPENAI_STD, prepare_clip_input
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

@@ -25,7 +25,7 @@ DEFAULT_MODELS_CONFIG = CONFIGS_DIR / "models_default.yaml"
 DEFAULTS_RECORD = "defaults.json"
 # modules whose code shapes the trained weights (part of the cache key)
 _CODE_MODULES = ("models.diffusion_training", "models.clip_training", "models.diffusion_prior", "models.clip_model",
-                 "scoring.inputs", "acquisition.diffusion_difficulty", "data.synthetic.config", "data.synthetic.render",
+                 "data.model_inputs", "acquisition.diffusion_difficulty", "data.synthetic.config", "data.synthetic.render",
                  "data.synthetic.generator", "data.preprocessing", "data.image_io")
 
 

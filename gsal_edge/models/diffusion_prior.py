@@ -24,8 +24,8 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from gsal_edge.data.model_inputs import prepare_vae_input
 from gsal_edge.errors import GSALError
-from gsal_edge.scoring.inputs import prepare_vae_input
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

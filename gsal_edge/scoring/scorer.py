@@ -25,8 +25,8 @@ from gsal_edge.acquisition import diffusion_difficulty as dd
 from gsal_edge.acquisition.assignment import Assigner, make_assigner
 from gsal_edge.acquisition.records import ProposalScore, ScoreRecord
 from gsal_edge.acquisition.uncertainty import image_uncertainty
+from gsal_edge.data.model_inputs import prepare_clip_input, prepare_vae_input
 from gsal_edge.data.preprocessing import resize_image, to_unit_float
-from gsal_edge.scoring.inputs import prepare_clip_input, prepare_vae_input
 from gsal_edge.scoring.runtime.base import Engine
 
 

@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 
+from gsal_edge.data.model_inputs import prepare_clip_input
 from gsal_edge.models.clip_model import (
     CLIP_META,
     ClipError,
     ClipModel,
     concept_text_embeddings,
 )
-from gsal_edge.scoring.inputs import prepare_clip_input
 
 TINY_VIT = {
     "embed_dim": 16,

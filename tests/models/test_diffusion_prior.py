@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from gsal_edge.acquisition.diffusion_difficulty import difficulty, reconstruct
+from gsal_edge.data.model_inputs import prepare_vae_input, resize_batch
 from gsal_edge.models.diffusion_prior import DiffusionPrior, PriorError
-from gsal_edge.scoring.inputs import prepare_vae_input, resize_batch
 
 
 def _tiny_vae():

@@ -1,6 +1,6 @@
 """Engine inputs from [0,1] grayscale slices: the numpy side of the ``vae_encoder`` and ``clip_image`` engines.
 
-The scorer (on any backend) and the PyTorch models (:mod:`gsal_edge.models.diffusion_prior`,
+The scorer (gsal_edge.scoring, on any backend) and the PyTorch models (:mod:`gsal_edge.models.diffusion_prior`,
 :mod:`gsal_edge.models.clip_model`) prepare their inputs here, so the station's ONNX path never
 imports torch and both sides feed the engines the same arrays.
 """
