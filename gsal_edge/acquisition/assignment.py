@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from gsal_edge.acquisition.concept_graph import BACKGROUND, UNKNOWN
+from gsal_edge.errors import GSALError
 
 __all__ = [
     "Assigner",
@@ -32,6 +33,10 @@ __all__ = [
     "soft_probabilities",
     "text_concept_embeddings",
 ]
+
+
+class AssignmentError(GSALError, ValueError):
+    """An assigner cannot be built from what it was given (missing embeddings or exemplars, unknown kind)."""
 
 
 def l2_normalize(x: np.ndarray, axis: int = -1, eps: float = 1e-12) -> np.ndarray:
@@ -49,12 +54,12 @@ def text_concept_embeddings(prompt_embeddings: Mapping[str, np.ndarray]) -> tupl
     """
     names = list(prompt_embeddings)
     if not names:
-        raise ValueError("no concepts given")
+        raise AssignmentError("no concepts given")
     rows = []
     for name in names:
         e = np.atleast_2d(np.asarray(prompt_embeddings[name], dtype=np.float64))
         if e.shape[0] == 0:
-            raise ValueError(f"concept {name!r} has no prompt embedding")
+            raise AssignmentError(f"concept {name!r} has no prompt embedding")
         rows.append(l2_normalize(e).mean(axis=0))
     return names, np.stack(rows)
 
@@ -75,14 +80,14 @@ def cosine_similarity(image_embeddings: np.ndarray, concept_embeddings: np.ndarr
     a = l2_normalize(np.atleast_2d(image_embeddings))
     b = l2_normalize(np.atleast_2d(concept_embeddings))
     if a.shape[1] != b.shape[1]:
-        raise ValueError(f"embedding sizes differ: images d={a.shape[1]}, concepts d={b.shape[1]}")
+        raise AssignmentError(f"embedding sizes differ: images d={a.shape[1]}, concepts d={b.shape[1]}")
     return a @ b.T
 
 
 def soft_probabilities(similarity: np.ndarray, temperature: float) -> np.ndarray:
     """softmax(cos / T) per row, computed stably (max subtracted). NaN entries get probability 0."""
     if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
+        raise AssignmentError(f"temperature must be > 0, got {temperature}")
     e = np.asarray(similarity, dtype=np.float64) / temperature  # the one large allocation; then in place
     e[np.isnan(e)] = -np.inf
     m = np.max(e, axis=-1, keepdims=True)
@@ -119,10 +124,10 @@ def assign(image_embeddings: np.ndarray, names: Sequence[str], concept_embedding
     names = list(names)
     sim = cosine_similarity(image_embeddings, concept_embeddings)
     if sim.shape[1] != len(names):
-        raise ValueError(f"{len(names)} names for {sim.shape[1]} concept embeddings")
+        raise AssignmentError(f"{len(names)} names for {sim.shape[1]} concept embeddings")
     allowed = np.array([n not in exclude for n in names], dtype=bool)
     if not allowed.any():
-        raise ValueError("every concept is excluded")
+        raise AssignmentError("every concept is excluded")
     masked = np.where(allowed[None, :], sim, -np.inf)
     idx = np.argmax(masked, axis=1)
     best = masked[np.arange(sim.shape[0]), idx] if sim.shape[0] else np.zeros(0)
@@ -177,12 +182,12 @@ def make_assigner(kind: str, names: Sequence[str], text_embeddings: np.ndarray |
     names = list(names)
     if kind == "text":
         if text_embeddings is None:
-            raise ValueError("text assigner needs text_embeddings")
+            raise AssignmentError("text assigner needs text_embeddings")
         emb = l2_normalize(np.asarray(text_embeddings, dtype=np.float64))
         return Assigner(kind, names, emb, ["text"] * len(names), novelty_threshold)
     if kind == "hybrid":
         if text_embeddings is None:
-            raise ValueError("hybrid assigner needs text_embeddings")
+            raise AssignmentError("hybrid assigner needs text_embeddings")
         emb, src = hybrid_concept_embeddings(names, text_embeddings, exemplars, k)
         return Assigner(kind, names, emb, src, novelty_threshold)
     if kind == "prototype":
@@ -196,6 +201,6 @@ def make_assigner(kind: str, names: Sequence[str], text_embeddings: np.ndarray |
                 rows.append(l2_normalize(np.asarray(text_embeddings, dtype=np.float64)[i]))
                 src.append("text")
             else:
-                raise ValueError(f"prototype assigner: concept {name!r} has no exemplar embeddings")
+                raise AssignmentError(f"prototype assigner: concept {name!r} has no exemplar embeddings")
         return Assigner(kind, names, np.stack(rows), src, novelty_threshold)
-    raise ValueError(f"assigner must be 'text', 'prototype' or 'hybrid', got {kind!r}")
+    raise AssignmentError(f"assigner must be 'text', 'prototype' or 'hybrid', got {kind!r}")
