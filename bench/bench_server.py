@@ -36,6 +36,17 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 
+
+def _run_threads(worker: Any, conc: int) -> float:
+    """Run ``worker(k)`` for k < conc on concurrent threads; the wall seconds until all are done."""
+    t0 = time.perf_counter()
+    ths = [threading.Thread(target=worker, args=(k,)) for k in range(conc)]
+    for t in ths:
+        t.start()
+    for t in ths:
+        t.join()
+    return time.perf_counter() - t0
+
 def pct(xs: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(xs), q)) * 1000.0 if xs else float("nan")
 
@@ -114,13 +125,7 @@ def bench_unary(addr: str, slices: list[np.ndarray], conc: int, count: int, max_
                 with lock:
                     lat.append(time.perf_counter() - t)
 
-    t0 = time.perf_counter()
-    ths = [threading.Thread(target=worker, args=(k,)) for k in range(conc)]
-    for t in ths:
-        t.start()
-    for t in ths:
-        t.join()
-    wall = time.perf_counter() - t0
+    wall = _run_threads(worker, conc)
     return {"mode": "grpc-unary", "concurrency": conc, "slices": len(lat), "errors": len(errors),
             "seconds": wall, "slices_per_s": len(lat) / wall, "p50_ms": pct(lat, 50), "p99_ms": pct(lat, 99)}
 
@@ -157,13 +162,7 @@ def bench_stream(addr: str, slices: list[np.ndarray], conc: int, count: int, max
                     else:
                         lat.append(now - sent[resp.slice_id])
 
-    t0 = time.perf_counter()
-    ths = [threading.Thread(target=worker, args=(k,)) for k in range(conc)]
-    for t in ths:
-        t.start()
-    for t in ths:
-        t.join()
-    wall = time.perf_counter() - t0
+    wall = _run_threads(worker, conc)
     return {"mode": "grpc-stream", "concurrency": conc, "slices": len(lat), "errors": errors[0],
             "seconds": wall, "slices_per_s": len(lat) / wall, "p50_ms": pct(lat, 50), "p99_ms": pct(lat, 99)}
 
