@@ -3,7 +3,8 @@
 - :func:`to_jsonable` — a strict-JSON copy: NaN/Inf -> ``None``, numpy scalars and arrays -> Python,
   tuples -> lists, paths -> strings, mapping keys -> strings;
 - :func:`canonical_json` — the encoding every digest is taken over (sorted keys, no spaces, no NaN);
-- :func:`write_json_atomic` — temp file in the same folder, fsync, rename: a reader never sees half a file.
+- :func:`write_text_atomic` / :func:`write_json_atomic` — temp file in the same folder, fsync, rename: a
+  reader never sees half a file.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["canonical_json", "read_json", "to_jsonable", "write_json_atomic"]
+__all__ = ["canonical_json", "read_json", "to_jsonable", "write_json_atomic", "write_text_atomic"]
 
 
 def to_jsonable(obj: Any) -> Any:
@@ -45,20 +46,25 @@ def canonical_json(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
-def write_json_atomic(path: str | Path, obj: Any, indent: int | None = 1) -> None:
-    """Write ``to_jsonable(obj)`` to ``path`` through a temp file in the same folder and an atomic rename."""
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temp file in the same folder, fsync and an atomic rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(to_jsonable(obj), fh, indent=indent, allow_nan=False)
+            fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_json_atomic(path: str | Path, obj: Any, indent: int | None = 1) -> None:
+    """Write ``to_jsonable(obj)`` to ``path`` atomically (see :func:`write_text_atomic`)."""
+    write_text_atomic(path, json.dumps(to_jsonable(obj), indent=indent, allow_nan=False))
 
 
 def read_json(path: str | Path, error: type[Exception] = ValueError) -> Any:

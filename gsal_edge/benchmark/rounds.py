@@ -45,10 +45,9 @@ from gsal_edge.benchmark.state import (
     picks_path,
     shared_dir,
     state_path,
-    write_text_atomic,
 )
 from gsal_edge.benchmark.training import DetectorRounds
-from gsal_edge.jsonio import read_json, to_jsonable, write_json_atomic
+from gsal_edge.jsonio import read_json, to_jsonable, write_json_atomic, write_text_atomic
 from gsal_edge.provenance import git_state, package_versions
 
 __all__ = ["Benchmark", "RoundHook"]

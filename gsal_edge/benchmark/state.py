@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,7 @@ from gsal_edge.benchmark.fingerprints import folder_fingerprint
 from gsal_edge.jsonio import read_json
 
 __all__ = ["BENCH_PACKAGES", "STATE_FORMAT", "check_resumable", "config_diff", "load_state", "model_path",
-           "picks_path", "shared_dir", "state_path", "stored_config", "write_text_atomic"]
+           "picks_path", "shared_dir", "state_path", "stored_config"]
 
 STATE_FORMAT = "gsal-bench-state/1"
 # the packages whose behaviour the numbers depend on (run.json "versions"; a missing one is "not installed")
@@ -40,14 +39,6 @@ def picks_path(run_dir: Path, spec: StrategySpec, seed: int, r: int) -> Path:
 def shared_dir(run_dir: Path, seed: int) -> Path:
     """``shared/seed-<s>/``: round-0 detectors, metrics and score records shared by a seed's strategies."""
     return run_dir / "shared" / f"seed-{seed}"
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` through a temp file beside ``path`` and a rename (a reader never sees half a file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def load_state(path: Path, spec: StrategySpec, seed: int, label_mode: str, init: list[str]) -> dict[str, Any]:
