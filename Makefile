@@ -11,7 +11,7 @@ ART    ?= artifacts
 # torch/torchvision pinned to the pair this machine installs offline (see docs/ and pyproject.toml)
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: help setup proto test test-fast demo export bench bench-selection bench-runtime bench-server bench-al lint clean distclean
+.PHONY: help setup services proto test test-fast demo export bench bench-selection bench-runtime bench-server bench-al lint clean distclean
 
 help:  ## list targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -26,6 +26,9 @@ $(VENV)/.installed: pyproject.toml
 	@touch $@
 
 setup: $(VENV)/.installed proto  ## build .venv from nothing and generate protobuf code
+
+services: setup  ## install the external programs integration tests start (Label Studio, PostgreSQL, Chromium ...)
+	@set -e; for f in .ci/install/*.sh; do [ -e "$$f" ] || continue; echo "== $$f"; PY=$(PY) bash "$$f"; done
 
 proto: $(VENV)/.installed  ## (re)generate gRPC/protobuf code from proto/gsal_proto/*.proto (never hand-edited)
 	$(PY) proto/build.py
