@@ -33,7 +33,7 @@ services: setup  ## install the external programs integration tests start (Label
 proto: $(VENV)/.installed  ## (re)generate gRPC/protobuf code from proto/gsal_proto/*.proto (never hand-edited)
 	$(PY) proto/build.py
 
-test: setup  ## run the whole test suite (fast unit tests + marked slow integration tests)
+test: services  ## run the whole test suite (fast unit tests + marked slow integration tests)
 	$(PY) -m pytest -q --timeout=900
 
 test-fast: setup  ## unit tests only
