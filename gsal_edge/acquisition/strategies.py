@@ -12,9 +12,10 @@ Names (``available_strategies()``):
 - graph ablations: ``fine_only``, ``coarse_only``, ``abstract_only``, ``fine_coarse`` (config ``levels``).
 - ``gsal_no_rarity``: every rarity indicator set to 1 (config ``rarity=False``): the symbolic term
   rewards a named (non-background) concept whatever its coverage.
-- ``random``; ``entropy``, ``margin``, ``mc_dropout``: the record's image-level ``uncertainty`` value
-  (entropy and mc_dropout: higher = more uncertain; margin = top-1 minus top-2 probability, lower =
-  more uncertain). The per-image aggregation is the scorer's (see its docs); these rank what it wrote.
+- ``random``; ``entropy``, ``margin``, ``mc_dropout``: the record's image-level ``uncertainty`` value,
+  ranked in the direction :data:`gsal_edge.acquisition.uncertainty.RANK_SIGN` gives (all three:
+  higher = more uncertain; the stored margin is already ``1 - min(p1 - p2)``). The per-image
+  aggregation is the scorer's (see its docs); these rank what it wrote.
 - ``coreset``: k-center greedy (Sener & Savarese) on the records' ``embedding``, Euclidean distance,
   centers seeded by the labeled embeddings (or one seeded random pick when there are none).
 - ``uniform_by_label``: per-class quotas by predicted labels (round-robin over classes, seeded random
@@ -43,6 +44,7 @@ from gsal_edge.acquisition.concept_graph import BACKGROUND, UNKNOWN, ConceptGrap
 from gsal_edge.acquisition.config import GSALConfig
 from gsal_edge.acquisition.score_pool import FusionError, ScorePool
 from gsal_edge.acquisition.selection import Pick, Selection, gsal_select, top_b
+from gsal_edge.acquisition.uncertainty import rank_sign
 
 __all__ = [
     "STRATEGIES",
@@ -123,14 +125,14 @@ class RandomStrategy(Strategy):
 
 
 class UncertaintyStrategy(Strategy):
-    """Ranks the record's ``uncertainty[key]`` (``sign`` = +1: higher first; -1: lower first).
+    """Ranks the record's ``uncertainty[key]`` in its :func:`rank_sign` direction (+1: higher first).
 
     ``needs_mc_dropout``: the key is filled by MC-dropout passes, not by the scorer itself."""
 
     needs_scores, needs_embeddings = True, False
 
-    def __init__(self, name: str, key: str, sign: float, needs_mc_dropout: bool = False):
-        self.name, self.key, self.sign = name, key, sign
+    def __init__(self, name: str, key: str, needs_mc_dropout: bool = False):
+        self.name, self.key, self.sign = name, key, rank_sign(key)
         self.needs_mc_dropout = needs_mc_dropout
 
     def select(self, pool: ScorePool, counts: Counts, graph: ConceptGraph, config: GSALConfig, budget: int,
@@ -301,9 +303,9 @@ STRATEGIES: dict[str, Callable[[], Strategy]] = {
     "fine_coarse": lambda: GSALStrategy("fine_coarse", {"levels": ("fine", "coarse")}),
     "gsal_no_rarity": lambda: GSALStrategy("gsal_no_rarity", {"rarity": False}),
     "random": RandomStrategy,
-    "entropy": lambda: UncertaintyStrategy("entropy", "entropy", +1.0),
-    "margin": lambda: UncertaintyStrategy("margin", "margin", -1.0),
-    "mc_dropout": lambda: UncertaintyStrategy("mc_dropout", "mc_dropout", +1.0, needs_mc_dropout=True),
+    "entropy": lambda: UncertaintyStrategy("entropy", "entropy"),
+    "margin": lambda: UncertaintyStrategy("margin", "margin"),
+    "mc_dropout": lambda: UncertaintyStrategy("mc_dropout", "mc_dropout", needs_mc_dropout=True),
     "coreset": CoresetStrategy,
     "uniform_by_label": UniformByLabelStrategy,
 }

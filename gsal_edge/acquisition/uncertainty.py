@@ -13,11 +13,27 @@ All scores are raw (never pool-normalized) and higher means "more worth labeling
 * ``n_det``    — the number of detections.
 
 MC-dropout, which needs the PyTorch detector, lives in :mod:`gsal_edge.models.mc_dropout`.
+
+:data:`RANK_SIGN` is the one place that says which way each score ranks: the baselines in
+:mod:`gsal_edge.acquisition.strategies` multiply by it, so a score and its direction cannot drift apart.
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+# +1: higher = more uncertain = picked first; -1: lower first. ``mc_dropout`` is filled by
+# gsal_edge.models.mc_dropout (mean predictive entropy over T passes: higher = more uncertain).
+RANK_SIGN: dict[str, float] = {"entropy": +1.0, "entropy_mean": +1.0, "margin": +1.0,
+                               "least_confidence": +1.0, "mc_dropout": +1.0, "max_score": -1.0}
+
+
+def rank_sign(key: str) -> float:
+    """+1 if a higher ``uncertainty[key]`` means more worth labeling, -1 if lower does."""
+    try:
+        return RANK_SIGN[key]
+    except KeyError:
+        raise KeyError(f"no ranking direction for uncertainty {key!r}; known: {', '.join(sorted(RANK_SIGN))}") from None
 
 
 def _entropies(p: np.ndarray) -> np.ndarray:

@@ -62,11 +62,26 @@ def test_uncertainty_baselines_rank_the_record_values() -> None:
     ent, mar, mcd = (pool.uncertainty[k] for k in ("entropy", "margin", "mc_dropout"))
     pick = lambda name: get_strategy(name).select(pool, {}, G, GSALConfig(), 3, np.random.default_rng(0)).image_ids
     assert pick("entropy") == [pool.image_ids[i] for i in np.argsort(-ent)[:3]]   # most uncertain first
-    assert pick("margin") == [pool.image_ids[i] for i in np.argsort(mar)[:3]]     # smallest margin first
+    assert pick("margin") == [pool.image_ids[i] for i in np.argsort(-mar)[:3]]    # stored as 1 - margin
     assert pick("mc_dropout") == [pool.image_ids[i] for i in np.argsort(-mcd)[:3]]
     bare = ScorePool.from_records([ScoreRecord("x", 1.0, 1.0)])
     with pytest.raises(FusionError, match=r"needs uncertainty\['entropy'\]"):
         get_strategy("entropy").select(bare, {}, G, GSALConfig(), 1, np.random.default_rng(0))
+
+
+def test_uncertainty_baselines_pick_the_coin_toss_over_the_sure_detection() -> None:
+    """Across both modules: the scorer's aggregate (uncertainty.py) ranked by the strategy (strategies.py)."""
+    from gsal_edge.acquisition.uncertainty import RANK_SIGN, image_uncertainty
+
+    sure = image_uncertainty(np.array([[0.02, 0.96, 0.02]]), np.array([0.96]))
+    toss = image_uncertainty(np.array([[0.02, 0.49, 0.49]]), np.array([0.49]))
+    recs = [ScoreRecord("sure", 0.5, 0.5, [], {**sure, "mc_dropout": 0.1}),
+            ScoreRecord("toss", 0.5, 0.5, [], {**toss, "mc_dropout": 0.9})]
+    pool = ScorePool.from_records(recs)
+    for name in ("entropy", "margin", "mc_dropout"):
+        picks = get_strategy(name).select(pool, {}, G, GSALConfig(), 1, np.random.default_rng(0)).image_ids
+        assert picks == ["toss"], name
+    assert set(RANK_SIGN) >= {"entropy", "margin", "mc_dropout", "max_score", "least_confidence"}
 
 
 def test_k_center_greedy_by_hand() -> None:
