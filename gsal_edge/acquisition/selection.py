@@ -162,34 +162,38 @@ def gsal_select(pool: ScorePool, graph: ConceptGraph, counts: Mapping[str, float
                             "label_mode": config.label_mode, "graph": graph.name}
     pool = pool.prefilter(config.M)
     info["n_proposals_after_prefilter"] = pool.n_proposals
+    # Screening only narrows who may be picked: the z() populations stay the whole unlabeled pool
+    # (spec §10), so an image's A(x) is the same with screening on or off.
+    eligible: np.ndarray | None = None
     if config.screening.enabled and pool.n_images:
         groups, _ = pool.groups(config.group_by)
         rep = screen(pool, budget, config.screening, groups)
         info["screening"] = {"kept": rep.n_keep, "dropped": pool.n_images - rep.n_keep}
-        pool = pool.subset(rep.keep)
+        eligible = rep.keep
     cov = coverage(graph, counts, config.percentile)
     info["coverage"] = cov.to_dict()
     if pool.n_images == 0 or budget == 0:
         return Selection(strategy, [], info)
     if not config.batch_aware:
         res = fuse(pool, graph, cov, config)
-        order = top_b(res.A, pool.image_ids, budget)
+        order = top_b(res.A, pool.image_ids, budget, eligible)
         picks = [_make_pick(pool, graph, res, config, int(i), r + 1) for r, i in enumerate(order)]
         return Selection(strategy, picks, info, res, pool)
-    return _batch_aware(pool, graph, cov, config, budget, strategy, info)
+    return _batch_aware(pool, graph, cov, config, budget, strategy, info, eligible)
 
 
 def _batch_aware(pool: ScorePool, graph: ConceptGraph, cov: Coverage, config: GSALConfig, budget: int,
-                 strategy: str, info: dict[str, Any]) -> Selection:
+                 strategy: str, info: dict[str, Any], eligible: np.ndarray | None = None) -> Selection:
     """**[ours]** greedy: after each pick, add the picked image's assigned concepts (hard argmax,
     background/unknown excluded) to provisional counts n(v), recompute thresholds and S(p), re-fuse.
     Populations stay the round's pool U (Eq. 11), so only the symbolic terms change; the fusion is
-    recomputed only when the bonus table S_c changes."""
+    recomputed only when the bonus table S_c changes. ``eligible`` (screening) limits who may be picked."""
     res = fuse(pool, graph, cov, config)
     terms = DiffusionTerms(res.D_img, res.zD_img, res.D_p, res.zD_p)  # fixed for the round: only S(p) changes
     n_fine = cov.n_fine.copy()
-    taken = np.zeros(pool.n_images, dtype=bool)
-    A_open = res.A.copy()  # A(x) with the images picked so far masked to -inf
+    taken = np.zeros(pool.n_images, dtype=bool) if eligible is None else ~np.asarray(eligible, dtype=bool)
+    budget = min(budget, int((~taken).sum()))
+    A_open = np.where(taken, -np.inf, res.A)  # A(x) with the images picked so far (or screened out) at -inf
     picks: list[Pick] = []
     nf = len(graph.fine)
     for rank in range(1, min(budget, pool.n_images) + 1):

@@ -166,8 +166,15 @@ def test_screening_reports_drops_and_changes_pool() -> None:
     cfg = GSALConfig().with_overrides(["screening.enabled=true", "screening.keep_factor=1"])
     sel = gsal_select(pool, TINY, {}, cfg, 2)
     assert set(sel.image_ids) <= {"a", "d"} and sel.info["screening"] == {"kept": 2, "dropped": 2}
-    full = gsal_select(pool, TINY, {}, GSALConfig(), 2)
-    assert 0.0 <= selection_overlap(sel.image_ids, full.image_ids) <= 1.0
+    full = gsal_select(pool, TINY, {}, GSALConfig(), 4)
+    # z() populations are the whole pool (spec §10): a kept image's A(x) is what it is without screening,
+    # so the screened picks are the unscreened order restricted to the kept images
+    assert sel.image_ids == [i for i in full.image_ids if i in {"a", "d"}]
+    by_id = {p.image_id: p.acquisition for p in full.picks}
+    assert [p.acquisition for p in sel.picks] == pytest.approx([by_id[i] for i in sel.image_ids])
+    aware = gsal_select(pool, TINY, {}, cfg.replace(batch_aware=True), 2)
+    assert aware.image_ids == sel.image_ids  # batch_aware also picks among the kept images only
+    assert selection_overlap(["a", "b"], ["b", "c"]) == 0.5 and selection_overlap([], ["a"]) == 0.0
 
 
 def test_empty_pool_budget_zero_and_budget_above_pool() -> None:
