@@ -216,9 +216,32 @@ def test_thin_film_graph_end_to_end_finite() -> None:
     recs = [rec(f"s{i}", float(rng.random()), float(rng.random()),
                 [prop(float(rng.random()), float(rng.random()), str(rng.choice(g.fine))) for _ in range(i % 4)])
             for i in range(50)]
-    res = fuse(ScorePool.from_records(recs), g, {"void": 3}, GSALConfig())
+    counts = {"void": 3, "crack": 1}
+    cfg = GSALConfig()
+    res = fuse(ScorePool.from_records(recs), g, counts, cfg)
     assert np.isfinite(res.A).all() and res.A.shape == (50,)
-    assert abs(res.A.mean()) < 1e-9  # A = z(G) + lambda z(S): both have mean 0
+    assert res.A == pytest.approx(reference_A(recs, literal_bonus(g, counts, cfg.mu), cfg, None), abs=1e-6)
+
+
+def literal_bonus(g, counts: dict[str, int], mu: float) -> dict[str, float]:
+    """Eq. 4 with spec §10's conventions, written with plain loops over the real graph's nodes."""
+    defects = [f for f in g.fine if f != "background"]
+    n_f = {f: counts.get(f, 0) for f in defects}
+    coarse = sorted({g.coarse_of(f) for f in defects} - {"none"})
+    abstract = sorted({a for f in defects for a in g.abstract_of(f)})
+    n_c = {c: sum(n_f[f] for f in defects if g.coarse_of(f) == c) for c in coarse}
+    n_a = {a: sum(n_f[f] for f in defects if a in g.abstract_of(f)) for a in abstract}
+    tau = {lvl: max(float(np.percentile(list(n.values()), 80)), 1.0)
+           for lvl, n in (("f", n_f), ("c", n_c), ("a", n_a))}
+    S = {"background": 0.0}
+    for f in defects:
+        r_f = float(n_f[f] < tau["f"])
+        c = g.coarse_of(f)
+        r_c = float(n_c[c] < tau["c"]) if c in n_c else 0.0
+        ab = g.abstract_of(f)
+        r_a = sum(float(n_a[a] < tau["a"]) for a in ab) / len(ab) if ab else 0.0
+        S[f] = r_f + r_c + mu * r_a
+    return S
 
 
 def reference_A(recs: list[ScoreRecord], S_of: dict[str, float], cfg: GSALConfig, key: str | None) -> list[float]:
