@@ -89,6 +89,10 @@ class GSALConfig(FrozenModel):
     ddim_steps: int = Field(
         0, ge=0, description="[ours] 0 = one-step x0 prediction; S > 0 = S DDIM steps from t to 0."
     )
+    noise: Literal["per_image", "common"] = Field(
+        "per_image", description="[ours] eps_k seeded per image id, or 'common' random numbers: the same K "
+        "draws for every slice and crop, so slices differ by content only (spec §4).")
+    antithetic: bool = Field(False, description="[ours] antithetic pairs: eps_(2j+1) = -eps_(2j).")
     M: int = Field(8, ge=1, description="Proposal prefilter: top-M detector boxes by score (spec §4).")
     context_margin: float = Field(1.5, ge=1, description="Proposal region = box enlarged by this factor.")
     proposal_mode: Literal["crop", "latent_roi"] = Field(

@@ -10,7 +10,10 @@ PyTorch, ONNX Runtime and TensorRT engines give the same scores. Symbols follow 
 
 D = alpha z(E_rec) + beta z(V_den) (Eqs. 7-8) needs the pool's z-scores and lives in ``fusion``.
 The noise eps_k of image ``image_id`` is seeded from sha256(base_seed, image_id, k) (docs/DESIGN.md
-"Randomness"), so a score does not depend on the batch it was computed in.
+"Randomness"), so a score does not depend on the batch it was computed in. **[ours]** ``noise="common"``
+(common random numbers) seeds it from (base_seed, k) alone: every latent of one shape (every slice of a
+pool, every proposal crop) meets the same K draws, so two slices' scores differ by their content only.
+``antithetic=True`` pairs the draws: eps_(2j+1) = -eps_(2j).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ PredictEps = Callable[[np.ndarray, np.ndarray], np.ndarray]
 Box = tuple[float, float, float, float]
 
 __all__ = [
+    "NOISE_MODES",
     "PredictEps",
     "box_to_latent_cells",
     "crop_regions",
@@ -37,7 +41,11 @@ __all__ = [
     "seed_from",
     "timestep_index",
     "trajectory_noise",
+    "trajectory_noises",
 ]
+
+NOISE_MODES = ("per_image", "common")
+COMMON_NOISE_ID = "<common>"  # the id every slice shares under noise="common"
 
 
 def seed_from(image_id: str, k: int, base_seed: int) -> int:
@@ -54,6 +62,18 @@ def trajectory_noise(image_id: str, k: int, shape: Sequence[int], base_seed: int
     """
     rng = np.random.default_rng(seed_from(image_id, k, base_seed))
     return rng.standard_normal(tuple(int(s) for s in shape), dtype=np.float32)
+
+
+def trajectory_noises(image_id: str, K: int, shape: Sequence[int], base_seed: int, noise: str = "per_image",
+                      antithetic: bool = False) -> np.ndarray:
+    """The K draws eps_1..eps_K [K, *shape] of one latent under a noise mode (see module doc)."""
+    if noise not in NOISE_MODES:
+        raise ValueError(f"noise must be one of {NOISE_MODES}, got {noise!r}")
+    key = COMMON_NOISE_ID if noise == "common" else image_id
+    if not antithetic:
+        return np.stack([trajectory_noise(key, k, shape, base_seed) for k in range(K)])
+    base = [trajectory_noise(key, j, shape, base_seed) for j in range((K + 1) // 2)]
+    return np.stack([base[k // 2] if k % 2 == 0 else -base[k // 2] for k in range(K)])
 
 
 def timestep_index(t_frac: float, num_train_timesteps: int) -> int:
@@ -94,6 +114,8 @@ def reconstruct(
     base_seed: int,
     ddim_steps: int = 0,
     max_batch: int = 64,
+    noise: str = "per_image",
+    antithetic: bool = False,
 ) -> np.ndarray:
     """K stochastic reconstructions zhat_k of each latent z0 (spec §4): returns [B, K, c, h, w] float32.
 
@@ -101,6 +123,7 @@ def reconstruct(
     ``max_batch`` rows (``predict_eps(z_t [n,c,h,w] f32, t [n] int64) -> eps [n,c,h,w]``).
     ``ddim_steps <= 1``: one-step x0-prediction zhat = (z_t - sqrt(1-abar_t) eps)/sqrt(abar_t);
     ``ddim_steps = S > 1`` [ours]: S deterministic DDIM (eta = 0) steps from t down to 0.
+    ``noise`` / ``antithetic`` [ours]: how eps_k is drawn (module doc).
     """
     z0 = np.asarray(z0, dtype=np.float32)
     if z0.ndim != 4:
@@ -115,9 +138,13 @@ def reconstruct(
     abar = _check_alphas(alphas_cumprod, t_index)
     lat_shape = z0.shape[1:]
 
-    eps = np.stack(
-        [np.stack([trajectory_noise(iid, k, lat_shape, base_seed) for k in range(K)]) for iid in image_ids]
-    ) if B else np.zeros((0, K, *lat_shape), np.float32)
+    if B and noise == "common":  # one draw shared by the batch
+        eps = np.broadcast_to(trajectory_noises("", K, lat_shape, base_seed, noise, antithetic),
+                              (B, K, *lat_shape))
+    elif B:
+        eps = np.stack([trajectory_noises(iid, K, lat_shape, base_seed, noise, antithetic) for iid in image_ids])
+    else:
+        eps = np.zeros((0, K, *lat_shape), np.float32)
     a_t = abar[t_index]
     z_t = (math.sqrt(a_t) * z0[:, None] + math.sqrt(1.0 - a_t) * eps).astype(np.float32)
     flat = z_t.reshape(B * K, *lat_shape)

@@ -147,8 +147,10 @@ class PoolScoring:
                                     bundle_id=f"bench-{m.prior_fp[:8]}-{m.clip_fp[:8]}", station="bench",
                                     device=self.device, **spec_kw)
             self._text_emb[key] = np.array(sc.assigner.embeddings, copy=True)
+            noise = [] if sc.spec.noise == "per_image" and not sc.spec.antithetic else [sc.spec.noise,
+                                                                                     sc.spec.antithetic]
             ns = digest([m.prior_fp, sc.spec.K, sc.spec.t_index, sc.spec.ddim_steps, sc.spec.base_seed,
-                         sc.spec.prior_resolution, self.cfg.data.window])
+                         sc.spec.prior_resolution, self.cfg.data.window, *noise])
             self.diffusion_cache.attach(sc, ns, set(self.pool_ids))
             self._scorers[key] = sc
         sc.engines["detector"] = TorchEngine("detector", DetectorWrapper(model), device=self.device)

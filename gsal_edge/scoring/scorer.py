@@ -53,6 +53,8 @@ class ScorerSpec:
     roi_reduce: str = "mean"  # "mean" | "max"
     novelty_threshold: float | None = None  # [ours] best cosine below this -> "unknown"
     base_seed: int = 0
+    noise: str = "per_image"  # [ours] "per_image" | "common" (common random numbers, spec §4)
+    antithetic: bool = False  # [ours] eps_(2j+1) = -eps_(2j)
     max_unet_batch: int = 64
     image_embedding: bool = True  # attach the whole-slice CLIP embedding (core-set baselines)
 
@@ -81,7 +83,7 @@ class ScorerSpec:
 
 # GSALConfig fields the scorer consumes; ScorerSpec has the same names (plus base_seed <- seed)
 SCORER_CONFIG_FIELDS = ("K", "t_frac", "ddim_steps", "M", "context_margin", "proposal_mode", "roi_reduce",
-                        "novelty_threshold")
+                        "novelty_threshold", "noise", "antithetic")
 
 
 def spec_settings(gsal_config: Any) -> dict[str, Any]:
@@ -310,6 +312,8 @@ class GSALScorer:
             base_seed=self.spec.base_seed,
             ddim_steps=self.spec.ddim_steps,
             max_batch=self.spec.max_unet_batch,
+            noise=self.spec.noise,
+            antithetic=self.spec.antithetic,
         )
         return dd.difficulty(z0, zhat)
 

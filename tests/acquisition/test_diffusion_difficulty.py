@@ -17,6 +17,7 @@ from gsal_edge.acquisition.diffusion_difficulty import (
     seed_from,
     timestep_index,
     trajectory_noise,
+    trajectory_noises,
 )
 
 ABAR = np.linspace(0.999, 0.05, 100)
@@ -30,6 +31,35 @@ def test_seed_and_noise_are_reproducible_and_distinct() -> None:
     assert seed_from("slice-1", 0, 7) != seed_from("slice-2", 0, 7)
     assert seed_from("slice-1", 0, 7) != seed_from("slice-1", 0, 8)
     assert not np.allclose(a, trajectory_noise("slice-1", 1, (4, 8, 8), 7))
+
+
+def test_common_random_numbers_score_the_same_pixels_the_same_under_any_id(rng: np.random.Generator) -> None:
+    """noise='common': the score is a function of the pixels alone; per_image: of pixels and id."""
+    z = rng.normal(size=(1, 3, 6, 6)).astype(np.float32)
+    z0 = np.repeat(z, 5, axis=0)
+    ids = [f"slice-{i}" for i in range(5)]
+    damp = lambda zt, tt: 0.5 * zt  # any deterministic predictor
+    E_common = difficulty(z0, reconstruct(z0, ids, damp, ABAR, K=4, t_index=30, base_seed=3, noise="common"))[0]
+    E_per = difficulty(z0, reconstruct(z0, ids, damp, ABAR, K=4, t_index=30, base_seed=3))[0]
+    assert np.ptp(E_common) == 0.0
+    assert np.ptp(E_per) > 0.0  # the per-image lottery the common mode removes
+    # a batch of one gives the same common score (draws do not depend on the batch)
+    E_one = difficulty(z0[:1], reconstruct(z0[:1], ["other"], damp, ABAR, K=4, t_index=30, base_seed=3,
+                                           noise="common"))[0]
+    assert E_one[0] == E_common[0]
+
+
+def test_antithetic_pairs_and_bad_mode() -> None:
+    eps = trajectory_noises("s", 5, (2, 3, 3), 1, antithetic=True)
+    assert eps.shape == (5, 2, 3, 3)
+    np.testing.assert_array_equal(eps[1], -eps[0])
+    np.testing.assert_array_equal(eps[3], -eps[2])
+    np.testing.assert_array_equal(eps[0], trajectory_noise("s", 0, (2, 3, 3), 1))
+    np.testing.assert_array_equal(eps[2], trajectory_noise("s", 1, (2, 3, 3), 1))
+    plain = trajectory_noises("s", 3, (2, 3, 3), 1)
+    np.testing.assert_array_equal(plain[2], trajectory_noise("s", 2, (2, 3, 3), 1))
+    with pytest.raises(ValueError, match="noise must be one of"):
+        trajectory_noises("s", 2, (2, 3, 3), 1, noise="shared")
 
 
 def test_oracle_predictor_reconstructs_exactly(rng: np.random.Generator) -> None:
