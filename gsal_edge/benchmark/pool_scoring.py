@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from gsal_edge.acquisition.concept_graph import ConceptGraph
+from gsal_edge.acquisition.concept_graph import BACKGROUND, ConceptGraph
 from gsal_edge.acquisition.config import GSALConfig
 from gsal_edge.acquisition.strategies import Strategy
 from gsal_edge.benchmark.config import BenchConfig, BenchError
@@ -216,5 +216,6 @@ class PoolScoring:
             raise BenchError("binary label mode needs the scorer's assigner for the labeled boxes")
         embs = [self.gt_embeddings(i, gcfg.context_margin) for i in labeled]
         embs = [e for e in embs if len(e)]
-        assigned = scorer.assigner(np.concatenate(embs)).concepts if embs else []
+        # a labeled box is a defect by definition: background is never its concept (else it drops out of n(v))
+        assigned = scorer.assigner(np.concatenate(embs), exclude=(BACKGROUND,)).concepts if embs else []
         return labeled_counts(self.graph, "binary", assigned_concepts=assigned)
