@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from gsal_edge.errors import GSALError
 from trainer.audit_log import AuditLog
-from trainer.fleet import UNREACHABLE, FleetError, check_fleet, select_stations
+from trainer.fleet import UNREACHABLE, check_fleet, select_stations
 from trainer.store.pool_store import PoolStore
 from trainer.store.types import StoreError
 
@@ -163,20 +163,14 @@ def push_to_stations(
     return dict(sorted(out.items()))
 
 
-def _targets(store: PoolStore, names: Sequence[str] | None) -> list[dict[str, Any]]:
-    try:
-        return select_stations(store, names)
-    except FleetError as e:
-        raise DeployError(str(e)) from None
-
-
 def deploy(
     store: PoolStore, bundle_id: str, path: str, access: StationAccess, *, push: bool = True,
     metrics: dict[str, Any] | None = None, note: str | None = None, stations: Sequence[str] | None = None,
     canary: CanaryOptions | None = None, progress: bool = False,
 ) -> DeployReport:
     """Load ``path`` (bundle ``bundle_id``) on the stations (all, or ``stations``), canary first when given,
-    and make it serving; audit-logged. Raises :class:`DeployError` (with the report) when nobody took it."""
+    and make it serving; audit-logged. Raises :class:`DeployError` (with the report) when nobody took it,
+    :class:`trainer.fleet.FleetError` when ``stations`` names unknown stations."""
     t0 = time.perf_counter()
     known = {b["bundle_id"]: b for b in store.bundles()}
     if bundle_id not in known:
@@ -186,7 +180,7 @@ def deploy(
     report = DeployReport(bundle_id, path, False, None, {})
     audit = AuditLog(store.audit_path)
     if push:
-        targets = _targets(store, stations)
+        targets = select_stations(store, stations)
         if canary is not None:
             from trainer.canary import run_canary
 
@@ -279,7 +273,7 @@ def rollback(
     cur_id = cur["bundle_id"] if cur else None
     report = DeployReport(prev["bundle_id"], prev["path"], False, cur_id, {})
     if push:
-        targets = _targets(store, stations)
+        targets = select_stations(store, stations)
         live = {h.station_id: h for h in check_fleet(store, access, stations=[t["station_id"] for t in targets])}
         todo = []
         for t in targets:

@@ -158,6 +158,8 @@ class HealthMonitor:
         self._thread = threading.Thread(target=self._run, name="fleet-health", daemon=True)
 
     def start(self) -> HealthMonitor:
+        # opened here, not in the thread: a new store is migrated before the caller opens its own handle
+        self._store = PoolStore(self.store_dir)
         self._thread.start()
         return self
 
@@ -166,7 +168,7 @@ class HealthMonitor:
         self._thread.join(timeout)
 
     def _run(self) -> None:
-        store = PoolStore(self.store_dir)
+        store = self._store
         try:
             while not self._stop.is_set():
                 try:
