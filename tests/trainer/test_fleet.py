@@ -131,6 +131,30 @@ def test_ingest_traffic_registers_each_station_with_its_address(fleet: Fleet, bu
         select_stations(fleet.store, ["st-noaddr"])
 
 
+def test_told_addresses_are_checked_and_wildcard_binds_become_dialable(tmp_path: Path) -> None:
+    from test_trainer_helpers import make_pixels, make_record
+
+    from gsal_wire.trainer_client import PushItem, TrainerPushClient
+    from server.forwarder import dialable_address
+
+    assert dialable_address("0.0.0.0", 5) == f"{socket.getfqdn()}:5"
+    assert (dialable_address("::1", 5), dialable_address("10.0.0.7", 5)) == ("[::1]:5", "10.0.0.7:5")
+    store = PoolStore(tmp_path / "store")
+    srv = start_server(store, IngestConfig(port=0))
+    try:
+        with TrainerPushClient(srv.address, "st-01", insecure=True) as cli:
+            cli.station_address = "not an address"
+            cli.push([PushItem(make_record(0), pixels=make_pixels(0))])
+            assert store.stations()[0]["address"] is None  # ignored (logged); the record is stored
+            cli.station_address = "line3-station.plant:50051"
+            cli.push([PushItem(make_record(1), pixels=make_pixels(1))])
+            assert store.stations()[0]["address"] == "line3-station.plant:50051"
+        assert store.status()["records"] == 2
+    finally:
+        srv.stop(1.0)
+        store.close()
+
+
 def test_check_fleet_records_health_and_bundle(fleet: Fleet, bundles: Bundles) -> None:
     fleet.send(1)
     fleet.store.register_station("st-dead", f"127.0.0.1:{_closed_port()}")
