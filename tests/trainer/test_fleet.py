@@ -347,6 +347,7 @@ class _Load:
         self.threads = [threading.Thread(target=self._client, args=(sid,), daemon=True) for sid in addresses]
 
     def start(self) -> _Load:
+        self.t0 = time.perf_counter()
         for t in self.threads:
             t.start()
         return self
@@ -389,6 +390,7 @@ class _Load:
         self.stop.set()
         for t in self.threads:
             t.join(120)
+        self.seconds = getattr(self, "seconds", None) or time.perf_counter() - self.t0
 
 
 @pytest.mark.slow
@@ -488,7 +490,8 @@ def test_three_station_processes_deploy_and_rollback_under_load(tmp_path: Path, 
         rbs = read_entries(store_dir / "audit.jsonl", "rollback")[-1]["data"]
         assert {k: v["status"] for k, v in deps["stations"].items()} == dict.fromkeys(addrs, "ok")
         assert {k: v["status"] for k, v in rbs["stations"].items()} == dict.fromkeys(addrs, "ok")
-        print(f"\nfleet load: {sum(load.sent.values())} slices sent ({load.sent}), {len(load.failures)} failed, "
+        print(f"\nfleet load: {sum(load.sent.values())} slices sent in {load.seconds:.1f}s ({load.sent}), "
+              f"{len(load.failures)} failed, "
               f"{sum(acked.values())} acknowledged by the trainer ({records} records incl. canary re-scores); "
               f"deploy {dep_s:.2f}s wall (canary drift {deps['canary']['drift']:.3f}, "
               f"per station {({k: v['deploy_s'] for k, v in deps['stations'].items()})}), "
