@@ -90,9 +90,11 @@ class PushError(GSALError, RuntimeError):
         self.code = code
 
 
-def item_to_pb(station_id: str, item: PushItem) -> trainer_pb2.IngestItem:
-    """A :class:`PushItem` as a wire ``IngestItem``."""
-    msg = trainer_pb2.IngestItem(station_id=station_id, record=record_to_pb(item.record))
+def item_to_pb(station_id: str, item: PushItem, station_address: str = "") -> trainer_pb2.IngestItem:
+    """A :class:`PushItem` as a wire ``IngestItem`` (``station_address``: where the trainer reaches this
+    station's Scorer, "" = not told)."""
+    msg = trainer_pb2.IngestItem(station_id=station_id, record=record_to_pb(item.record),
+                                 station_address=station_address)
     if item.ref is not None:
         ref = common_pb2.SliceRef(uri=item.ref, sha256=item.ref_sha256)
         if item.shape:
@@ -146,6 +148,7 @@ class TrainerPushClient(ChannelClient):
                                     client_key=client_key, server_name=server_name)
         self.stub = trainer_pb2_grpc.TrainerStub(self.channel)
         self.station_id = station_id
+        self.station_address = ""  # host:port of this station's Scorer, told to the trainer (set once bound)
         self.retry = retry
         self.chunk_size = chunk_size
         self.call_timeout_s = call_timeout_s
@@ -175,7 +178,7 @@ class TrainerPushClient(ChannelClient):
         return self.push(items)
 
     def _push_chunk(self, chunk: list[PushItem], result: PushResult) -> None:
-        msgs = [item_to_pb(self.station_id, it) for it in chunk]
+        msgs = [item_to_pb(self.station_id, it, self.station_address) for it in chunk]
         start = time.monotonic()
         attempt = 0
         while True:

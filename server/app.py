@@ -14,7 +14,7 @@ from grpc_reflection.v1alpha import reflection
 from gsal_wire.pb import SCORER_SERVICE, scorer_pb2_grpc
 from gsal_wire.security import AuthInterceptor, server_credentials
 from server.config import ServerConfig
-from server.forwarder import RecordForwarder
+from server.forwarder import RecordForwarder, dialable_address
 from server.metrics import ServerMetrics
 from server.servicer import ScorerServicer
 from server.station import ScorerFactory, Station, SwapResult
@@ -98,6 +98,8 @@ class StationServer:
             raise OSError(f"could not bind {addr}")
         self._server.start()
         self.port = port
+        if self.forwarder is not None:  # the trainer's station registry learns where to deploy to
+            self.forwarder.advertise(self.forwarder.link.advertise_address or dialable_address(cfg.host, port))
         if cfg.metrics_port is not None:
             self.metrics_port = self.metrics.serve(cfg.metrics_port, cfg.metrics_host)
         log.info("station scorer on %s:%d (%s)", cfg.host, port, mode)

@@ -75,6 +75,9 @@ def serve(
                                                help="longest a record waits for its push chunk to fill"),
     trainer_queue: int = typer.Option(10_000, "--trainer-queue",
                                       help="unsent records kept in memory while the trainer is down; beyond: dropped"),
+    advertise_address: str | None = typer.Option(
+        None, "--advertise-address", help="host:port the trainer dials to reach this station (deploys, health "
+        "checks); told to the trainer with every forwarded record (default: the bound address)"),
 ) -> None:
     """Serve GSAL scoring over gRPC until SIGINT/SIGTERM, then drain and stop.
 
@@ -102,8 +105,10 @@ def serve(
                 address=trainer, station_id=station_id, insecure=trainer_insecure, ca=trainer_ca,
                 client_cert=trainer_client_cert, client_key=trainer_client_key, server_name=trainer_server_name,
                 chunk_size=trainer_chunk, max_delay_ms=trainer_max_delay_ms, queue_size=trainer_queue,
+                advertise_address=advertise_address,
             )
-        elif trainer_insecure or trainer_ca or trainer_client_cert or trainer_client_key or trainer_server_name:
+        elif (trainer_insecure or trainer_ca or trainer_client_cert or trainer_client_key or trainer_server_name
+              or advertise_address):
             raise _fail("--trainer-* options need --trainer ADDR")
         cfg = ServerConfig(
             host=host, port=port, station_id=station_id, max_batch_size=max_batch, max_queue_delay_ms=max_delay_ms,

@@ -33,6 +33,9 @@ class TrainerLink(FrozenModel):
     retry_max_s: float = Field(10.0, gt=0, description="longest backoff delay (also the reconnect backoff cap)")
     call_timeout_s: float = Field(60.0, gt=0, description="deadline of one Ingest call")
     flush_s: float | None = Field(None, ge=0, description="shutdown: time to push what is queued (None: grace_s)")
+    advertise_address: str | None = Field(
+        None, description="host:port the trainer dials to reach this station (told in Ingest; None: the bound address)"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> TrainerLink:

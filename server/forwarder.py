@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import random
+import socket
 import threading
 import time
 from collections import deque
@@ -175,6 +176,11 @@ class RecordForwarder:
             )
         return False
 
+    def advertise(self, address: str) -> None:
+        """Tell the trainer, on every Ingest item from now on, where this station's Scorer is reached
+        (``host:port``); the trainer's station registry uses it for deploys and health checks."""
+        self.client.station_address = address
+
     # ---- state --------------------------------------------------------------------------------
     def stats(self) -> ForwarderStats:
         """A snapshot of the counters."""
@@ -308,6 +314,15 @@ class RecordForwarder:
             log.warning("forwarder: trainer rejected %s: %s %s", image_id, code, message)
         self._stats.dropped["rejected"] += len(res.rejected)
         self._stats.forwarded += len(chunk) - len(res.rejected)
+
+
+def dialable_address(host: str, port: int) -> str:
+    """``host:port`` another machine can dial: a wildcard bind (0.0.0.0, ::) becomes this host's name."""
+    if host in ("", "0.0.0.0", "::", "[::]"):
+        host = socket.getfqdn()
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"{host}:{port}"
 
 
 class _Collector:

@@ -51,6 +51,11 @@ def _open(store: Path):
 
 # ------------------------------------------------------------------------------------------ serve
 
+# the trainer's connections to its stations for periodic health checks (`serve --health-interval`)
+_health = client_tls_options("the stations (health checks)", prefix="stations-", cert_prefix="stations-")
+StTokenFile = typer.Option(None, "--token-file", help="File with the stations' scoring token (GetModelInfo, "
+                           "canary probe scoring), when they require one.")
+
 
 @app.command("serve")
 def serve(
@@ -64,6 +69,11 @@ def serve(
     insecure: bool = typer.Option(False, "--insecure", help="Plaintext gRPC (tests, loopback demos only)."),
     batch_items: int = typer.Option(128, "--batch-items", help="Commit every N ingested items."),
     workers: int = typer.Option(8, "--workers", help="Concurrent Ingest streams."),
+    health_interval: float = typer.Option(0.0, "--health-interval", min=0.0, help="Seconds between health "
+                                          "checks of the registered stations (0 = off; see `trainer stations`)."),
+    health_insecure: bool = _health.insecure, health_ca: Path | None = _health.ca,
+    health_cert: Path | None = _health.client_cert, health_key: Path | None = _health.client_key,
+    health_server_name: str | None = _health.server_name, health_token_file: Path | None = StTokenFile,
 ) -> None:
     """Run the Trainer gRPC service (client-streaming Ingest) until SIGINT/SIGTERM."""
     from trainer.ingest_service import IngestConfig, serve_forever
@@ -82,7 +92,18 @@ def serve(
         tls = server_tls(tls_cert, tls_key, client_ca, require_client_cert=client_ca is not None)
         creds = server_credentials(tls)
     cfg = IngestConfig(host=host, port=port, batch_items=batch_items, max_workers=workers)
-    serve_forever(store, cfg, credentials=creds, port_file=port_file)
+    monitor = None
+    if health_interval > 0:
+        from trainer.fleet import HealthMonitor
+
+        access = _access(health_insecure, health_ca, health_cert, health_key, None, health_server_name,
+                         health_token_file)
+        monitor = HealthMonitor(store, access, health_interval).start()
+    try:
+        serve_forever(store, cfg, credentials=creds, port_file=port_file)
+    finally:
+        if monitor is not None:
+            monitor.stop()
 
 
 # ------------------------------------------------------------------------------------------ status / backup / audit
@@ -304,19 +325,19 @@ def import_labels(
 
 
 def _access(insecure: bool, ca: Path | None, cert: Path | None, key: Path | None,
-            admin_token_file: Path | None, server_name: str | None):
+            admin_token_file: Path | None, server_name: str | None, token_file: Path | None = None,
+            parallel: int | None = None):
+    from gsal_wire.security import SecurityError, read_secret_file
     from trainer.deploy import StationAccess
 
-    token = None
-    if admin_token_file is not None:
-        from gsal_wire.security import SecurityError, read_secret_file
-
-        try:
-            token = read_secret_file(admin_token_file, "--admin-token-file")
-        except SecurityError as e:
-            _fail(str(e))
-    return StationAccess(insecure=insecure, ca=ca, client_cert=cert, client_key=key, admin_token=token,
-                         server_name=server_name)
+    try:
+        admin = read_secret_file(admin_token_file, "--admin-token-file") if admin_token_file else None
+        token = read_secret_file(token_file, "--token-file") if token_file else None
+    except SecurityError as e:
+        _fail(str(e))
+    extra = {"max_parallel": parallel} if parallel else {}
+    return StationAccess(insecure=insecure, ca=ca, client_cert=cert, client_key=key, admin_token=admin,
+                         server_name=server_name, token=token, **extra)
 
 
 _stations = client_tls_options("the stations", prefix="stations-", cert_prefix="")
@@ -325,40 +346,91 @@ StInsecure, StCa, StCert, StKey, StName = (_stations.insecure, _stations.ca, _st
 StToken = typer.Option(None, "--admin-token-file", help="File with the stations' LoadBundle admin token.")
 
 
+StationsOpt = typer.Option(None, "--stations", help="Comma-separated station ids (default: every registered "
+                          "station with an address; see `trainer stations`).")
+ParallelOpt = typer.Option(16, "--parallel", min=1, help="Stations loading the bundle at the same time.")
+
+
 @app.command("deploy")
 def deploy_cmd(
     bundle: Path = typer.Option(..., "--bundle", help="Bundle folder (or a bundles folder with LATEST)."),
     store: Path = StoreOpt,
     push: bool = typer.Option(True, "--push/--no-push", help="Send LoadBundle to the registered stations."),
+    stations: str | None = StationsOpt,
+    canary: str | None = typer.Option(None, "--canary", help="Station id to deploy to first: it must come back "
+                                      "SERVING the bundle with score drift <= --drift-max, else it is rolled "
+                                      "back and no other station is touched."),
+    drift_max: float = typer.Option(0.5, "--drift-max", min=0.0, max=2.0, help="Canary gate: largest allowed "
+                                    "1 - Spearman rho of the probe slices' D_img, old vs new bundle (0..2)."),
+    no_drift_gate: bool = typer.Option(False, "--health-only", help="Canary: gate on health only (no probe "
+                                       "scoring)."),
+    probe_images: Path | None = typer.Option(None, "--probe-images", help="Canary probe slices from this folder "
+                                             "(default: the last --probe-n slices the canary sent)."),
+    probe_n: int = typer.Option(16, "--probe-n", min=3, help="Canary: number of probe slices."),
+    healthy_timeout: float = typer.Option(60.0, "--healthy-timeout", min=0.0, help="Canary: seconds to come back "
+                                          "SERVING the new bundle."),
+    parallel: int = ParallelOpt,
     stations_insecure: bool = StInsecure, stations_ca: Path | None = StCa, client_cert: Path | None = StCert,
     client_key: Path | None = StKey, admin_token_file: Path | None = StToken,
-    server_name: str | None = StName,
+    server_name: str | None = StName, token_file: Path | None = StTokenFile,
 ) -> None:
-    """Deploy a bundle to the registered stations and make it the serving one (e.g. the first bundle)."""
+    """Deploy a bundle to the registered stations (all, or --stations; --canary first) and make it serving."""
+    from trainer.canary import CanaryOptions
     from trainer.deploy import bundle_identity, deploy
+    from trainer.fleet import parse_station_list
 
-    access = _access(stations_insecure, stations_ca, client_cert, client_key, admin_token_file, server_name)
-    _deploy_in(store, lambda s: deploy(s, *bundle_identity(bundle), access, push=push))
+    access = _access(stations_insecure, stations_ca, client_cert, client_key, admin_token_file, server_name,
+                     token_file, parallel)
+    names = parse_station_list(stations)
+    copts = None
+    if (canary or names) and not push:
+        _fail("--canary and --stations send LoadBundle; they do not go with --no-push")
+    if canary:
+        copts = CanaryOptions(station=canary, drift_max=None if no_drift_gate else drift_max,
+                              probe_images=probe_images, probe_n=probe_n, healthy_timeout_s=healthy_timeout)
+    elif probe_images is not None or no_drift_gate:
+        _fail("--probe-images and --health-only go with --canary ID")
+    _deploy_in(store, lambda s: deploy(s, *bundle_identity(bundle), access, push=push, stations=names,
+                                       canary=copts, progress=True))
 
 
 def _deploy_in(store: Path, run) -> None:
     """Open the store, run one deploy or rollback in it, print the report (a DeployError: exit 1)."""
+    from gsal_edge.errors import GSALError
     from trainer.deploy import DeployError
 
     s = _open(store)
     try:
         rep = run(s)
     except DeployError as e:
+        if e.report is not None:
+            _print_stations(e.report)
         _fail(str(e), 1)
+    except GSALError as e:  # a bad station list, an unusable canary probe set
+        _fail(str(e))
     finally:
         s.close()
     _print_deploy(rep)
 
 
-def _print_deploy(rep) -> None:
-    typer.echo(f"serving {rep.bundle_id} (replaced {rep.replaced})")
+def _print_stations(rep) -> None:
     for sid, r in rep.stations.items():
-        typer.echo(f"  {sid}: {'ok' if r['ok'] else 'FAILED ' + str(r.get('code')) + ' ' + str(r.get('error'))}")
+        status = r.get("status", "ok" if r.get("ok") else "failed")
+        if status == "ok":
+            line = f"ok ({r.get('deploy_s', '?')}s: load {r.get('load_s')}s, warm-up {r.get('warmup_s')}s)"
+        elif status == "skipped":
+            line = f"skipped: {r.get('reason')}"
+        else:
+            line = f"FAILED {r.get('code') or ''} {r.get('reason') or r.get('error')}".replace("  ", " ")
+        typer.echo(f"  {sid}: {line}")
+    if rep.canary:
+        c = rep.canary
+        typer.echo(f"  canary {c['station']}: {'passed' if c['passed'] else 'FAILED'} ({c.get('reason')})")
+
+
+def _print_deploy(rep) -> None:
+    typer.echo(f"serving {rep.bundle_id} (replaced {rep.replaced}) in {rep.seconds:.2f}s")
+    _print_stations(rep)
     if rep.failed:
         raise typer.Exit(code=1)
 
@@ -367,15 +439,57 @@ def _print_deploy(rep) -> None:
 def rollback_cmd(
     store: Path = StoreOpt,
     push: bool = typer.Option(True, "--push/--no-push", help="Send LoadBundle to the registered stations."),
+    stations: str | None = StationsOpt,
+    parallel: int = ParallelOpt,
     stations_insecure: bool = StInsecure, stations_ca: Path | None = StCa, client_cert: Path | None = StCert,
     client_key: Path | None = StKey, admin_token_file: Path | None = StToken,
-    server_name: str | None = StName,
+    server_name: str | None = StName, token_file: Path | None = StTokenFile,
 ) -> None:
-    """Re-deploy the previous bundle; the current one is retired."""
+    """Re-deploy the previous bundle on every station serving the current one; the current one is retired."""
     from trainer.deploy import rollback
+    from trainer.fleet import parse_station_list
 
-    access = _access(stations_insecure, stations_ca, client_cert, client_key, admin_token_file, server_name)
-    _deploy_in(store, lambda s: rollback(s, access, push=push))
+    access = _access(stations_insecure, stations_ca, client_cert, client_key, admin_token_file, server_name,
+                     token_file, parallel)
+    _deploy_in(store, lambda s: rollback(s, access, push=push, stations=parse_station_list(stations),
+                                         progress=True))
+
+
+@app.command("stations")
+def stations_cmd(
+    store: Path = StoreOpt,
+    check: bool = typer.Option(False, "--check", help="Health-check every station first (concurrently)."),
+    timeout: float = typer.Option(5.0, "--timeout", min=0.1, help="Seconds per station health check."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    stations_insecure: bool = StInsecure, stations_ca: Path | None = StCa, client_cert: Path | None = StCert,
+    client_key: Path | None = StKey, server_name: str | None = StName, token_file: Path | None = StTokenFile,
+) -> None:
+    """The station registry: id, address, bundle, health and when each was last seen / checked."""
+    import time
+
+    from trainer.fleet import check_fleet
+
+    s = _open(store)
+    try:
+        if check:
+            access = _access(stations_insecure, stations_ca, client_cert, client_key, None, server_name,
+                             token_file)
+            check_fleet(s, access, timeout_s=timeout)
+        rows = s.stations()
+    finally:
+        s.close()
+    if as_json:
+        _echo_json(rows)
+        return
+    now = time.time()
+    ago = lambda t: "never" if t is None else f"{now - t:.0f}s ago"
+    typer.echo(f"{len(rows)} station(s)")
+    for r in rows:
+        typer.echo(f"  {r['station_id']:<16} {r.get('address') or '(no address)':<22} {r.get('bundle_id') or '-'}")
+        typer.echo(f"      health {r.get('health') or 'unchecked'} ({r.get('health_detail') or '-'}, checked "
+                   f"{ago(r.get('health_checked_at'))}); last seen {ago(r.get('last_seen'))}")
+    if check and any(r.get("health") != "serving" for r in rows if r.get("address")):
+        raise typer.Exit(code=1)
 
 
 @app.command("rescore")

@@ -15,6 +15,7 @@ A store failure (disk full, I/O error) aborts the call with UNAVAILABLE: nothing
 from __future__ import annotations
 
 import logging
+import re
 import sqlite3
 import threading
 from collections.abc import Iterable
@@ -32,7 +33,7 @@ from gsal_wire.convert import PB_TO_ENCODING, decode_pb_slice, item_error, recor
 from gsal_wire.pb import TRAINER_SERVICE, trainer_pb2, trainer_pb2_grpc
 from trainer.images import ImageError, encode_pixels
 from trainer.store.pool_store import PoolStore
-from trainer.store.types import IngestItem
+from trainer.store.types import IngestItem, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +107,8 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
     def __init__(self, store: PoolStore, config: IngestConfig = IngestConfig()) -> None:
         self.store = store
         self.config = config
+        self._addresses: dict[str, str] = {}  # station -> the Scorer address it last told us (registry)
+        self._addr_lock = threading.Lock()
 
     def Ingest(
         self, request_iterator: Iterable[trainer_pb2.IngestItem], context: grpc.ServicerContext
@@ -140,8 +143,11 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
                     )
             batch, nbytes = [], 0
 
+        told: tuple[str, str] | None = None  # (station, address) the stream's items name
         for msg in request_iterator:
             ack.received += 1
+            if msg.station_address and told is None:
+                told = (msg.station_id, msg.station_address)
             try:
                 item = item_from_pb(msg)
             except ItemInvalid as e:
@@ -155,10 +161,32 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
             if len(batch) >= self.config.batch_items or nbytes >= self.config.batch_bytes:
                 flush()
         flush()
+        if told is not None and ack.received > len(ack.rejected):
+            self._note_address(*told)
         if ack.rejected or ack.duplicates:
             log.info("ingest: %d received, %d committed, %d duplicates, %d rejected",
                      ack.received, ack.committed, ack.duplicates, len(ack.rejected))
         return ack
+
+
+    def _note_address(self, station: str, address: str) -> None:
+        """Keep the station registry's address as the station tells it (one write per change)."""
+        with self._addr_lock:
+            if self._addresses.get(station) == address:
+                return
+            if not ADDRESS_RE.match(address):
+                log.warning("ingest: station %s told an unusable address %r; ignored", station, address)
+                return
+            try:
+                self.store.register_station(station, address)
+            except (StoreError, sqlite3.Error, OSError) as e:  # the records are stored; the address can wait
+                log.warning("ingest: could not record station %s at %s: %s", station, address, e)
+                return
+            self._addresses[station] = address
+        log.info("station %s reachable at %s (told in Ingest)", station, address)
+
+
+ADDRESS_RE = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):\d{1,5}$")
 
 
 @dataclass

@@ -480,3 +480,26 @@ class PoolStore:
                         shutil.copy2(src, dst)
                         copied += 1
         return {"database": str(out), "bytes": out.stat().st_size, "images_copied": copied}
+
+    # -- fleet (trainer/fleet.py, trainer/deploy.py): station health and probe slices ---------------------
+
+    def record_station_health(
+        self, station_id: str, health: str, detail: str | None, at: float, *, address: str | None = None,
+        bundle_id: str | None = None,
+    ) -> None:
+        """Store one health check of a registered station (``bundle_id``: the bundle it reported serving)."""
+        with self._write() as c:
+            c.execute(
+                "UPDATE stations SET health = ?, health_detail = ?, health_checked_at = ?, "
+                "address = coalesce(?, address), bundle_id = coalesce(?, bundle_id) WHERE station_id = ?",
+                (health, detail, at, address, bundle_id, station_id),
+            )
+
+    def recent_slice_keys(self, station_id: str, limit: int) -> list[str]:
+        """Pool keys of the ``limit`` slices ``station_id`` sent last that have stored pixels (newest first)."""
+        rows = self._q(
+            "SELECT station_id, slice_id FROM slices WHERE station_id = ? AND image_sha256 IS NOT NULL "
+            "ORDER BY ingested_at DESC, id DESC LIMIT ?",
+            (station_id, int(limit)),
+        )
+        return [pool_key(r[0], r[1]) for r in rows]

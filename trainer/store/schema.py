@@ -115,6 +115,12 @@ MIGRATIONS: tuple[str, ...] = (
         note         TEXT
     );
     """,
+    # v2 (fleet, docs/fleet.md): the last health check of each station
+    """
+    ALTER TABLE stations ADD COLUMN health TEXT;             -- serving | not_serving | unreachable | ...
+    ALTER TABLE stations ADD COLUMN health_detail TEXT;      -- why (error text), or the check's latency
+    ALTER TABLE stations ADD COLUMN health_checked_at REAL;  -- unix time of that check
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
