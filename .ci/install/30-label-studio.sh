@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Label Studio (the annotation server that tests/trainer/test_label_studio_live.py starts for real).
+# Its pins clash with ours (Django stack, its own numpy/pydantic ranges), so it gets a side venv at
+# <repo>/.venv-labelstudio/. Idempotent: a second run only checks the installed version (~1 s).
+# The client side (label-studio-sdk, used by trainer/label_studio.py) goes in the project venv ($PY).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+LS_VERSION=1.23.2
+VENV=.venv-labelstudio
+PY=${PY:-.venv/bin/python}
+
+if [ -x "$VENV/bin/label-studio" ] && [ "$("$VENV/bin/python" -c \
+    'import importlib.metadata as m; print(m.version("label-studio"))' 2>/dev/null)" = "$LS_VERSION" ]; then
+  echo "label-studio $LS_VERSION already in $VENV"
+else
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q --disable-pip-version-check "label-studio==$LS_VERSION"
+  echo "label-studio $LS_VERSION installed in $VENV"
+fi
+
+# the SDK in the project venv, holding our own pins where they are (the newest SDKs pin opencv 4.12,
+# whose wheels cap numpy < 2.3; with the pins held pip picks an SDK release that does not)
+if ! "$PY" -c 'import label_studio_sdk' 2>/dev/null; then
+  pins=$("$PY" -m pip freeze --disable-pip-version-check | grep -iE '^(numpy|pydantic|protobuf|grpcio)==' || true)
+  # shellcheck disable=SC2086
+  "$PY" -m pip install -q --disable-pip-version-check "label-studio-sdk>=2,<3" $pins
+fi
