@@ -18,10 +18,11 @@ else
   echo "label-studio $LS_VERSION installed in $VENV"
 fi
 
-# the SDK in the project venv, holding our own pins where they are (the newest SDKs pin opencv 4.12,
-# whose wheels cap numpy < 2.3; with the pins held pip picks an SDK release that does not)
+# the client (label-studio-sdk, the pyproject extra `labelstudio`) in the project venv, with our own numpy,
+# pydantic, protobuf and grpcio held where they are (see the extra's comment on opencv)
 if ! "$PY" -c 'import label_studio_sdk' 2>/dev/null; then
   pins=$("$PY" -m pip freeze --disable-pip-version-check | grep -iE '^(numpy|pydantic|protobuf|grpcio)==' || true)
   # shellcheck disable=SC2086
-  "$PY" -m pip install -q --disable-pip-version-check "label-studio-sdk>=2,<3" $pins
+  "$PY" -m pip install -q --disable-pip-version-check "label-studio-sdk>=2,<3" "opencv-python-headless>=4.13" $pins
 fi
+echo "label-studio-sdk $("$PY" -c 'import importlib.metadata as m; print(m.version("label-studio-sdk"))') in $PY"

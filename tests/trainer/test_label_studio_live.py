@@ -112,6 +112,7 @@ def test_push_annotate_pull_round_trip(server, graph, tmp_path):
     times["re-push (4 tasks, all there)"] = time.perf_counter() - t0
     assert res.exit_code == 0, res.output
     assert "0 new task(s), 0 completed, 4 already there" in res.output
+    assert f"({PROJECT!r}, updated)" in res.output  # same classes: the labeling config is left alone
     assert len(_tasks_by_key(ls, proj.id)) == 4 and len(list(ls.tasks.list(project=proj.id))) == 4
 
     # a person annotates 3 of the 4 tasks: accepts one pre-annotation as is, draws a crack, draws a box
@@ -171,25 +172,27 @@ def test_push_annotate_pull_round_trip(server, graph, tmp_path):
     ls.annotations.create(id=tasks[k2[0]].id, result=[_box_result((2, 2, 12, 9), "drill_hole"),
                                                        _box_result((40, 5, 50, 15), "crack")])
     ls.annotations.create(id=tasks[k2[1]].id, result=[], was_cancelled=True)  # skipped by the annotator
+    ls.annotations.create(id=tasks[k2[2]].id, result=[])  # submitted with no box: a clean slice
     t0 = time.perf_counter()
     res = run(app, ["pull", *cli])
-    times["pull (2 rounds, 4 annotated)"] = time.perf_counter() - t0
+    times["pull (2 rounds, 5 finished + 1 skipped)"] = time.perf_counter() - t0
     assert res.exit_code == 0, res.output
-    assert f"round {r2.round_id}: imported 1 images / 2 boxes" in res.output
+    assert f"round {r2.round_id}: imported 2 images / 2 boxes" in res.output
     store = PoolStore(root)
     want["crack"] += 1
     want["drill_hole"] = want.get("drill_hole", 0) + 1
     assert store.coverage_counts() == dict(sorted(want.items()))
-    assert sorted(store.labeled_keys()) == sorted(k[:3] + k2[:1])
+    assert sorted(store.labeled_keys()) == sorted(k[:3] + [k2[0], k2[2]])
+    assert store.labeled_dataset().by_id()[k2[2]].annotations == []
     rounds = {r["id"]: r for r in store.rounds()}
-    assert rounds[r1.round_id]["n_labeled"] == 3 and rounds[r2.round_id]["n_labeled"] == 1
+    assert rounds[r1.round_id]["n_labeled"] == 3 and rounds[r2.round_id]["n_labeled"] == 2
     assert rounds[r2.round_id]["status"] == "selected"
     store.close()
     print("\n[label studio] " + json.dumps({name: round(t, 2) for name, t in times.items()}))
     print(f"[label studio] final counts {want}")
 
 
-def test_bad_token_and_missing_project_are_clear_errors(server, graph, tmp_path):
+def test_clear_errors_and_a_changed_label_config(server, graph, tmp_path):
     root = tmp_path / "store"
     store = PoolStore(root)
     store.ingest([make_item(i) for i in range(3)])
@@ -206,3 +209,19 @@ def test_bad_token_and_missing_project_are_clear_errors(server, graph, tmp_path)
     res = run(app, ["pull", "--label-studio", server.url, "--token-file", str(good), "--project", "nope",
                     "--store", str(root)])
     assert res.exit_code == 1 and "no project titled 'nope'" in res.output
+    # the graph's classes change (here: binary label mode): the project gets the new labeling config
+    store = PoolStore(root)
+    select_round(store, graph, GSALConfig(), 2)
+    store.close()
+    cli = ["--label-studio", server.url, "--token-file", str(good), "--project", "GSAL config test",
+           "--store", str(root)]
+    assert run(app, ["push", *cli]).exit_code == 0
+    res = run(app, ["push", *cli, "--set", "label_mode=binary"])
+    assert res.exit_code == 0, res.output
+    assert "labeling config updated" in res.output and "2 already there" in res.output
+    from label_studio_sdk import LabelStudio
+
+    ls = LabelStudio(base_url=server.url, api_key=server.token)
+    (proj,) = [p for p in ls.projects.list() if p.title == "GSAL config test"]
+    config = ls.projects.get(proj.id).label_config
+    assert 'value="defect"' in config and 'value="void"' not in config
