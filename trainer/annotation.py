@@ -23,10 +23,10 @@ overlaps the box best, IoU >= 0.5, else ``unknown``).
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import re
-import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -34,10 +34,11 @@ from urllib.parse import unquote, urlparse
 from xml.sax.saxutils import quoteattr
 
 from gsal_edge.acquisition.concept_graph import UNKNOWN, ConceptGraph
+from gsal_edge.acquisition.records import ScoreRecord
 from gsal_edge.errors import GSALError
 from trainer.images import atomic_write, decode_image, to_display_uint8
 from trainer.store.pool_store import PoolStore
-from trainer.store.types import ImageLabels, LabelBox, SliceInfo, StoreError
+from trainer.store.types import ImageLabels, LabelBox, Pick, SliceInfo, StoreError
 
 LabelMode = Literal["typed", "binary"]
 #: (slice, boxes) -> one fine concept per box (binary mode)
@@ -163,6 +164,59 @@ def _local_path(ref: str) -> Path | None:
 # -------------------------------------------------------------------------------------------- export
 
 
+def label_config_xml(classes: Sequence[str]) -> str:
+    """The Label Studio labeling config: the slice, why it was picked, one rectangle label per class."""
+    labels_xml = "".join(f"\n    <Label value={quoteattr(c)}/>" for c in classes)
+    return (f'<View>\n  <Header value="$why"/>\n  <Image name="{LS_TO_NAME}" value="$image" zoom="true"/>\n'
+            f'  <RectangleLabels name="{LS_FROM_NAME}" toName="{LS_TO_NAME}">{labels_xml}\n'
+            '  </RectangleLabels>\n</View>\n')
+
+
+def task_data(pick: Pick, image_url: str, round_id: int) -> dict[str, Any]:
+    """A Label Studio task's ``data``: the image, the pool key, the round, and why it was picked."""
+    r = pick.rationale
+    prop = r.get("proposal") or {}
+    return {"image": image_url, "gsal_image_id": pick.key, "gsal_round": round_id, "rank": pick.rank,
+            "acquisition": pick.score, "why": r.get("sentence", ""), "driver": r.get("driver", ""),
+            "concept": prop.get("concept", ""), "terms": r.get("terms", {})}
+
+
+def prediction_boxes(
+    rec: ScoreRecord | None, width: int, height: int, classes: Sequence[str], *, mode: LabelMode = "typed",
+    binary_class: str = "defect", min_score: float = 0.0,
+) -> list[tuple[int, str, tuple[float, float, float, float], float]]:
+    """The detector pre-annotations of a record: (proposal index, class, box clipped to the image, score)."""
+    out = []
+    for j, p in enumerate(rec.proposals if rec is not None else []):
+        if p.score < min_score or p.concept == "background":
+            continue
+        label = binary_class if mode == "binary" else (p.label if p.label in classes else p.concept)
+        if label not in classes:
+            continue
+        x1, y1, x2, y2 = (max(0.0, p.box[0]), max(0.0, p.box[1]), min(width, p.box[2]), min(height, p.box[3]))
+        if x2 > x1 and y2 > y1:
+            out.append((j, label, (x1, y1, x2, y2), p.score))
+    return out
+
+
+def ls_prediction(rec: ScoreRecord | None, boxes: Sequence[tuple[int, str, tuple[float, float, float, float], float]],
+                  width: int, height: int, id_prefix: str) -> dict[str, Any] | None:
+    """One Label Studio prediction (rectanglelabels in percent) from :func:`prediction_boxes`; None if empty."""
+    results = [
+        {
+            "id": f"{id_prefix}-{j}", "from_name": LS_FROM_NAME, "to_name": LS_TO_NAME, "type": "rectanglelabels",
+            "original_width": width, "original_height": height, "image_rotation": 0, "score": score,
+            "value": {"x": 100.0 * x1 / width, "y": 100.0 * y1 / height, "width": 100.0 * (x2 - x1) / width,
+                      "height": 100.0 * (y2 - y1) / height, "rotation": 0, "rectanglelabels": [label]},
+        }
+        for j, label, (x1, y1, x2, y2), score in boxes
+    ]
+    if not results:
+        return None
+    return {"model_version": rec.model.get("bundle", "") if rec else "", "result": results,
+            "score": max(r["score"] for r in results)}
+
+
 def export_round(
     store: PoolStore,
     round_id: int,
@@ -183,57 +237,23 @@ def export_round(
     cat_id = {c: i + 1 for i, c in enumerate(classes)}
     coco_images, coco_preds, ls_tasks, names = [], [], [], {}
     for n, pick in enumerate(picks, 1):
-        info = store.slice_info(pick.key)
         name = image_name(pick.key)
         names[name] = pick.key
-        width, height = _export_image(info, img_dir / name)
+        png, width, height = display_png(store.slice_info(pick.key))
+        atomic_write(img_dir / name, png)
         coco_images.append(
             {"id": n, "file_name": f"images/{name}", "width": width, "height": height,
              "gsal_image_id": pick.key, "gsal_rank": pick.rank}
         )
         rec = store.record(pick.key, fresh_only=False)
-        results = []
-        for j, p in enumerate(rec.proposals if rec is not None else []):
-            if p.score < min_prediction_score or p.concept == "background":
-                continue
-            label = binary_class if mode == "binary" else (p.label if p.label in cat_id else p.concept)
-            if label not in cat_id:
-                continue
-            x1, y1, x2, y2 = (max(0.0, p.box[0]), max(0.0, p.box[1]), min(width, p.box[2]), min(height, p.box[3]))
-            if x2 <= x1 or y2 <= y1:
-                continue
-            coco_preds.append(
-                {"image_id": n, "category_id": cat_id[label], "bbox": [x1, y1, x2 - x1, y2 - y1], "score": p.score}
-            )
-            results.append(
-                {
-                    "id": f"p{n}-{j}",
-                    "from_name": LS_FROM_NAME,
-                    "to_name": LS_TO_NAME,
-                    "type": "rectanglelabels",
-                    "original_width": width,
-                    "original_height": height,
-                    "image_rotation": 0,
-                    "score": p.score,
-                    "value": {
-                        "x": 100.0 * x1 / width,
-                        "y": 100.0 * y1 / height,
-                        "width": 100.0 * (x2 - x1) / width,
-                        "height": 100.0 * (y2 - y1) / height,
-                        "rotation": 0,
-                        "rectanglelabels": [label],
-                    },
-                }
-            )
-        task: dict[str, Any] = {
-            "data": {"image": f"{image_url_prefix}images/{name}", "gsal_image_id": pick.key, "rank": pick.rank,
-                     "why": pick.rationale.get("sentence", "")},
-        }
-        if results:
-            task["predictions"] = [
-                {"model_version": rec.model.get("bundle", "") if rec else "", "result": results,
-                 "score": max(r["score"] for r in results)}
-            ]
+        boxes = prediction_boxes(rec, width, height, classes, mode=mode, binary_class=binary_class,
+                                 min_score=min_prediction_score)
+        coco_preds += [{"image_id": n, "category_id": cat_id[label], "bbox": [x1, y1, x2 - x1, y2 - y1],
+                        "score": score} for _j, label, (x1, y1, x2, y2), score in boxes]
+        task: dict[str, Any] = {"data": task_data(pick, f"{image_url_prefix}images/{name}", round_id)}
+        prediction = ls_prediction(rec, boxes, width, height, f"p{n}")
+        if prediction is not None:
+            task["predictions"] = [prediction]
         ls_tasks.append(task)
     categories = [{"id": cat_id[c], "name": c, "supercategory": graph.coarse_of(c) if mode == "typed" else c}
                   for c in classes]
@@ -241,19 +261,17 @@ def export_round(
                                     "annotations": [], "categories": categories})
     _write_json(out / "predictions.json", coco_preds)
     _write_json(out / "label_studio_tasks.json", ls_tasks)
-    labels_xml = "".join(f"\n    <Label value={quoteattr(c)}/>" for c in classes)
-    atomic_write(
-        out / "label_config.xml",
-        (f'<View>\n  <Image name="{LS_TO_NAME}" value="$image" zoom="true"/>\n  <RectangleLabels '
-         f'name="{LS_FROM_NAME}" toName="{LS_TO_NAME}">{labels_xml}\n  </RectangleLabels>\n</View>\n').encode(),
-    )
+    atomic_write(out / "label_config.xml", label_config_xml(classes).encode())
     manifest = {"round": round_id, "mode": mode, "classes": classes, "images": names}
     _write_json(out / "manifest.json", manifest)
     return {"round": round_id, "images": len(picks), "predictions": len(coco_preds), "out": str(out)}
 
 
-def _export_image(info: SliceInfo, dest: Path) -> tuple[int, int]:
-    """Write a uint8 PNG display copy of a slice; returns (width, height)."""
+def display_png(info: SliceInfo) -> tuple[bytes, int, int]:
+    """The slice as an 8-bit PNG a browser shows (uint8 PNGs as stored, others min-max windowed per slice).
+
+    Returns (PNG bytes, width, height).
+    """
     src = info.image_path
     if src is None and info.image_ref:
         src = _local_path(info.image_ref)
@@ -264,12 +282,14 @@ def _export_image(info: SliceInfo, dest: Path) -> tuple[int, int]:
     if pixels.ndim == 3:
         pixels = pixels[..., 0]
     if src.suffix.lower() == ".png" and pixels.dtype.name == "uint8":
-        shutil.copyfile(src, dest)
+        data = src.read_bytes()
     else:
         from PIL import Image
 
-        Image.fromarray(to_display_uint8(pixels)).save(dest, format="PNG")
-    return int(pixels.shape[1]), int(pixels.shape[0])
+        buf = io.BytesIO()
+        Image.fromarray(to_display_uint8(pixels)).save(buf, format="PNG")
+        data = buf.getvalue()
+    return data, int(pixels.shape[1]), int(pixels.shape[0])
 
 
 # -------------------------------------------------------------------------------------------- import
@@ -342,8 +362,14 @@ def parse_label_studio(path: Path, problems: list[str], ignored: list[str]) -> l
         raise AnnotationError(path, [f"cannot read Label Studio JSON: {e}"]) from None
     if not isinstance(doc, list):
         raise AnnotationError(path, ["not a Label Studio export: expected a JSON list of tasks"])
+    return parse_label_studio_tasks(enumerate(doc), problems, ignored)
+
+
+def parse_label_studio_tasks(tasks: Iterable[tuple[int, Any]], problems: list[str],
+                             ignored: list[str]) -> list[_Parsed]:
+    """Label Studio tasks (with their index in the export) -> parsed labels of each finished task."""
     out = []
-    for i, task in enumerate(doc):
+    for i, task in tasks:
         if not isinstance(task, dict) or not isinstance(task.get("data"), dict):
             problems.append(f"tasks[{i}]: needs a 'data' object")
             continue
@@ -526,6 +552,58 @@ def _commit(store: PoolStore, labels: list[ImageLabels], round_id: int | None, s
     pending = [p.key for p in store.selection(round_id) if p.key not in done] if round_id is not None else []
     return ImportReport(source, round_id, len(labels), n_boxes, dict(sorted(per_class.items())), pending,
                         ignored, sha)
+
+
+def import_label_studio_tasks(
+    store: PoolStore,
+    tasks: Any,
+    graph: ConceptGraph,
+    *,
+    source: str,
+    sha256: str,
+    rounds: Sequence[int] | None = None,
+    mode: LabelMode = "typed",
+    binary_class: str = "defect",
+    assigner: ConceptAssigner = proposal_concepts,
+) -> list[ImportReport]:
+    """Import a Label Studio export whose tasks span rounds (``data.gsal_round``, as ``trainer push`` writes).
+
+    Every task of every round is validated first (as :func:`import_labels` does for one round); any problem
+    raises :class:`AnnotationError` naming ``source`` and nothing is written. Then each round's labels are
+    stored in one transaction. ``rounds``: import only these (other rounds' tasks are listed as ignored).
+    """
+    if not isinstance(tasks, list):
+        raise AnnotationError(source, ["not a Label Studio export: expected a JSON list of tasks"])
+    problems: list[str] = []
+    ignored: list[str] = []
+    by_round: dict[int, list[tuple[int, Any]]] = {}
+    for i, task in enumerate(tasks):
+        data = task.get("data") if isinstance(task, dict) else None
+        rid = data.get("gsal_round") if isinstance(data, dict) else None
+        where = f"tasks[{i}] (id={task.get('id') if isinstance(task, dict) else None!r})"
+        if not isinstance(rid, int) or isinstance(rid, bool):
+            problems.append(f"{where}: no integer data.gsal_round (a task not pushed by `gsal-edge trainer push`)")
+        elif rounds is not None and rid not in rounds:
+            ignored.append(f"{where}: round {rid} not requested")
+        else:
+            by_round.setdefault(rid, []).append((i, task))
+    classes = classes_for(graph, mode, binary_class)
+    validated: dict[int, list[ImageLabels]] = {}
+    round_ignored: dict[int, list[str]] = {}
+    for rid, group in sorted(by_round.items()):
+        try:
+            store.selection(rid)
+        except StoreError:
+            problems.append(f"tasks {[i for i, _ in group][:10]}: round {rid} does not exist in {store.db_path}")
+            continue
+        round_ignored[rid] = []
+        parsed = parse_label_studio_tasks(group, problems, round_ignored[rid])
+        validated[rid] = validate(store, parsed, rid, classes, mode=mode, assigner=assigner,
+                                  allow_unselected=False, problems=problems)
+    if problems:
+        raise AnnotationError(source, problems)
+    return [_commit(store, labels, rid, source, sha256, ignored + round_ignored[rid])
+            for rid, labels in validated.items()]
 
 
 # ----------------------------------------------------------------------------------- simulated annotator

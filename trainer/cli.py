@@ -321,6 +321,93 @@ def import_labels(
         typer.echo(f"  ignored: {line}")
 
 
+# ------------------------------------------------------------------------------------------ live Label Studio
+
+LsUrlOpt = typer.Option(..., "--label-studio", help="Label Studio server URL, e.g. http://127.0.0.1:8080.")
+LsTokenOpt = typer.Option(..., "--token-file", help="File holding your Label Studio API token "
+                          "(Account & Settings -> Access Token).")
+LsProjectOpt = typer.Option("GSAL Edge", "--project", help="Title of the Label Studio project (created if missing).")
+
+
+def _label_studio(url: str, token_file: Path):
+    from trainer.label_studio import LabelStudio, LabelStudioError, read_token
+
+    try:
+        return LabelStudio(url, read_token(token_file))
+    except LabelStudioError as e:
+        _fail(str(e), 1)
+
+
+@app.command("push")
+def push(
+    label_studio: str = LsUrlOpt,
+    token_file: Path = LsTokenOpt,
+    project: str = LsProjectOpt,
+    round_id: int | None = typer.Option(None, "--round", help="Round to push (default: the latest)."),
+    store: Path = StoreOpt,
+    graph: str = GraphOpt,
+    config: Path | None = ConfigOpt,
+    set_: list[str] | None = SetOpt,
+    binary_class: str = BinaryClassOpt,
+    min_score: float = typer.Option(0.0, "--min-score", help="Pre-annotate only proposals with this detector "
+                                    "confidence or more."),
+) -> None:
+    """Create or update a Label Studio project with a round's picks: images, pre-annotations, rationale."""
+    from gsal_edge.errors import GSALError
+    from trainer.label_studio import push_round
+
+    g, cfg = _graph_and_config(graph, config, set_)
+    ls = _label_studio(label_studio, token_file)
+    s = _open(store)
+    try:
+        rep = push_round(s, g, ls, round_id=round_id, project=project, mode=cfg.label_mode,
+                         binary_class=binary_class, min_prediction_score=min_score, progress=True)
+    except GSALError as e:
+        _fail(str(e), 1)
+    finally:
+        s.close()
+    how = "created" if rep.project_created else ("labeling config updated" if rep.config_updated else "updated")
+    typer.echo(f"round {rep.round_id} -> {rep.url}/projects/{rep.project_id} ({rep.project!r}, {how}): "
+               f"{rep.tasks_created} new task(s), {rep.tasks_completed} completed, {rep.tasks_skipped} already "
+               f"there, {rep.predictions} pre-annotation(s); classes {', '.join(rep.classes)}")
+
+
+@app.command("pull")
+def pull(
+    label_studio: str = LsUrlOpt,
+    token_file: Path = LsTokenOpt,
+    project: str = LsProjectOpt,
+    round_id: list[int] | None = typer.Option(None, "--round", help="Import only this round (repeatable; "
+                                              "default: every round in the project)."),
+    store: Path = StoreOpt,
+    graph: str = GraphOpt,
+    config: Path | None = ConfigOpt,
+    set_: list[str] | None = SetOpt,
+    binary_class: str = BinaryClassOpt,
+    concepts: str = typer.Option("auto", "--concepts", help="Binary label mode: how a box gets its fine "
+                                 "concept (clip, proposals, auto; as in import-labels)."),
+) -> None:
+    """Import the project's finished annotations, validated as a whole (nothing written on any problem)."""
+    from gsal_edge.errors import GSALError
+    from trainer.label_studio import pull as run
+
+    g, cfg = _graph_and_config(graph, config, set_)
+    ls = _label_studio(label_studio, token_file)
+    s = _open(store)
+    try:
+        reports = run(s, g, ls, project=project, rounds=round_id or None, mode=cfg.label_mode,
+                      binary_class=binary_class, concepts=concepts)
+    except GSALError as e:
+        _fail(str(e), 1)
+    finally:
+        s.close()
+    if not reports:
+        typer.echo(f"{ls.url}: project {project!r} has no finished annotation yet")
+    for rep in reports:
+        typer.echo(f"round {rep.round_id}: imported {rep.images} images / {rep.boxes} boxes {rep.per_class}; "
+                   f"{len(rep.pending)} selected image(s) still unlabeled")
+
+
 # ------------------------------------------------------------------------------------------ deploy / retrain
 
 
