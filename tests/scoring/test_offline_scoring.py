@@ -55,8 +55,8 @@ def _slices(d: Path, n: int = 11) -> Path:
 def test_offline_records_are_byte_identical_to_a_station(signed: dict[str, Path], tmp_path: Path) -> None:
     imgs = _slices(tmp_path / "imgs")
     proc, addr, _ = start_serve_process(["--insecure", "--port", "0", "--bundle", str(signed["bundle"]),
-                                             "--trusted-key", str(signed["pub"]), "--station-id", "st-7",
-                                             "--max-batch", "4", "--grace-s", "1"])
+                                         "--trusted-key", str(signed["pub"]), "--station-id", "st-7",
+                                         "--max-batch", "4", "--grace-s", "1"])
     runner = CliRunner()
     try:
         via_station = tmp_path / "station.jsonl"
