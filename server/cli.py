@@ -197,7 +197,11 @@ _server_opt = typer.Option(..., "--server", help="host:port of the station")
 
 @app.command("score")
 def score(
-    server: str = _server_opt,
+    server: str | None = typer.Option(None, "--server", help="host:port of the station to stream the slices to "
+                                      "(or --bundle: score in this process)"),
+    bundle: str | None = typer.Option(None, "--bundle", help="score offline, in this process, with this bundle "
+                                      "(a bundle folder or a bundles folder with LATEST), verified as a station "
+                                      "verifies it; no server, no TLS"),
     images: Path = typer.Option(..., "--images", help="folder of .png / .tif / .tiff / .npy slices"),
     out: Path | None = typer.Option(None, "--out", help="write score records here (JSONL); stdout if absent"),
     ca: Path | None = _station.ca,
@@ -210,26 +214,68 @@ def score(
     part: str | None = typer.Option(None, "--part", help="meta.part for every slice"),
     timeout_s: float | None = typer.Option(None, "--timeout-s", help="deadline for the whole stream"),
     recursive: bool = typer.Option(False, "--recursive", "-r", help="also look in sub-folders"),
+    trusted_key: list[Path] = typer.Option([], "--trusted-key", help="--bundle: ed25519 public key(s) the bundle "
+                                           "must be signed by"),
+    allow_unsigned: bool = typer.Option(False, "--allow-unsigned", help="--bundle: accept a bundle without a "
+                                        "signature (its file hashes are still checked)"),
+    backend: str = typer.Option("onnxruntime", "--backend", help="--bundle: onnxruntime | torch | tensorrt"),
+    threads: int | None = typer.Option(None, "--threads", help="--bundle: intra-op threads for the engines"),
+    batch: int = typer.Option(8, "--batch", min=1, help="--bundle: slices per scorer call"),
+    station_id: str | None = typer.Option(None, "--station-id", help="--bundle: written to record.model.station "
+                                          "(as a station's --station-id)"),
+    with_embeddings: bool = typer.Option(False, "--with-embeddings", help="--bundle: add each proposal's CLIP "
+                                         "region embedding as proposals[i].embedding (for `graph induce`; "
+                                         "record readers ignore it)"),
 ) -> None:
-    """Stream every slice in IMAGES to a station and write its score records (ids = relative paths)."""
+    """Score every slice in IMAGES (ids = relative paths) through a station (--server) or in this process
+    (--bundle); write the score records as JSON Lines. Offline records are byte-identical to a station's."""
+    from gsal_edge.scoring.offline import list_slice_files
+
+    if (server is None) == (bundle is None):
+        raise _fail("give exactly one of --server (stream to a station) and --bundle (score in this process)")
+    if not images.is_dir():
+        raise _fail(f"--images: {images} is not a folder")
+    files = list_slice_files(images, recursive)
+    if not files:
+        from gsal_edge.data.slices import SLICE_SUFFIXES
+
+        raise _fail(f"--images: no {'/'.join(SLICE_SUFFIXES)} files in {images}")
+    meta = {k: v for k, v in (("line", line), ("part", part)) if v}
+    if bundle is not None:
+        station_only = {"--ca": ca, "--client-cert": client_cert, "--client-key": client_key,
+                        "--token-file": token_file, "--insecure": insecure, "--server-name": server_name,
+                        "--timeout-s": timeout_s}
+        given = [k for k, v in station_only.items() if v]
+        if given:
+            raise _fail(f"{', '.join(given)}: only with --server")
+        _score_offline(bundle, images, files, out, meta, trusted_key, allow_unsigned, backend, threads, batch,
+                       station_id, with_embeddings)
+        return
+    offline_only = {"--trusted-key": trusted_key, "--allow-unsigned": allow_unsigned, "--station-id": station_id,
+                    "--with-embeddings": with_embeddings, "--threads": threads}
+    given = [k for k, v in offline_only.items() if v]
+    if given:
+        raise _fail(f"{', '.join(given)}: only with --bundle")
+    assert server is not None
+    _score_station(server, images, files, out, meta, ca, client_cert, client_key, token_file, insecure, server_name,
+                   timeout_s)
+
+
+def _score_station(server: str, images: Path, files: list[Path], out: Path | None, meta: dict[str, str],
+                   ca: Path | None, client_cert: Path | None, client_key: Path | None, token_file: Path | None,
+                   insecure: bool, server_name: str | None, timeout_s: float | None) -> None:
+    """``score --server``: stream the files to a station, write what it answers."""
     import grpc
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from gsal_edge.acquisition.records import ScoreRecord
-    from gsal_edge.data.slices import SLICE_SUFFIXES, read_slice_file
+    from gsal_edge.data.slices import read_slice_file
     from gsal_edge.errors import GSALError
     from gsal_wire.convert import make_pb_slice
     from gsal_wire.pb import scorer_pb2
     from gsal_wire.scorer_client import ItemFailed, to_result
 
-    if not images.is_dir():
-        raise _fail(f"--images: {images} is not a folder")
-    pattern = "**/*" if recursive else "*"
-    files = sorted(p for p in images.glob(pattern) if p.is_file() and p.suffix.lower() in SLICE_SUFFIXES)
-    if not files:
-        raise _fail(f"--images: no {'/'.join(SLICE_SUFFIXES)} files in {images}")
-    meta = {k: v for k, v in (("line", line), ("part", part)) if v}
     client = _client(server, ca, client_cert, client_key, token_file, None, insecure, server_name)
 
     def requests():  # type: ignore[no-untyped-def]
@@ -270,11 +316,81 @@ def score(
             fh.close()
     if out is not None:
         out.with_suffix(out.suffix + ".tmp").replace(out)
-    dt = time.perf_counter() - t0
-    typer.echo(f"{n_ok} records, {n_err} errors, {len(files)} files in {dt:.1f}s"
+    _summary(n_ok, n_err, len(files), time.perf_counter() - t0, out)
+
+
+def _summary(n_ok: int, n_err: int, n_files: int, seconds: float, out: Path | None) -> None:
+    typer.echo(f"{n_ok} records, {n_err} errors, {n_files} files in {seconds:.1f}s"
                + (f" -> {out}" if out else ""), err=True)
     if n_err:
         raise typer.Exit(1)
+
+
+def _score_offline(bundle: str, images: Path, files: list[Path], out: Path | None, meta: dict[str, str],
+                   trusted_key: list[Path], allow_unsigned: bool, backend: str, threads: int | None, batch: int,
+                   station_id: str | None, with_embeddings: bool) -> None:
+    """``score --bundle``: load and verify the bundle as a station does, score in this process."""
+    from tqdm import tqdm
+
+    from gsal_edge.data.slices import SliceError
+    from gsal_edge.errors import GSALError
+    from gsal_edge.scoring.offline import score_files
+    from server.station import SwapError, default_scorer_factory
+
+    if not trusted_key and not allow_unsigned:
+        raise _fail("--bundle needs --trusted-key KEY (or --allow-unsigned), as a station does")
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    factory = default_scorer_factory(backend=backend, trusted_keys=trusted_key, allow_unsigned=allow_unsigned,
+                                     station=station_id or "", threads=threads)
+    try:
+        scorer = factory(bundle)
+    except SwapError as e:
+        raise _fail(f"--bundle: {e}", 1) from None
+    except (GSALError, OSError, ValueError) as e:
+        raise _fail(f"--bundle: {bundle!r} rejected: {type(e).__name__}: {e}", 1) from None
+    typer.echo(f"scoring offline with bundle {scorer.bundle_id} ({backend})", err=True)
+    fh = sys.stdout if out is None else out.with_suffix(out.suffix + ".tmp").open("w", encoding="utf-8")
+    n_ok = n_err = 0
+    t0 = time.perf_counter()
+    bar = tqdm(total=len(files), desc="scoring", unit="slice", file=sys.stderr, dynamic_ncols=True)
+
+    def skipped(p: Path, e: Exception) -> None:
+        log.warning("%s: skipped (%s)", p, e)
+        bar.update(1)
+
+    try:
+        for res in score_files(scorer, files, images, meta=meta, batch_size=batch, station_id=station_id,
+                               with_embeddings=with_embeddings, on_skip=skipped):
+            if res.record is None:
+                n_err += 1
+                e = res.error
+                code, field = ("INVALID_ARGUMENT", e.field) if isinstance(e, SliceError) else ("INTERNAL", "-")
+                bar.write(f"{res.slice_id}: {code} ({field}) {e}", file=sys.stderr)
+            elif res.proposal_embeddings is None:
+                fh.write(res.record.to_json() + "\n")
+                n_ok += 1
+            else:
+                fh.write(_with_proposal_embeddings(res.record, res.proposal_embeddings) + "\n")
+                n_ok += 1
+            bar.update(1)
+    finally:
+        bar.close()
+        if out is not None:
+            fh.close()
+    if out is not None:
+        out.with_suffix(out.suffix + ".tmp").replace(out)
+    _summary(n_ok, n_err, len(files), time.perf_counter() - t0, out)
+
+
+def _with_proposal_embeddings(rec, embeddings) -> str:  # type: ignore[no-untyped-def]
+    """The record's JSON line with ``proposals[i].embedding`` (rounded as the image embedding is)."""
+    d = rec.to_dict()
+    for p, e in zip(d["proposals"], embeddings):
+        p["embedding"] = [round(float(v), 6) for v in e]
+    return json.dumps(d, separators=(",", ":"))
 
 
 @app.command("info")

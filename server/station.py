@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +23,7 @@ import numpy as np
 
 from gsal_edge.acquisition.records import ScoreRecord
 from gsal_edge.errors import GSALError
+from gsal_edge.scoring.offline import stamp_station
 from server.batcher import BatchScorer, DynamicBatcher, ScorerSlot
 from server.config import ServerConfig
 from server.metrics import ServerMetrics
@@ -171,10 +172,7 @@ class Station:
 
     def finalize(self, rec: ScoreRecord) -> ScoreRecord:
         """The record with the station id stamped on (when configured); a copy, ``rec`` is not changed."""
-        sid = self.config.station_id
-        if not sid or rec.model.get("station") == sid:
-            return rec
-        return replace(rec, model={**rec.model, "station": sid})
+        return stamp_station(rec, self.config.station_id)
 
     def info(self) -> dict[str, Any]:
         """The serving scorer's ``info()`` (cached at load), plus station settings."""

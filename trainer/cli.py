@@ -654,6 +654,43 @@ def retrain_cmd(
         typer.echo("  not deployed; the serving bundle stays")
 
 
+
+# ------------------------------------------------------------------------------------------ export-fiftyone
+
+
+@app.command("export-fiftyone")
+def export_fiftyone(
+    out: Path = typer.Option(..., "--out", help="Folder to write (data/, metadata.json, samples.json); load it with "
+                             "fo.Dataset.from_dir(OUT, dataset_type=fo.types.FiftyOneDataset)."),
+    store: Path = StoreOpt,
+    round_id: int | None = typer.Option(None, "--round", help="Round to export (default: the latest)."),
+    graph: str = GraphOpt,
+) -> None:
+    """Export a round as a FiftyOne dataset: pool, picks, ground truth, proposals with concept and D(p),
+    A(x) and the rationale as sample fields (docs/fiftyone.md)."""
+    from tqdm import tqdm
+
+    from gsal_edge.acquisition.concept_graph import load_graph
+    from gsal_edge.errors import GSALError
+    from trainer.fiftyone_export import export_fiftyone as run
+
+    try:
+        g = load_graph(graph)
+    except GSALError as e:
+        _fail(str(e))
+    s = _open(store)
+    try:
+        with tqdm(desc="export-fiftyone", unit="sample", file=sys.stderr) as bar:
+            info = run(s, g, out, round_id=round_id, progress=bar.update)
+    except GSALError as e:
+        _fail(str(e))
+    finally:
+        s.close()
+    typer.echo(f"round {info['round']}: {info['samples']} samples ({info['pool']} in the round's pool, "
+               f"{info['picks']} picks, {info['labeled']} labeled) -> {out}")
+    if info["skipped"]:
+        typer.echo(f"  left out {len(info['skipped'])} slice(s) without a local image: {info['skipped'][:5]}")
+
 if __name__ == "__main__":  # pragma: no cover
     logging.basicConfig(level=os.environ.get("GSAL_LOG", "INFO").upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)

@@ -102,3 +102,145 @@ def list_graphs() -> None:
     """List the packaged default graphs."""
     for name in available_graphs():
         typer.echo(name)
+
+
+# ---------------------------------------------------------------------------------------------- induce
+
+
+def read_proposal_embeddings(path: Path, min_score: float = 0.0) -> tuple[list[list[float]], int, set[str]]:
+    """Proposal embeddings (``proposals[i].embedding``, as `score --bundle --with-embeddings` writes them) of
+    the records in a JSONL file, for proposals with detector score >= ``min_score``; also the record count and
+    the bundles that made them. Every record is validated as a score record."""
+    import json
+
+    from gsal_edge.acquisition.graph_induction import InductionError
+    from gsal_edge.acquisition.records import ScoreRecord
+
+    rows: list[list[float]] = []
+    n_rec, bundles, missing = 0, set(), 0
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                d = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise InductionError(f"{where}: not valid JSON ({e.msg})") from None
+            rec = ScoreRecord.from_dict(d, where=where)
+            n_rec += 1
+            bundles.add(rec.model.get("bundle", ""))
+            for j, (p, raw) in enumerate(zip(rec.proposals, d.get("proposals", []))):
+                emb = raw.get("embedding")
+                if emb is None:
+                    missing += 1
+                    continue
+                if not isinstance(emb, list) or not all(isinstance(v, (int, float)) for v in emb):
+                    raise InductionError(f"{where}: proposals[{j}].embedding must be a list of numbers")
+                if p.score >= min_score:
+                    rows.append([float(v) for v in emb])
+    if not rows:
+        why = (f"{missing} proposal(s) have no 'embedding'; score with `gsal-edge score --bundle ... "
+               "--with-embeddings`" if missing else "no proposal passes --min-score")
+        raise InductionError(f"{path}: no proposal embeddings to cluster ({n_rec} records; {why})")
+    if len({len(r) for r in rows}) != 1:
+        raise InductionError(f"{path}: proposal embeddings have different lengths {sorted({len(r) for r in rows})}")
+    return rows, n_rec, bundles
+
+
+def _clip_folder(clip: Path | None, bundle: Path | None, trusted_key: list[Path], allow_unsigned: bool) -> Path:
+    """The CLIP whose text tower names the clusters: --clip, or the bundle's own (verified) torch/clip."""
+    if (clip is None) == (bundle is None):
+        raise GSALError("give exactly one of --clip DIR (a CLIP folder with gsal_clip.json) and --bundle DIR "
+                        "(the bundle that scored the records: its torch/clip)")
+    if clip is not None:
+        return clip
+    from gsal_edge.scoring.bundle import BundleError, trusted_keys_from, verify_bundle
+
+    if not trusted_key and not allow_unsigned:
+        raise GSALError("--bundle needs --trusted-key KEY (or --allow-unsigned)")
+    manifest = verify_bundle(bundle, trusted_keys_from(trusted_key) if trusted_key else None,
+                             allow_unsigned=allow_unsigned)
+    if "torch/clip/gsal_clip.json" not in manifest.files:
+        raise BundleError(f"{manifest.root}: the bundle ships no torch/clip (its CLIP text tower); pass --clip DIR")
+    return manifest.path("torch/clip")
+
+
+@app.command("induce")
+def induce(
+    records: Annotated[Path, typer.Option("--records", help="Score records JSONL whose proposals carry "
+                                          "'embedding' (gsal-edge score --bundle ... --with-embeddings).")],
+    out: Annotated[Path, typer.Option("--out", help="Write the proposed graph (YAML) here, for review.")],
+    vocab: Annotated[Path | None, typer.Option("--vocab", help="Attribute vocabulary YAML (default: "
+                                               "gsal_edge/configs/graph_vocabulary.yaml).")] = None,
+    clip: Annotated[Path | None, typer.Option("--clip", help="CLIP folder (gsal_clip.json) whose text tower "
+                                              "embeds the vocabulary: the one whose image tower made the "
+                                              "embeddings.")] = None,
+    bundle: Annotated[Path | None, typer.Option("--bundle", help="Or: the bundle that scored the records "
+                                                "(verified; its torch/clip is used).")] = None,
+    trusted_key: Annotated[list[Path] | None, typer.Option("--trusted-key", help="--bundle: ed25519 public "
+                                                           "key(s) it must be signed by.")] = None,
+    allow_unsigned: Annotated[bool, typer.Option("--allow-unsigned", help="--bundle: accept it unsigned.")] = False,
+    k: Annotated[int, typer.Option("--k", min=1, help="Fine clusters (before small ones are dissolved and "
+                                   "background-like ones merged).")] = 8,
+    coarse: Annotated[int, typer.Option("--coarse", min=1, help="Coarse groups of the fine clusters.")] = 3,
+    attributes: Annotated[int, typer.Option("--attributes", min=1, help="Most abstract attributes per fine "
+                                            "node.")] = 2,
+    attribute_margin: Annotated[float, typer.Option("--attribute-margin", min=0.0, help="Extra attributes must "
+                                                    "be within this cosine of the best one.")] = 0.05,
+    min_cluster: Annotated[int, typer.Option("--min-cluster", min=1, help="Smaller clusters are dissolved into "
+                                             "the nearest other.")] = 3,
+    min_score: Annotated[float, typer.Option("--min-score", help="Only proposals with detector score >= this.")]
+    = 0.0,
+    seed: Annotated[int, typer.Option("--seed", help="k-means seed (same seed, same graph).")] = 0,
+    name: Annotated[str, typer.Option("--name", help="The graph's name.")] = "induced",
+    report: Annotated[Path | None, typer.Option("--report", help="Also write the per-node report (JSON).")] = None,
+) -> None:
+    """Cluster proposal CLIP embeddings into a draft fine -> coarse -> abstract graph, named from a vocabulary by
+    text similarity; the file is validated by the graph loader and is meant for a person to review."""
+    import json
+
+    import numpy as np
+
+    from gsal_edge.acquisition.graph_induction import (
+        DEFAULT_VOCABULARY,
+        LEVELS,
+        InductionConfig,
+        graph_yaml,
+        induce_graph,
+        load_vocabulary,
+        report_dict,
+    )
+    from gsal_edge.jsonio import write_text_atomic
+
+    try:
+        vocabulary = load_vocabulary(vocab or DEFAULT_VOCABULARY)
+        cfg = InductionConfig(k_fine=k, k_coarse=coarse, n_attributes=attributes, attribute_margin=attribute_margin,
+                              min_cluster=min_cluster, seed=seed)
+        folder = _clip_folder(clip, bundle, list(trusted_key or []), allow_unsigned)
+        rows, n_rec, bundles = read_proposal_embeddings(records, min_score)
+        from gsal_edge.models.clip_model import ClipModel, concept_text_embeddings
+
+        text = ClipModel.from_folder(folder)
+        vocab_emb = {lv: np.stack(list(concept_text_embeddings(text, vocabulary.words[lv]).values())) for lv in LEVELS}
+        induced = induce_graph(np.asarray(rows), vocabulary, vocab_emb, cfg, name=name)
+        header = [f"proposed by `gsal-edge graph induce` from {len(rows)} proposals of {n_rec} records ({records})",
+                  f"bundle(s): {', '.join(sorted(b for b in bundles if b)) or '-'}; text tower: {folder}",
+                  f"vocabulary: {vocab or DEFAULT_VOCABULARY}; k={k} coarse={coarse} seed={seed}",
+                  "REVIEW before use: rename nodes, fix prompts, move fine nodes between coarse families."]
+        tmp = out.with_name(out.name + ".tmp.yaml")
+        write_text_atomic(tmp, graph_yaml(induced, header))
+        try:
+            graph = load_graph(tmp)  # the file as written, through the same loader every graph goes through
+        except GSALError:
+            tmp.unlink()
+            raise
+        tmp.replace(out)
+        if report is not None:
+            write_text_atomic(report, json.dumps(report_dict(induced), indent=1))
+    except (GSALError, OSError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(code=2) from None
+    Console().print(text_tree(graph))
+    typer.echo(f"wrote {out}: {len(graph.defects)} fine (+background), {int(graph.coarse_mask.sum())} coarse (+none), "
+               f"{len(graph.abstract)} abstract, from {len(rows)} proposals")
