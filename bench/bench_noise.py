@@ -18,7 +18,6 @@ Data: the synthetic generator's default config with a `dev` seed (never the quic
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 from typing import Any

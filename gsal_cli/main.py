@@ -32,7 +32,7 @@ app.command("select", help="Re-fuse stored score records and select a batch with
 app.command("bench", help="Active-learning benchmark (paper protocol): tables, plots, selection gallery.")(bench)
 app.add_typer(export_cli.app, name="export", help="Export checkpoints into a signed ONNX (+TensorRT) bundle; keygen; verify.")
 app.command("serve", help="Run the station: the gRPC scorer over a bundle.")(station_cli.serve)
-app.command("score", help="Stream slices from a folder through a station; write score records.")(station_cli.score)
+app.command("score", help="Score a folder of slices: in-process over a bundle (--bundle) or through a station (--server); write score records.")(station_cli.score)
 app.add_typer(station_cli.app, name="station", help="Station client and server commands (info, load-bundle ...).")
 app.add_typer(trainer_cli.app, name="trainer", help="Trainer node: pool, rounds, annotation, retrain, deploy.")
 

@@ -38,7 +38,8 @@ from gsal_edge.acquisition.config import GSALConfig
 from gsal_edge.acquisition.records import ScoreRecord
 from gsal_edge.errors import GSALError
 from gsal_edge.jsonio import to_jsonable, write_text_atomic
-from trainer.annotation import _export_image, image_name
+from trainer.annotation import display_png, image_name
+from trainer.images import atomic_write
 from trainer.store.pool_store import PoolStore
 from trainer.store.types import StoreError
 
@@ -155,7 +156,8 @@ def export_fiftyone(
         info = store.slice_info(key)
         name = image_name(key)
         try:
-            w, h = _export_image(info, out / "data" / name)
+            png, w, h = display_png(info)
+            atomic_write(out / "data" / name, png)
         except StoreError as e:
             log.warning("%s: left out (%s)", key, e)
             skipped.append(key)
