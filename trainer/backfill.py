@@ -59,7 +59,7 @@ class BackfillConfig:
     trusted_keys: tuple[str, ...] = ()
     allow_unsigned: bool = False
     recursive: bool = True
-    limit: int | None = None  # score at most this many new slices (after skipping the stored ones)
+    limit: int | None = None  # take at most this many not-yet-stored slices (failing ones count too)
     meta: dict[str, str] = field(default_factory=dict)
     batch_size: int = 8  # slices per scorer call
     ingest_batch: int = 64  # records per store commit
