@@ -274,13 +274,17 @@ class RayExecutor:
         self.ray = ray
         self.owns_ray = False
         if not ray.is_initialized():
-            if cfg.ray_address.strip().lower() == "local":
-                ray.init(num_cpus=cfg.num_cpus or cfg.workers * cfg.cpus_per_worker,
-                         num_gpus=None if cfg.gpus_per_worker else 0,
-                         object_store_memory=cfg.object_store_mb * 1024 * 1024, include_dashboard=False,
-                         log_to_driver=False)
-            else:
-                ray.init(address=cfg.ray_address, log_to_driver=False)
+            try:
+                if cfg.ray_address.strip().lower() == "local":
+                    ray.init(num_cpus=cfg.num_cpus or cfg.workers * cfg.cpus_per_worker,
+                             num_gpus=None if cfg.gpus_per_worker else 0,
+                             object_store_memory=cfg.object_store_mb * 1024 * 1024, include_dashboard=False,
+                             log_to_driver=False)
+                else:
+                    ray.init(address=cfg.ray_address, log_to_driver=False)
+            except (ConnectionError, RuntimeError, ValueError) as e:
+                raise BackfillError(f"--ray-address {cfg.ray_address!r}: Ray did not start or connect "
+                                    f"({type(e).__name__}: {e})") from None
             self.owns_ray = True
         actor_cls = ray.remote(num_cpus=cfg.cpus_per_worker, num_gpus=cfg.gpus_per_worker,
                                max_restarts=1, max_task_retries=1)(SliceScorer)

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -212,6 +215,59 @@ def test_ray_backfill_matches_in_process_and_resumes(tmp_path, bundle, keys) -> 
     import ray
 
     assert not ray.is_initialized()  # the backfill shut down the local instance it started
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.slow
+def test_backfill_on_a_running_ray_cluster_by_address(tmp_path, bundle, keys) -> None:
+    """A separately started head node (``ray start --head``), the CLI connecting by address, as on a cluster."""
+    ray_cli = require("Ray", Path(sys.executable).parent / "ray", install="make services (.ci/install/50-ray.sh)")
+    archive = tmp_path / "archive"
+    rng = np.random.default_rng(6)
+    for i in range(20):
+        _png16(archive / f"c{i:03d}.png", rng)
+    port = _free_port()
+    # workers import this checkout (on a real cluster: gsal-edge[fleet] installed on every node); no auth
+    # token on a loopback test cluster
+    env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_AUTH_MODE": "disabled"}
+    ray_tmp = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))  # short: Ray's unix socket paths have a limit
+    head = subprocess.Popen(
+        [str(ray_cli), "start", "--head", "--block", "--port", str(port), "--node-ip-address", "127.0.0.1",
+         "--num-cpus", "2", "--include-dashboard", "false", "--object-store-memory", str(200 * 1024 * 1024),
+         "--temp-dir", str(ray_tmp), "--disable-usage-stats"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        cmd = [sys.executable, "-m", "trainer.cli", "backfill", "--images", str(archive), "--bundle", str(bundle),
+               "--store", str(tmp_path / "store"), "--trusted-key", str(keys["pub"]), "--ray-address",
+               f"127.0.0.1:{port}", "--workers", "2", "--no-progress", "--json"]
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and head.poll() is None:  # the head takes seconds to come up
+            status = subprocess.run([str(ray_cli), "status", "--address", f"127.0.0.1:{port}"], check=False,
+                                    env=env, capture_output=True, text=True, timeout=60)
+            if status.returncode == 0:
+                break
+            time.sleep(1)
+        res = subprocess.run(cmd, check=False, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+        assert res.returncode == 0, res.stderr[-2000:]
+        out = json.loads(res.stdout)
+        assert (out["executor"], out["workers"], out["scored"], out["inserted"], out["failed"]) == (
+            "ray", 2, 20, 20, 0)
+        assert head.poll() is None  # the backfill left the cluster it did not start running
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)  # the head stops the Ray processes it started
+        try:
+            head.wait(timeout=45)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+            head.wait(timeout=10)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    rows = _stored(tmp_path / "store")
+    assert len(rows) == len(set(rows)) == 20
 
 
 @pytest.mark.slow
