@@ -70,6 +70,7 @@ class BackfillConfig:
     num_cpus: int | None = None  # CPUs of a local Ray instance (default: workers * cpus_per_worker)
     object_store_mb: int = 200  # object store of a local Ray instance
     backend: str = "onnxruntime"
+    device: str = "cpu"  # in-process: cpu | cuda:N; a Ray actor with gpus_per_worker > 0 uses its own GPU
     threads: int | None = None  # in-process intra-op threads (None: ONNX Runtime's default)
     limits: SliceLimits = DEFAULT_LIMITS
 
@@ -180,12 +181,18 @@ class SliceScorer:
     """
 
     def __init__(self, bundle_dir: str, trusted_keys: Sequence[str], allow_unsigned: bool, station: str,
-                 backend: str, threads: int | None, limits: SliceLimits, meta: dict[str, str]) -> None:
+                 backend: str, threads: int | None, limits: SliceLimits, meta: dict[str, str],
+                 device: str = "cpu") -> None:
         from gsal_edge.scoring.bundle import load_bundle, trusted_keys_from
 
         keys = trusted_keys_from(trusted_keys) if trusted_keys else None
+        providers = None
+        if device.startswith("cuda") and backend == "onnxruntime":
+            from gsal_edge.scoring.runtime.onnxruntime_backend import gpu_providers
+
+            providers = gpu_providers(int(device.partition(":")[2] or 0))
         self.scorer = load_bundle(bundle_dir, backend=backend, trusted_keys=keys, allow_unsigned=allow_unsigned,
-                                  threads=threads, station=station)
+                                  providers=providers, threads=threads, device=device, station=station)
         self.limits = limits
         self.meta = dict(meta)
 
@@ -288,7 +295,9 @@ class RayExecutor:
             self.owns_ray = True
         actor_cls = ray.remote(num_cpus=cfg.cpus_per_worker, num_gpus=cfg.gpus_per_worker,
                                max_restarts=1, max_task_retries=1)(SliceScorer)
-        args = dict(worker_args, threads=max(1, cfg.cpus_per_worker))
+        # Ray gives an actor with GPUs its own CUDA_VISIBLE_DEVICES, so its first GPU is cuda:0
+        args = dict(worker_args, threads=max(1, cfg.cpus_per_worker),
+                    device="cuda:0" if cfg.gpus_per_worker > 0 else "cpu")
         self.actors = [actor_cls.remote(**args) for _ in range(cfg.workers)]
         self.workers = cfg.workers
         try:  # every actor has loaded the bundle (or its error surfaces here, before any scoring)
@@ -385,7 +394,7 @@ def run_backfill(cfg: BackfillConfig, store: PoolStore, *, progress: bool = True
         todo = todo[:cfg.limit]
     worker_args = {"bundle_dir": str(manifest.root), "trusted_keys": list(cfg.trusted_keys),
                    "allow_unsigned": cfg.allow_unsigned, "station": cfg.station, "backend": cfg.backend,
-                   "threads": cfg.threads, "limits": cfg.limits, "meta": dict(cfg.meta)}
+                   "threads": cfg.threads, "limits": cfg.limits, "meta": dict(cfg.meta), "device": cfg.device}
     report = BackfillReport(manifest.bundle_id, cfg.station, "in-process" if cfg.in_process else "ray",
                             1 if cfg.in_process else cfg.workers, listed=len(listed), skipped=skipped)
     if not todo:

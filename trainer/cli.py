@@ -478,6 +478,8 @@ def backfill_cmd(
     object_store_mb: int = typer.Option(200, "--object-store-mb", min=75, help="Object store of a local Ray "
                                         "instance (MiB)."),
     backend: str = typer.Option("onnxruntime", "--backend", help="onnxruntime | tensorrt | torch"),
+    device: str = typer.Option("cpu", "--device", help="In-process: cpu or cuda:N (a Ray actor with "
+                               "--gpus-per-worker uses the GPU Ray gives it)."),
     threads: int | None = typer.Option(None, "--threads", min=1, help="In-process: ONNX Runtime intra-op "
                                        "threads (default: its own)."),
     batch_size: int = typer.Option(8, "--batch-size", min=1, help="Slices per scorer call."),
@@ -498,7 +500,7 @@ def backfill_cmd(
         meta={k: v for k, v in (("line", line), ("part", part)) if v}, batch_size=batch_size,
         ingest_batch=ingest_batch, ray_address=ray_address, workers=workers, cpus_per_worker=cpus_per_worker,
         gpus_per_worker=gpus_per_worker, num_cpus=num_cpus, object_store_mb=object_store_mb, backend=backend,
-        threads=threads,
+        device=device, threads=threads,
     )
     s = _open(store)
     try:
