@@ -10,7 +10,8 @@ Each configuration scores the same first ``--count`` slices of the archive into 
 * ``ray x1`` / ``ray x2``: a local Ray instance with 1 / 2 CPUs, 1 / 2 actors of 1 CPU (1 thread) each.
 
 Reported per row: slices/s while scoring (first batch handed out to last record committed, so without
-Ray's start-up and the bundle loads), the start-up seconds, and the speed-up over ``ray x1``. Every
+Ray's start-up and the bundle loads), the start-up seconds, and the speed-up over ``ray x1``; then the
+driver's share alone (committing the same records, scoring nothing: the ceiling of one driver). Every
 configuration is run ``--repeats`` times in turn (rows interleaved) and the best is kept: the machine
 may be shared, so the ratio within one run is what counts.
 """
@@ -57,6 +58,30 @@ def run_one(name: str, args: argparse.Namespace, work: Path) -> dict[str, Any]:
             "scoring_s": rep.scoring_seconds, "startup_s": rep.seconds - rep.scoring_seconds}
 
 
+def ingest_ceiling(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """The driver's share alone: records/s of committing ``--count`` items (the archive's bytes, one real
+    record per slice id) in batches of ``--ingest-batch``, scoring nothing."""
+    import dataclasses
+
+    from trainer.backfill import BackfillConfig, list_archive, run_backfill
+    from trainer.store.pool_store import PoolStore
+    from trainer.store.types import IngestItem
+
+    with PoolStore(work / "one") as one:  # one real record of this bundle
+        run_backfill(BackfillConfig(images=str(args.images), bundle=str(args.bundle), limit=1, ray_address="none",
+                                    trusted_keys=(str(args.trusted_key),)), one, progress=False)
+        rec = one.unlabeled_records()[0]
+    files = list_archive(str(args.images))[: args.count]
+    items = [IngestItem("backfill", dataclasses.replace(rec, image_id=f.slice_id), image=Path(f.path).read_bytes())
+             for f in files]
+    with PoolStore(work / "ingest") as store:
+        t0 = time.perf_counter()
+        for i in range(0, len(items), args.ingest_batch):
+            store.ingest(items[i:i + args.ingest_batch])
+        dt = time.perf_counter() - t0
+    return {"config": "ingest only", "records": len(items), "records_per_s": len(items) / dt}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--bundle", type=Path, default=DEMO / "bundles", help="signed bundle (folder or bundles/)")
@@ -84,8 +109,9 @@ def main() -> None:
                       flush=True)
                 if name not in best or row["slices_per_s"] > best[name]["slices_per_s"]:
                     best[name] = row
-    finally:
+    except BaseException:
         shutil.rmtree(work, ignore_errors=True)
+        raise
     base = best.get("ray x1", {}).get("slices_per_s")
     print(f"\nbackfill of {args.count} slices ({args.images}), {os.cpu_count()} CPUs, best of {args.repeats}")
     print(f"{'config':<14} {'slices/s':>9} {'start-up s':>11} {'vs ray x1':>10}")
@@ -94,8 +120,11 @@ def main() -> None:
         r["vs_ray_x1"] = r["slices_per_s"] / base if base else None
         ratio = f"{r['vs_ray_x1']:.2f}x" if base else "-"
         print(f"{name:<14} {r['slices_per_s']:9.2f} {r['startup_s']:11.1f} {ratio:>10}")
+    ing = ingest_ceiling(args, work)
+    shutil.rmtree(work, ignore_errors=True)
+    print(f"driver ingest alone (no scoring): {ing['records_per_s']:.0f} records/s, batches of {args.ingest_batch}")
     if args.out:
-        args.out.write_text(json.dumps({"rows": [best[n] for n in args.configs], "count": args.count,
+        args.out.write_text(json.dumps({"rows": [best[n] for n in args.configs], "ingest_only": ing, "count": args.count,
                                         "cpus": os.cpu_count(), "python": platform.python_version()}, indent=2))
 
 
