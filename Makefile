@@ -54,6 +54,11 @@ bench-runtime: setup  ## images/s of full GSAL scoring per backend (PyTorch vs O
 bench-server: setup  ## gRPC station vs in-process scoring: slices/s, p50/p99 at concurrency 1/4/16 (loopback)
 	$(PY) bench/bench_server.py
 
+.PHONY: bench-backfill
+bench-backfill: setup  ## backfill slices/s: in-process vs 1 vs 2 Ray workers (the demo's bundle + slices; installs ray)
+	PY=$(PY) bash .ci/install/50-ray.sh
+	$(PY) bench/bench_backfill.py
+
 bench-al: setup  ## active-learning benchmark, `quick` preset (hours on 2 cores; resumable: rerun to continue)
 	$(GSAL) bench --preset quick --out $(ART)/bench-al
 

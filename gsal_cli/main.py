@@ -35,6 +35,7 @@ app.command("serve", help="Run the station: the gRPC scorer over a bundle.")(sta
 app.command("score", help="Score a folder of slices: in-process over a bundle (--bundle) or through a station (--server); write score records.")(station_cli.score)
 app.add_typer(station_cli.app, name="station", help="Station client and server commands (info, load-bundle ...).")
 app.add_typer(trainer_cli.app, name="trainer", help="Trainer node: pool, rounds, annotation, retrain, deploy.")
+app.command("backfill", help="Score an archive with a bundle on Ray workers into the trainer's pool (resumable).")(trainer_cli.backfill_cmd)
 
 
 @app.callback()

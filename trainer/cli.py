@@ -691,6 +691,75 @@ def export_fiftyone(
     if info["skipped"]:
         typer.echo(f"  left out {len(info['skipped'])} slice(s) without a local image: {info['skipped'][:5]}")
 
+
+# ------------------------------------------------------------------------------------------ backfill
+
+
+@app.command("backfill")
+def backfill_cmd(
+    images: str = typer.Option(..., "--images", help="Archive folder (or file:// URI) of .png/.tif/.tiff/.npy "
+                               "slices; slice ids are the paths relative to it."),
+    bundle: Path = typer.Option(..., "--bundle", help="Bundle folder (or a bundles folder with LATEST)."),
+    store: Path = StoreOpt,
+    station: str = typer.Option("backfill", "--station", help="Station id the records are stored under."),
+    trusted_key: list[Path] = typer.Option([], "--trusted-key", help="ed25519 public key(s) the bundle must be "
+                                           "signed by (repeatable)."),
+    allow_unsigned: bool = typer.Option(False, "--allow-unsigned", help="Accept a bundle without a signature."),
+    ray_address: str = typer.Option("local", "--ray-address", help="local (start a Ray instance here), auto (the "
+                                    "running cluster), ray://head:10001, or none (in-process, no Ray)."),
+    workers: int = typer.Option(2, "--workers", min=0, help="Ray actors, one scorer each (0 = in-process)."),
+    cpus_per_worker: int = typer.Option(1, "--cpus-per-worker", min=1, help="CPUs (= ONNX Runtime threads) "
+                                        "each Ray actor reserves."),
+    gpus_per_worker: float = typer.Option(0.0, "--gpus-per-worker", min=0.0, help="GPUs each Ray actor reserves "
+                                          "(1 = one scorer per GPU; use with --backend tensorrt or torch)."),
+    num_cpus: int | None = typer.Option(None, "--num-cpus", min=1, help="CPUs of a local Ray instance "
+                                        "(default workers x cpus-per-worker)."),
+    object_store_mb: int = typer.Option(200, "--object-store-mb", min=75, help="Object store of a local Ray "
+                                        "instance (MiB)."),
+    backend: str = typer.Option("onnxruntime", "--backend", help="onnxruntime | tensorrt | torch"),
+    device: str = typer.Option("cpu", "--device", help="In-process: cpu or cuda:N (a Ray actor with "
+                               "--gpus-per-worker uses the GPU Ray gives it)."),
+    threads: int | None = typer.Option(None, "--threads", min=1, help="In-process: ONNX Runtime intra-op "
+                                       "threads (default: its own)."),
+    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Slices per scorer call."),
+    ingest_batch: int = typer.Option(64, "--ingest-batch", min=1, help="Records per store commit."),
+    limit: int | None = typer.Option(None, "--limit", min=0, help="Take at most this many not-yet-stored slices."),
+    recursive: bool = typer.Option(True, "--recursive/--no-recursive", help="Also look in sub-folders."),
+    line: str | None = typer.Option(None, "--line", help="meta.line for every record."),
+    part: str | None = typer.Option(None, "--part", help="meta.part for every record."),
+    as_json: bool = typer.Option(False, "--json", help="Print the run's counts as JSON."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar on stderr."),
+) -> None:
+    """Score an archive with a bundle (Ray workers or in-process) into the pool; resumable, idempotent."""
+    from trainer.backfill import BackfillConfig, BackfillError, run_backfill
+
+    cfg = BackfillConfig(
+        images=images, bundle=str(bundle), station=station, trusted_keys=tuple(str(k) for k in trusted_key),
+        allow_unsigned=allow_unsigned, recursive=recursive, limit=limit,
+        meta={k: v for k, v in (("line", line), ("part", part)) if v}, batch_size=batch_size,
+        ingest_batch=ingest_batch, ray_address=ray_address, workers=workers, cpus_per_worker=cpus_per_worker,
+        gpus_per_worker=gpus_per_worker, num_cpus=num_cpus, object_store_mb=object_store_mb, backend=backend,
+        device=device, threads=threads,
+    )
+    s = _open(store)
+    try:
+        rep = run_backfill(cfg, s, progress=progress)
+    except BackfillError as e:
+        _fail(str(e), 1)
+    finally:
+        s.close()
+    if as_json:
+        from dataclasses import asdict
+
+        _echo_json({**asdict(rep), "failed": rep.failed, "slices_per_s": rep.slices_per_s})
+    else:
+        typer.echo(rep.summary())
+        for sid, why in rep.failures[:20]:
+            typer.echo(f"  not scored: {sid}: {why}", err=True)
+    if rep.failed:
+        raise typer.Exit(code=1)
+
+
 if __name__ == "__main__":  # pragma: no cover
     logging.basicConfig(level=os.environ.get("GSAL_LOG", "INFO").upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
