@@ -54,6 +54,10 @@ bench-runtime: setup  ## images/s of full GSAL scoring per backend (PyTorch vs O
 bench-server: setup  ## gRPC station vs in-process scoring: slices/s, p50/p99 at concurrency 1/4/16 (loopback)
 	$(PY) bench/bench_server.py
 
+.PHONY: bench-ddp
+bench-ddp: setup  ## DDP detector training: wall time and images/s of 1 vs 2 torchrun processes (gloo on CPU)
+	$(PY) bench/bench_ddp.py
+
 bench-al: setup  ## active-learning benchmark, `quick` preset (hours on 2 cores; resumable: rerun to continue)
 	$(GSAL) bench --preset quick --out $(ART)/bench-al
 
