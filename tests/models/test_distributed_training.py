@@ -5,8 +5,9 @@ The equivalence claimed (docs/distributed-training.md): the global batch stays `
 (each of N processes takes batch_size / N; no LR scaling), so both runs take the same batches of the
 same seeded epoch order, the same number of iterations and the same LR schedule. They are not
 bit-identical (BatchNorm statistics per process, per-rank RPN / RoI sampling), so the final
-metrics must agree within the seed-to-seed spread of one-process runs on this task, measured here
-for seeds 0-3: F1 0.94-1.00, mAP@50 0.977-1.00, COCO AP 0.72-0.87, last-epoch loss 0.17-0.29.
+metrics must agree "within noise": differ by no more than changing the seed does. That noise was
+measured on exactly this task (one process, seeds 0-5, the test's data, config and epochs):
+F1 0.84-1.00, mAP@50 0.90-1.00, COCO AP 0.71-0.86, last-epoch loss 0.17-0.35 (a factor 2.1).
 """
 
 from __future__ import annotations
@@ -33,9 +34,10 @@ from gsal_edge.models.distributed import (
 from tests.models.test_detector_training import _squares_dataset
 
 WORKER = "gsal_edge.models.detector_train_worker"
-# tolerances, each about the one-process seed spread above (the half-range for F1 / mAP@50, the full range for AP)
-TOL = {"f1": 0.08, "map50": 0.08, "ap": 0.2}
-LOSS_RATIO = 1.6  # last-epoch losses within a factor 1.6 of each other (seed range: 0.17-0.29)
+# tolerances: the full one-process seed range above, rounded up
+TOL = {"f1": 0.17, "map50": 0.10, "ap": 0.15}
+LOSS_RATIO = 2.2  # last-epoch losses within a factor 2.2 of each other
+MIN_F1 = 0.8  # both runs learned the task (F1 here: 0.0 untrained, 0.15 after 1 epoch, 0.19 after 3)
 
 
 @pytest.mark.parametrize("n, bs, world", [(16, 4, 2), (17, 4, 2), (23, 6, 3), (5, 8, 2), (64, 4, 4)])
@@ -132,7 +134,7 @@ def test_two_gloo_processes_match_one_process(tmp_path: Path) -> None:
     # rank 0 alone wrote the log: one line per epoch; the same iterations per epoch as one process
     assert len((tmp_path / "two" / "train_log.jsonl").read_text().splitlines()) == epochs
     assert two["iters"] == one["iters"] == [16] * epochs
-    assert one["f1"] > 0.85 and two["f1"] > 0.85, (one, two)  # both learned the task
+    assert one["f1"] > MIN_F1 and two["f1"] > MIN_F1, (one, two)  # both learned the task
     for k, tol in TOL.items():
         assert abs(one[k] - two[k]) <= tol, (k, one, two)
     assert max(one["loss"], two["loss"]) <= LOSS_RATIO * min(one["loss"], two["loss"]), (one, two)
