@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import sys
@@ -78,7 +79,7 @@ def run_once(procs: int, threads: int, data: Path, val: Path, cfg_path: Path, ou
 
 
 def _num(v: float | None) -> str:
-    return f"{v:>6.3f}" if isinstance(v, float) and v == v else f"{'-':>6}"
+    return f"{v:>6.3f}" if isinstance(v, float) and math.isfinite(v) else f"{'-':>6}"
 
 
 def main(argv: list[str] | None = None) -> int:
