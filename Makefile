@@ -59,6 +59,10 @@ bench-backfill: setup  ## backfill slices/s: in-process vs 1 vs 2 Ray workers (t
 	PY=$(PY) bash .ci/install/50-ray.sh
 	$(PY) bench/bench_backfill.py
 
+.PHONY: bench-ddp
+bench-ddp: setup  ## DDP detector training: wall time and images/s of 1 vs 2 torchrun processes (gloo on CPU)
+	$(PY) bench/bench_ddp.py
+
 bench-al: setup  ## active-learning benchmark, `quick` preset (hours on 2 cores; resumable: rerun to continue)
 	$(GSAL) bench --preset quick --out $(ART)/bench-al
 

@@ -621,7 +621,11 @@ def retrain_cmd(
     export_config: Path | None = typer.Option(None, "--export-config", help="Export config YAML."),
     signing_key: Path | None = typer.Option(None, "--signing-key", help="ed25519 private key to sign the bundle."),
     do_deploy: bool = typer.Option(True, "--deploy/--no-deploy", help="Deploy when the gate passes."),
-    threads: int | None = typer.Option(None, "--threads", min=1, help="torch CPU threads."),
+    threads: int | None = typer.Option(None, "--threads", min=1, help="torch CPU threads (per process with torchrun)."),
+    nproc: int = typer.Option(1, "--nproc", min=1, help="Training processes: > 1 trains data-parallel (DDP, "
+                              "torchrun; gloo on CPU, nccl on GPU) with the same global batch."),
+    launcher: str = typer.Option("auto", "--launcher", help="auto (torchrun when --nproc > 1), inprocess or "
+                                 "torchrun (also for --nproc 1)."),
     stations_insecure: bool = StInsecure, stations_ca: Path | None = StCa, client_cert: Path | None = StCert,
     client_key: Path | None = StKey, admin_token_file: Path | None = StToken,
     server_name: str | None = StName,
@@ -637,7 +641,8 @@ def retrain_cmd(
     access = _access(stations_insecure, stations_ca, client_cert, client_key, admin_token_file, server_name)
     opts = RetrainOptions(val=val, warm_start=warm_start, epochs=epochs, seed=seed, metric=metric,
                           tolerance=tolerance, max_iters=max_iters, export_config=export_config,
-                          signing_key=signing_key, models_dir=models, deploy=do_deploy, progress=True)
+                          signing_key=signing_key, models_dir=models, deploy=do_deploy, progress=True,
+                          nproc=nproc, launcher=launcher, threads=threads)
     s = _open(store)
     try:
         rep = retrain(s, opts, access, say=typer.echo)

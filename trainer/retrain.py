@@ -10,6 +10,12 @@
 3. On a pass: the new checkpoint plus the serving bundle's diffusion prior and CLIP are exported
    (``export.pipeline.run_export``) into ``<store>/bundles/`` and deployed (``trainer.deploy``); the
    bundle that served so far becomes ``previous`` (``trainer rollback``). On a fail nothing is deployed.
+
+Training runs in this process by default. With ``nproc > 1`` (or ``launcher="torchrun"``) it runs
+data-parallel: the labeled set is written as a COCO file over the stored images, and
+``python -m torch.distributed.run --standalone --nproc_per_node N -m gsal_edge.models.detector_train_worker``
+trains it with DDP (gloo on CPU, nccl on GPU); rank 0 writes the run folder, this process then loads
+its ``detector.pt`` and evaluates it once (docs/distributed-training.md).
 """
 
 from __future__ import annotations
@@ -31,6 +37,8 @@ from trainer.store.pool_store import PoolStore
 log = logging.getLogger(__name__)
 
 SUMMARY_KEYS = ("f1", "map50", "ap", "precision", "recall", "f1_macro", "n_images")
+LAUNCHERS = ("auto", "inprocess", "torchrun")  # auto: in this process for nproc 1, torchrun above
+DDP_WORKER = "gsal_edge.models.detector_train_worker"
 
 
 class RetrainError(GSALError, RuntimeError):
@@ -51,6 +59,19 @@ class RetrainOptions:
     models_dir: Path | None = None  # explicit sources (detector.pt, prior/, clip/) instead of the bundle's
     deploy: bool = True
     progress: bool = False
+    nproc: int = 1  # training processes (DDP over torchrun when > 1)
+    launcher: str = "auto"  # auto | inprocess | torchrun
+    threads: int | None = None  # torch CPU threads per training process (torchrun; default cores / nproc)
+
+    def uses_torchrun(self) -> bool:
+        """Whether training goes through torchrun; refuses impossible combinations."""
+        if self.launcher not in LAUNCHERS:
+            raise RetrainError(f"launcher must be one of {LAUNCHERS}, got {self.launcher!r}")
+        if self.nproc < 1:
+            raise RetrainError(f"nproc must be >= 1, got {self.nproc}")
+        if self.launcher == "inprocess" and self.nproc > 1:
+            raise RetrainError(f"launcher inprocess trains in one process; nproc {self.nproc} needs torchrun")
+        return self.launcher == "torchrun" or self.nproc > 1
 
 
 @dataclass
@@ -152,6 +173,42 @@ def resolve_sources(store: PoolStore, models_dir: Path | None) -> Sources:
                    Path(cfg) if cfg and Path(cfg).exists() else None, m.bundle_id)
 
 
+def train_with_torchrun(train_ds: Any, cfg: Any, run_dir: Path, opts: RetrainOptions,
+                        window: tuple[float, float] | None) -> Any:
+    """Train ``train_ds`` with DDP in ``opts.nproc`` torchrun processes; returns rank 0's detector.
+
+    The workers read ``run_dir/train_set/annotations.json`` (COCO, pointing at the stored images) and
+    ``run_dir/detector_config.json``; the torchrun output is kept in ``run_dir/torchrun.log``.
+    """
+    import os
+
+    from gsal_edge.data.coco import write_coco
+    from gsal_edge.models.detector import load_checkpoint
+    from gsal_edge.models.detector_training import FINAL
+    from gsal_edge.models.distributed import DistributedError, launch
+
+    write_coco(train_ds, run_dir / "train_set", copy_images=False)
+    (run_dir / "detector_config.json").write_text(cfg.model_dump_json(indent=2))
+    threads = opts.threads or max(1, (os.cpu_count() or 1) // opts.nproc)
+    args: list[Any] = ["--data", run_dir / "train_set", "--config", run_dir / "detector_config.json",
+                       "--out", run_dir, "--seed", opts.seed, "--no-resume", "--threads", threads]
+    if opts.epochs is not None:
+        args += ["--epochs", opts.epochs]
+    if opts.max_iters is not None:
+        args += ["--max-iters", opts.max_iters]
+    if window is not None:
+        args += ["--window", *window]
+    if opts.progress:
+        args.append("--progress")
+    try:
+        launch(DDP_WORKER, args, opts.nproc, log_path=run_dir / "torchrun.log", echo=opts.progress,
+               threads_per_proc=threads)
+    except DistributedError as e:
+        raise RetrainError(str(e)) from None
+    model, _meta = load_checkpoint(run_dir / FINAL)
+    return model
+
+
 def retrain(
     store: PoolStore, opts: RetrainOptions, access: StationAccess | None = None,
     say: Callable[[str], None] | None = None,
@@ -167,6 +224,7 @@ def retrain(
     from gsal_edge.models.detector_training import TrainingError, evaluate_detector, train_detector
 
     say = say or (lambda msg: log.info("%s", msg))
+    distributed = opts.uses_torchrun()
     audit = AuditLog(store.audit_path)
     src = resolve_sources(store, opts.models_dir)
     serving_model, meta = load_checkpoint(src.detector)
@@ -197,8 +255,12 @@ def retrain(
         f"detector {cfg.name}, val {len(val)} images -> {run_dir}")
     t0 = time.perf_counter()
     try:
-        model = train_detector(train_ds, cfg, opts.epochs, run_dir, opts.seed, False, window=window,
-                               progress=opts.progress, max_iters=opts.max_iters)
+        if distributed:
+            say(f"training with torchrun: {opts.nproc} process(es), global batch {cfg.train.batch_size}")
+            model = train_with_torchrun(train_ds, cfg, run_dir, opts, window)
+        else:
+            model = train_detector(train_ds, cfg, opts.epochs, run_dir, opts.seed, False, window=window,
+                                   progress=opts.progress, max_iters=opts.max_iters)
     except TrainingError as e:
         raise RetrainError(str(e)) from None
     train_s = time.perf_counter() - t0
@@ -216,6 +278,7 @@ def retrain(
         "run_dir": str(run_dir), "labeled_images": len(train_ds), "boxes": n_boxes, "warm_start": opts.warm_start,
         "epochs": opts.epochs, "max_iters": opts.max_iters, "seed": opts.seed, "train_seconds": round(train_s, 2),
         "val": str(opts.val), "val_images": len(val), "serving_bundle": src.serving_bundle,
+        "processes": opts.nproc, "launcher": "torchrun" if distributed else "inprocess",
         "gate": {"metric": g.metric, "new": g.new, "serving": g.serving, "tolerance": g.tolerance, "passed": g.passed},
         "new": new_m, "serving": serving_m,
     }

@@ -7,6 +7,15 @@ epoch order, the flips and torch's sampling RNG are all derived from (seed, epoc
 interrupted and resumed gives the same weights as one that ran through. The finished model is
 ``out_dir/detector.pt`` (a :func:`gsal_edge.models.detector.save_checkpoint` file), with ``run.json``
 (config, data, versions, time) and ``train_log.jsonl`` (one line per epoch) next to it.
+
+Data-parallel (DDP): inside a torch.distributed process group of N >= 2 ranks (e.g. started by
+torchrun, see :mod:`gsal_edge.models.distributed`) the same call trains one replica per rank. Every
+rank draws the same seeded epoch order; ``DistributedSampler`` shards it so that the N per-process
+batches of ``batch_size / N`` together are exactly the one-process batch of ``batch_size`` (the global
+batch, the iteration count and the LR schedule are unchanged; no LR scaling). Gradients are averaged
+by ``DistributedDataParallel``; the logged losses are averaged over ranks; only rank 0 writes files.
+What still differs from one process: BatchNorm statistics are per process (batch / N images), the
+RPN / RoI samplers draw per rank, and the per-image loss normalisation is a mean of N means.
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ from gsal_edge.data.dataset import DetectionDataset, ImageEntry
 from gsal_edge.data.image_io import load_image
 from gsal_edge.data.preprocessing import to_unit_float
 from gsal_edge.errors import GSALError
+from gsal_edge.models import distributed
 from gsal_edge.models.detection_metrics import detection_metrics, ground_truth
 from gsal_edge.models.detector import (
     CTFasterRCNN,
@@ -269,6 +279,12 @@ def _train(dataset: DetectionDataset, cfg: str | DetectorConfig, epochs: int | N
     label_of = _label_map(list(dataset.classes), classes, cfg.class_agnostic)
     ids = [e.image_id for e in ds.images]
     bs = tcfg.batch_size
+    ddp = distributed.current()  # None: one process (the default path)
+    world, rank = (ddp.world_size, ddp.rank) if ddp else (1, 0)
+    if bs % world:
+        raise TrainingError(f"batch_size {bs} does not split over {world} processes: the global batch stays "
+                            f"batch_size, each process takes batch_size / {world}; pick a multiple of {world}")
+    pb = bs // world  # per-process batch; the global batch (and so the LR schedule) is the one-process one
     pool = np.repeat(np.arange(len(ds)), repeat_factors(ds, tcfg.repeat_factor_threshold))  # epoch's samples
     iters_per_epoch = math.ceil(len(pool) / bs)
     total_iters = epochs * iters_per_epoch
@@ -284,39 +300,44 @@ def _train(dataset: DetectionDataset, cfg: str | DetectorConfig, epochs: int | N
     opt = make_optimizer(params, tcfg)
     start_epoch, history = 0, []
     out = Path(out_dir) if out_dir is not None else None
+    writes = out is not None and rank == 0  # only rank 0 writes checkpoints and logs
     if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
+        if writes:
+            out.mkdir(parents=True, exist_ok=True)
         last = out / LAST
         if resume and last.is_file():
             start_epoch, history = _restore(last, model, opt, fingerprint, epochs)
+    net = distributed.wrap_model(model, ddp)  # trains; `model` (the same weights) is what gets saved
     pre = preprocessing_meta(cfg, window)
     cache = SliceCache(ds, window, cache_images)
     t_start = time.perf_counter()
     it_global = start_epoch * iters_per_epoch
-    model.train()
+    net.train()
+    positions = distributed.shard_positions(len(pool), ddp)  # this rank's share of each epoch's order
     for epoch in range(start_epoch, epochs):
         es = epoch_seed(seed, epoch)
-        rng = np.random.default_rng(es)
-        torch.manual_seed(es)
+        rng = np.random.default_rng(es)  # the same order and flips on every rank
+        torch.manual_seed(es + rank)  # the RPN / RoI samplers draw independently per rank
         order = pool[rng.permutation(len(pool))]
         flips = np.stack([rng.random(len(pool)) < tcfg.hflip_prob, rng.random(len(pool)) < tcfg.vflip_prob], 1)
         t0 = time.perf_counter()
         sums: dict[str, float] = {}
         n_done = 0
         bar = tqdm(range(iters_per_epoch), desc=f"epoch {epoch + 1}/{epochs}", leave=False,
-                   disable=None if progress else True)  # None: a bar on a terminal, none in a log file
+                   disable=None if progress and rank == 0 else True)  # None: a bar on a terminal only
         for b in bar:
             if max_iters is not None and it_global >= max_iters:
                 break
-            entries = [ds.images[i] for i in order[b * bs:(b + 1) * bs]]
-            images, targets = _batch(ds, entries, label_of, flips[b * bs:(b + 1) * bs], cache)
+            pos = positions[b * pb:(b + 1) * pb]
+            entries = [ds.images[i] for i in order[pos]]
+            images, targets = _batch(ds, entries, label_of, flips[pos], cache)
             if device.type != "cpu":
                 images = [im.to(device) for im in images]
                 targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
             lr = lr_at(it_global, total_iters, tcfg)
             for g in opt.param_groups:
                 g["lr"] = lr
-            losses = model(images, targets)
+            losses = net(images, targets)
             loss = sum(losses.values())
             if not torch.isfinite(loss):
                 raise TrainingError(
@@ -337,11 +358,13 @@ def _train(dataset: DetectionDataset, cfg: str | DetectorConfig, epochs: int | N
         bar.close()
         if n_done == 0:
             break
+        sums = distributed.all_reduce_mean(sums, ddp)  # logged losses: the mean over ranks
         rec = {"epoch": epoch + 1, "iters": n_done, "lr": lr, "seconds": time.perf_counter() - t0,
                **{k: v / n_done for k, v in sums.items()}}
         history.append(rec)
-        log.info("epoch %d/%d loss %.4f (%.1fs)", epoch + 1, epochs, rec["loss"], rec["seconds"])
-        if out is not None:
+        if rank == 0:
+            log.info("epoch %d/%d loss %.4f (%.1fs)", epoch + 1, epochs, rec["loss"], rec["seconds"])
+        if writes:
             with open(out / "train_log.jsonl", "a") as f:
                 f.write(json.dumps(rec) + "\n")
             if n_done == iters_per_epoch:  # only whole epochs are resumable
@@ -349,11 +372,12 @@ def _train(dataset: DetectionDataset, cfg: str | DetectorConfig, epochs: int | N
                     "train_state": {"epoch": epoch + 1, "epochs": epochs, "optimizer": opt.state_dict(),
                                     "fingerprint": json.dumps(fingerprint, sort_keys=True), "history": history}})
     model.eval().cpu()
-    if out is not None:
+    if writes:
         save_checkpoint(out / FINAL, model, cfg, classes, pre, extra={"seed": int(seed), "epochs": epochs})
         run = {"config": cfg.model_dump(mode="json"), "classes": classes, "seed": seed, "epochs": epochs,
                "n_train_images": len(ds), "train_ids_digest": _ids_digest(ids), "data_root": str(dataset.root),
                "iters_per_epoch": iters_per_epoch, "threads": torch.get_num_threads(),
+               "processes": world, "batch_per_process": pb,
                "seconds_this_session": time.perf_counter() - t_start,
                "seconds_total": sum(h["seconds"] for h in history), "history": history,
                "versions": package_versions(("torch", "torchvision", "numpy")),
