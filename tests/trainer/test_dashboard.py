@@ -234,3 +234,27 @@ def test_dashboard_command_refuses_a_missing_store_and_bad_options(tmp_path):
     assert res.exit_code == 2 and "--label-mode must be typed or binary" in res.output
     res = CliRunner().invoke(cli_app, ["dashboard", "--store", str(tmp_path / "s"), "--graph", str(tmp_path / "g.yaml")])
     assert res.exit_code == 2 and "g.yaml" in res.output
+
+
+def test_retrain_gate_and_bundles_are_shown(store_dir):
+    """The gate as trainer.retrain logs it (same keys), and the bundles' roles and metrics."""
+    from trainer.audit_log import AuditLog
+
+    root, _ = store_dir
+    with PoolStore(root) as s:
+        s.add_bundle("sha256:b1", None, "serving", {"f1": 0.5, "map50": 0.4})
+        s.add_bundle("sha256:b2", None, "candidate", {"f1": 0.45, "map50": 0.41}, "retrain run-1")
+    AuditLog(root / "audit.jsonl").append("retrain", {
+        "labeled_images": 6, "boxes": 6, "deployed": False, "new": {}, "serving": {},
+        "gate": {"metric": "f1", "new": 0.45, "serving": 0.5, "tolerance": 0.01, "passed": False}})
+    app = DashboardApp(root, refresh_s=0)
+    st = app.status()
+    (g,) = st["retrains"]
+    assert (g["metric"], g["new"], g["serving"], g["tolerance"], g["passed"], g["deployed"]) == (
+        "f1", 0.45, 0.5, 0.01, False, False)
+    assert [(b["bundle_id"], b["role"], b["metrics"]["f1"]) for b in st["bundles"]] == [
+        ("sha256:b1", "serving", 0.5), ("sha256:b2", "candidate", 0.45)]
+    assert st["audit"]["ok"] and st["audit"]["entries"] == 4
+    html = app.page()
+    assert '<span class="cross">failed</span>' in html and "retrain run-1" in html
+    app.close()
