@@ -258,3 +258,19 @@ def test_retrain_gate_and_bundles_are_shown(store_dir):
     html = app.page()
     assert '<span class="cross">failed</span>' in html and "retrain run-1" in html
     app.close()
+
+
+def test_station_health_is_shown_when_the_store_records_it(store_dir):
+    root, _ = store_dir
+    with PoolStore(root) as s:
+        if not hasattr(s, "record_station_health"):
+            pytest.skip("this store records no station health yet (the fleet part adds it)")
+        s.record_station_health("st-01", "not_serving", "LoadBundle failed: <bad sig>", 1_800_000_000.0)
+    app = DashboardApp(root, refresh_s=0)
+    st1, st2 = app.status()["stations"]
+    assert (st1["health"], st1["health_detail"], st1["health_checked_at"]) == (
+        "not_serving", "LoadBundle failed: <bad sig>", "2027-01-15T08:00:00+00:00")
+    assert st2["health"] == "unknown"
+    html = app.page()
+    assert "h-not_serving" in html and "LoadBundle failed: &lt;bad sig&gt;" in html
+    app.close()
