@@ -74,6 +74,11 @@ def serve(
     health_insecure: bool = _health.insecure, health_ca: Path | None = _health.ca,
     health_cert: Path | None = _health.client_cert, health_key: Path | None = _health.client_key,
     health_server_name: str | None = _health.server_name, health_token_file: Path | None = StTokenFile,
+    dashboard_port: int | None = typer.Option(
+        None, "--dashboard-port", help="Also serve the read-only browser dashboard on this port (0 = a free one)."),
+    dashboard_host: str = typer.Option("127.0.0.1", "--dashboard-host", help="Address the dashboard binds."),
+    dashboard_port_file: Path | None = typer.Option(
+        None, "--dashboard-port-file", help="Write the dashboard's bound port here once serving."),
 ) -> None:
     """Run the Trainer gRPC service (client-streaming Ingest) until SIGINT/SIGTERM."""
     from trainer.ingest_service import IngestConfig, serve_forever
@@ -99,11 +104,61 @@ def serve(
         access = _access(health_insecure, health_ca, health_cert, health_key, None, health_server_name,
                          health_token_file)
         monitor = HealthMonitor(store, access, health_interval).start()
+    dash = None
+    if dashboard_port is not None:
+        dash = _start_dashboard(store, dashboard_host, dashboard_port, dashboard_port_file, None, None)
     try:
         serve_forever(store, cfg, credentials=creds, port_file=port_file)
     finally:
+        if dash is not None:
+            dash.stop()
         if monitor is not None:
             monitor.stop()
+
+
+# ------------------------------------------------------------------------------------------ dashboard
+
+
+def _start_dashboard(store: Path, host: str, port: int, port_file: Path | None, graph: str | None,
+                     label_mode: str | None):
+    """Start the read-only dashboard thread (see trainer.dashboard); a bad option or port exits 2."""
+    from gsal_edge.errors import GSALError
+    from trainer.dashboard.server import start_dashboard
+    from trainer.images import atomic_write
+
+    try:
+        dash = start_dashboard(store, host=host, port=port, graph=graph, label_mode=label_mode)
+    except GSALError as e:
+        _fail(str(e))
+    if port_file:
+        atomic_write(Path(port_file), f"{dash.port}\n".encode())
+    typer.echo(f"dashboard: {dash.url} (read-only; JSON at {dash.url}api/status)", err=True)
+    return dash
+
+
+@app.command("dashboard")
+def dashboard_cmd(
+    store: Path = StoreOpt,
+    port: int = typer.Option(8765, "--port", help="Port of the dashboard (0 = pick a free one; see --port-file)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (127.0.0.1 unless you mean to expose it)."),
+    port_file: Path | None = typer.Option(None, "--port-file", help="Write the bound port here once serving."),
+    graph: str | None = typer.Option(None, "--graph", help="Concept graph for coverage (default: the latest round's)."),
+    label_mode: str | None = typer.Option(
+        None, "--label-mode", help="Coverage counts: typed or binary (default: the latest round's)."),
+) -> None:
+    """Serve a read-only browser dashboard of a store (pool, stations, coverage, rounds, picks, audit)."""
+    import signal
+    import threading
+
+    dash = _start_dashboard(store, host, port, port_file, graph, label_mode)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        dash.stop()
 
 
 # ------------------------------------------------------------------------------------------ status / backup / audit
