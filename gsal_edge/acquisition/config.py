@@ -94,6 +94,10 @@ class GSALConfig(FrozenModel):
         "draws for every slice and crop, so slices differ by content only (spec §4).")
     antithetic: bool = Field(False, description="[ours] antithetic pairs: eps_(2j+1) = -eps_(2j).")
     M: int = Field(8, ge=1, description="Proposal prefilter: top-M detector boxes by score (spec §4).")
+    min_score: float = Field(0.0, ge=0, le=1, description="Detections scoring below this never become proposals.")
+    proposal_nms_iou: float | None = Field(
+        None, gt=0, le=1, description="[ours] class-agnostic NMS at this IoU before the top-M cut, so one region "
+        "cannot take several slots under different labels (None = the detector's per-class NMS only).")
     context_margin: float = Field(1.5, ge=1, description="Proposal region = box enlarged by this factor.")
     proposal_mode: Literal["crop", "latent_roi"] = Field(
         "crop", description="'crop' = the paper's literal reading; 'latent_roi' = [ours] (spec §4)."

@@ -27,6 +27,7 @@ from gsal_edge.acquisition.records import ProposalScore, ScoreRecord
 from gsal_edge.acquisition.uncertainty import image_uncertainty
 from gsal_edge.data.model_inputs import prepare_clip_input, prepare_vae_input
 from gsal_edge.data.preprocessing import resize_image, to_unit_float
+from gsal_edge.scoring.proposals import select_proposals
 from gsal_edge.scoring.runtime.base import Engine
 
 
@@ -48,6 +49,7 @@ class ScorerSpec:
     ddim_steps: int = 0  # [ours] 0 = one-step x0 prediction
     M: int = 8  # proposal prefilter: top-M detector boxes after NMS
     min_score: float = 0.0  # detections below this never become proposals
+    proposal_nms_iou: float | None = None  # [ours] class-agnostic NMS before top-M (None = per-class only)
     context_margin: float = 1.5
     proposal_mode: str = "crop"  # "crop" (paper, GSALConfig default) | "latent_roi" [ours]
     roi_reduce: str = "mean"  # "mean" | "max"
@@ -83,7 +85,7 @@ class ScorerSpec:
 
 # GSALConfig fields the scorer consumes; ScorerSpec has the same names (plus base_seed <- seed)
 SCORER_CONFIG_FIELDS = ("K", "t_frac", "ddim_steps", "M", "context_margin", "proposal_mode", "roi_reduce",
-                        "novelty_threshold", "noise", "antithetic")
+                        "novelty_threshold", "noise", "antithetic", "min_score", "proposal_nms_iou")
 
 
 def spec_settings(gsal_config: Any) -> dict[str, Any]:
@@ -278,8 +280,8 @@ class GSALScorer:
     def _detect(self, x: np.ndarray) -> dict[str, np.ndarray]:
         out = self.engines["detector"].run({"image": x[None].astype(np.float32, copy=False)})
         scores = np.asarray(out["scores"], dtype=np.float32)
-        order = np.argsort(-scores, kind="stable")
-        keep = order[scores[order] >= self.spec.min_score][: self.spec.M]
+        keep = select_proposals(np.asarray(out["boxes"]), scores, self.spec.M, self.spec.min_score,
+                                self.spec.proposal_nms_iou)
         return {
             "boxes": np.asarray(out["boxes"], dtype=np.float32)[keep].reshape(-1, 4),
             "scores": scores[keep],
