@@ -22,11 +22,11 @@ row never points at a missing file.
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Sequence
 
 from gsal_edge.jsonio import canonical_json
 from trainer.images import ImageStore
+from trainer.store.dialect import Connection
 from trainer.store.types import IngestItem, IngestResult, StoreError, bundle_of, check_station, record_digest
 
 #: one validated item: (item, where it is named in errors, content sha256, canonical record JSON)
@@ -61,7 +61,7 @@ def store_images(images: ImageStore, prepared: Sequence[Prepared]) -> list[tuple
 
 
 def insert_items(
-    c: sqlite3.Connection, prepared: Sequence[Prepared], images: Sequence[tuple[str, str] | None], now: float
+    c: Connection, prepared: Sequence[Prepared], images: Sequence[tuple[str, str] | None], now: float
 ) -> IngestResult:
     """The rows of one batch, inside the caller's write transaction (see the module doc for the rules)."""
     result = IngestResult()
@@ -86,7 +86,7 @@ def insert_items(
         if row is None:
             slice_pk = c.execute(
                 "INSERT INTO slices (station_id, slice_id, image_sha256, image_format, image_ref, "
-                "width, height, meta_json, ingested_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "width, height, meta_json, ingested_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
                 (
                     it.station,
                     rec.image_id,
@@ -98,7 +98,7 @@ def insert_items(
                     canonical_json(rec.meta),
                     now,
                 ),
-            ).lastrowid
+            ).fetchone()[0]
         else:
             slice_pk = row["id"]
             if row["image_sha256"] is None and img is not None:
@@ -116,7 +116,7 @@ def insert_items(
             continue
         rec_pk = c.execute(
             "INSERT INTO score_records (slice_pk, bundle_id, content_sha256, e_rec, v_den, "
-            "n_proposals, record_json, stale, ingested_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "n_proposals, record_json, stale, ingested_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
             (
                 slice_pk,
                 bundle,
@@ -128,7 +128,7 @@ def insert_items(
                 int(bundle != current_bundle),
                 now,
             ),
-        ).lastrowid
+        ).fetchone()[0]
         c.executemany(
             "INSERT INTO proposals (record_id, idx, x1, y1, x2, y2, score, e_rec, v_den, concept, "
             "label, similarity_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
