@@ -265,7 +265,11 @@ class PostgresDatabase:
         return stmt
 
     def read_version(self, conn: Connection) -> int:
-        if conn.execute("SELECT to_regclass('schema_version')").fetchone()[0] is None:
+        # an MVCC read of the catalog, not to_regclass(): right after waiting for the write lock the catalog
+        # cache may not yet show a table another process just created (and committed)
+        exists = conn.execute("SELECT count(*) FROM pg_catalog.pg_tables WHERE schemaname = current_schema() "
+                              "AND tablename = 'schema_version'").fetchone()[0]
+        if not exists:
             return 0
         row = conn.execute("SELECT version FROM schema_version").fetchone()
         return int(row[0]) if row else 0
