@@ -150,7 +150,6 @@ def audit(
 ) -> None:
     """Verify the hash chain of audit.jsonl (exit 1 naming the first broken line)."""
     from trainer.audit_log import AuditError, AuditLog
-
     from trainer.store.location import parse_store
     from trainer.store.types import StoreError
 

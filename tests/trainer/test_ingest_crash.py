@@ -19,13 +19,16 @@ import time
 from pathlib import Path
 
 import grpc
+import postgres_server
 import pytest
-from postgres_server import pg_server, pg_url  # noqa: F401 - fixtures
 from test_trainer_helpers import make_pixels, make_record
 
 from gsal_wire.pb import trainer_pb2_grpc
 from gsal_wire.trainer_client import PushItem, RetryPolicy, TrainerPushClient, item_to_pb
 from trainer.store import open_store
+
+pg_server = postgres_server.pg_server  # fixtures: one PostgreSQL server per session
+pg_url = postgres_server.pg_url
 
 REPO = Path(__file__).resolve().parents[2]
 N_PER_STATION = 240

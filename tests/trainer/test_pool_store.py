@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import sqlite3
 
+import postgres_server
 import pytest
-from postgres_server import pg_server, pg_url  # noqa: F401 - fixtures
 from test_trainer_helpers import make_item, make_pixels, make_record
 
 from gsal_edge.acquisition.records import ScoreRecord
@@ -18,6 +18,9 @@ from trainer.store import open_store
 from trainer.store.pool_store import PoolStore
 from trainer.store.schema import SCHEMA_VERSION
 from trainer.store.types import ImageLabels, IngestItem, LabelBox, Pick, StoreError, pool_key
+
+pg_server = postgres_server.pg_server  # fixtures: one PostgreSQL server per session
+pg_url = postgres_server.pg_url
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)])

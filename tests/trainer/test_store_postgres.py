@@ -12,8 +12,8 @@ import sys
 import time
 from pathlib import Path
 
+import postgres_server
 import pytest
-from postgres_server import pg_server, pg_url  # noqa: F401 - fixtures
 from test_trainer_helpers import make_item
 
 from trainer.audit_log import read_entries, verify
@@ -21,6 +21,9 @@ from trainer.store import open_store
 from trainer.store.location import parse_store
 from trainer.store.schema import SCHEMA_VERSION
 from trainer.store.types import StoreDatabaseError, StoreError
+
+pg_server = postgres_server.pg_server  # fixtures: one PostgreSQL server per session
+pg_url = postgres_server.pg_url
 
 REPO = Path(__file__).resolve().parents[2]
 
