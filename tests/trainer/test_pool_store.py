@@ -91,6 +91,19 @@ def test_same_key_different_content_keeps_first(store):
     assert rec.e_rec == pytest.approx(make_record(1).e_rec)
 
 
+def test_repeats_inside_one_batch_follow_the_same_rules(store):
+    changed = make_item(1)
+    changed.record.e_rec += 1.0
+    later_pixels = make_item(2)
+    res = store.ingest([make_item(1), make_item(1), changed, make_item(2, with_image=False), later_pixels,
+                        make_item(1, bundle="sha256:b2")])
+    assert res.outcomes == ["inserted", "duplicate", "conflict", "inserted", "duplicate", "inserted"]
+    assert store.slice_info("st-01/slice-000002").image_path is not None  # pixels filled in mid-batch
+    st = store.status()
+    assert (st["slices"], st["records"], st["stale_records"]) == (2, 3, 1)
+    assert store.stations()[0]["bundle_id"] == "sha256:b2"  # the station's latest record
+
+
 def test_newer_bundle_kept_alongside_and_stale_excluded(store):
     store.ingest([make_item(i, bundle="sha256:old") for i in range(4)])
     assert store.current_bundle == "sha256:old"  # adopted from the first record
