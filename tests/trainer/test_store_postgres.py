@@ -6,6 +6,7 @@ the concurrent-selection test runs two real `trainer select` processes on each b
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -136,7 +137,7 @@ def _blocked_on_round_lock(spec: str) -> int:
     return sum(1 for ln in lines if "->" in ln and f":{inode} " in ln)
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)])
+@pytest.fixture(params=["sqlite", "postgresql"])
 def pooled_spec(request, tmp_path) -> str:
     spec = (str(tmp_path / "store") if request.param == "sqlite"
             else f"{request.getfixturevalue('pg_url')}?files={tmp_path / 'store'}")
@@ -145,6 +146,7 @@ def pooled_spec(request, tmp_path) -> str:
     return spec
 
 
+@pytest.mark.slow
 def test_concurrent_select_from_two_processes_never_double_picks(pooled_spec):
     spec, budget = pooled_spec, 8
     store = open_store(spec)
@@ -171,3 +173,13 @@ def test_concurrent_select_from_two_processes_never_double_picks(pooled_spec):
         assert logged == [r["id"] for r in rounds]
     finally:
         store.close()
+    # the other commands take the same --store value (the URL's files= names the audit log's folder)
+    from typer.testing import CliRunner
+
+    from trainer.cli import app
+
+    res = CliRunner().invoke(app, ["audit", "--store", spec])
+    assert res.exit_code == 0 and "ok: 2 entries" in res.output, res.output
+    res = CliRunner().invoke(app, ["status", "--json", "--store", spec])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["pool"]["open_rounds"] == 2
