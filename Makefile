@@ -12,6 +12,7 @@ ART    ?= artifacts
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
 .PHONY: help setup services proto test test-fast demo export bench bench-selection bench-runtime bench-server bench-al lint clean distclean
+.PHONY: bench-ingest
 
 help:  ## list targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -65,6 +66,9 @@ bench-ddp: setup  ## DDP detector training: wall time and images/s of 1 vs 2 tor
 
 bench-al: setup  ## active-learning benchmark, `quick` preset (hours on 2 cores; resumable: rerun to continue)
 	$(GSAL) bench --preset quick --out $(ART)/bench-al
+
+bench-ingest: services  ## ingest records/s into SQLite vs PostgreSQL (throw-away local server), side by side
+	$(PY) bench/bench_ingest.py
 
 bench: bench-selection bench-runtime bench-server  ## all CPU benchmarks (bench-al is separate: hours)
 

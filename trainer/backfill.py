@@ -159,13 +159,7 @@ def list_archive(images: str, recursive: bool = True) -> list[ArchiveSlice]:
 
 def scored_slice_ids(store: PoolStore, station: str, bundle_id: str) -> set[str]:
     """Slice ids of ``station`` that already hold a record made by ``bundle_id`` (what a resume skips)."""
-    # A read of the store's own tables; it belongs on the store interface once every store has it.
-    rows = store._q(
-        "SELECT s.slice_id FROM slices s JOIN score_records r ON r.slice_pk = s.id "
-        "WHERE s.station_id = ? AND r.bundle_id = ?",
-        (station, bundle_id),
-    )
-    return {str(r[0]) for r in rows}
+    return store.scored_slice_ids(station, bundle_id)
 
 
 def _batches(items: Sequence[ArchiveSlice], size: int) -> Iterator[list[tuple[str, str]]]:

@@ -1,8 +1,9 @@
 """`gsal-edge trainer ...`: the trainer node's commands (also `python -m trainer.cli ...`).
 
-Every command works on one store directory (``--store``, default ``$GSAL_TRAINER_STORE`` or
-``artifacts/trainer``): ``pool.sqlite``, ``images/``, ``audit.jsonl``, ``bundles/``. Heavy imports
-(gRPC, torch) happen inside the commands that need them.
+Every command works on one store (``--store``, default ``$GSAL_TRAINER_STORE`` or ``artifacts/trainer``):
+a directory with ``pool.sqlite``, ``images/``, ``audit.jsonl``, ``bundles/``, or
+``postgresql://user@host:port/db[?files=DIR]`` (the tables in PostgreSQL, the files in DIR; see
+``trainer.store.location``). Heavy imports (gRPC, torch) happen inside the commands that need them.
 """
 
 from __future__ import annotations
@@ -27,7 +28,13 @@ app = typer.Typer(
 log = logging.getLogger("trainer")
 
 DEFAULT_STORE = os.environ.get("GSAL_TRAINER_STORE", "artifacts/trainer")
-StoreOpt = typer.Option(Path(DEFAULT_STORE), "--store", help="Trainer store directory (pool.sqlite, images/, ...).")
+# The value stays a string (a PostgreSQL URL is no path): commands get the spec as given, whatever their
+# annotation says, and hand it to _open / trainer.store.location.
+StoreOpt = typer.Option(
+    DEFAULT_STORE, "--store", parser=str, metavar="DIR|URL",
+    help="Trainer store: a directory (pool.sqlite, images/, ...), sqlite://DIR, or "
+         "postgresql://user@host:port/db[?files=DIR] (tables in PostgreSQL, files in DIR; see docs/postgresql.md).",
+)
 
 
 def _fail(msg: str, code: int = 2) -> None:
@@ -39,13 +46,14 @@ def _echo_json(obj: Any) -> None:
     typer.echo(json.dumps(obj, indent=2, default=str))
 
 
-def _open(store: Path):
-    from trainer.store.pool_store import PoolStore
-    from trainer.store.types import StoreError
+def _open(store: str | Path):
+    """The store a --store value names (exit 2 with the reason if it cannot be opened)."""
+    from gsal_edge.errors import GSALError
+    from trainer.store import open_store
 
     try:
-        return PoolStore(store)
-    except StoreError as e:
+        return open_store(store)
+    except GSALError as e:
         _fail(str(e))
 
 
@@ -202,7 +210,7 @@ def backup(
     store: Path = StoreOpt,
     images: Path | None = typer.Option(None, "--images", help="Also copy missing image files into this folder."),
 ) -> None:
-    """Online, consistent copy of pool.sqlite (sqlite3 backup API) while the trainer keeps serving."""
+    """Online, consistent copy of pool.sqlite (sqlite3 backup API) while the trainer keeps serving (SQLite only)."""
     s = _open(store)
     try:
         info = s.backup(out, images_dir=images)
@@ -218,8 +226,14 @@ def audit(
 ) -> None:
     """Verify the hash chain of audit.jsonl (exit 1 naming the first broken line)."""
     from trainer.audit_log import AuditError, AuditLog
+    from trainer.store.location import parse_store
+    from trainer.store.types import StoreError
 
-    logf = AuditLog(Path(store) / "audit.jsonl")
+    try:
+        loc = parse_store(store)
+    except StoreError as e:
+        _fail(str(e))
+    logf = AuditLog(loc.files / "audit.jsonl")
     if repair_torn_tail:
         try:
             before = logf.truncate_to_intact()
@@ -229,7 +243,7 @@ def audit(
     res = logf.verify()
     typer.echo(f"{logf.path}: {res}")
     unlogged: list[int] = []
-    if (Path(store) / "pool.sqlite").exists():
+    if loc.backend != "sqlite" or (loc.files / "pool.sqlite").exists():
         from trainer.rounds import audit_entry_hashes
 
         s = _open(store)

@@ -152,14 +152,16 @@ class HealthMonitor:
                  timeout_s: float = 5.0) -> None:
         if interval_s <= 0:
             raise FleetError(f"health interval must be > 0 seconds, got {interval_s}")
-        self.store_dir, self.access, self.interval_s, self.timeout_s = Path(store_dir), access, interval_s, timeout_s
+        self.store_dir, self.access, self.interval_s, self.timeout_s = store_dir, access, interval_s, timeout_s
         self.rounds = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="fleet-health", daemon=True)
 
     def start(self) -> HealthMonitor:
         # opened here, not in the thread: a new store is migrated before the caller opens its own handle
-        self._store = PoolStore(self.store_dir)
+        from trainer.store import open_store
+
+        self._store = open_store(self.store_dir)
         self._thread.start()
         return self
 

@@ -237,7 +237,7 @@ def start_server(
 
 
 def serve_forever(
-    store_dir: str | Path,
+    store_dir: str | Path,  # a --store value: directory or URL (trainer.store.location)
     config: IngestConfig = IngestConfig(),
     *,
     credentials: grpc.ServerCredentials | None = None,
@@ -248,10 +248,11 @@ def serve_forever(
     import signal
 
     from trainer.images import atomic_write
+    from trainer.store import open_store
 
-    store = PoolStore(store_dir)
+    store = open_store(store_dir)
     running = start_server(store, config, credentials=credentials)
-    log.info("trainer listening on %s:%d, store %s", config.host, running.port, store.root)
+    log.info("trainer listening on %s:%d, store %s", config.host, running.port, store.status()["store"])
     if port_file:
         atomic_write(Path(port_file), f"{running.port}\n".encode())
     stop = stop_event or threading.Event()

@@ -73,12 +73,25 @@ def select_round(
     *,
     strategy: str = "gsal",
 ) -> RoundResult:
-    """Fuse the pool with graph + coverage, pick ``budget`` images, write selections and the audit entry."""
+    """Fuse the pool with graph + coverage, pick ``budget`` images, write selections and the audit entry.
+
+    Holds the store's round lock throughout, so concurrent rounds (two trainer processes) never pick the
+    same slice: the second one sees the first one's picks as pending and picks from the rest.
+    """
+    if budget <= 0:
+        raise RoundError(f"--budget must be > 0, got {budget}")
+    # one round at a time per store, across processes: the pool read here must still be the pool when the
+    # picks are recorded, or two trainers would pick the same slices (see PoolStore.round_lock)
+    with store.round_lock():
+        return _select_locked(store, graph, config, budget, strategy)
+
+
+def _select_locked(
+    store: PoolStore, graph: ConceptGraph, config: GSALConfig, budget: int, strategy: str
+) -> RoundResult:
     from gsal_edge.acquisition.score_pool import ScorePool
     from gsal_edge.acquisition.strategies import get_strategy
 
-    if budget <= 0:
-        raise RoundError(f"--budget must be > 0, got {budget}")
     records = store.unlabeled_records()
     if not records:
         raise RoundError(

@@ -2,7 +2,9 @@
 (plus a third whose call is half committed and un-acked at the moment of the kill).
 
 Counts, after the kill and again after the restart, that no acknowledged record is lost and no
-record is stored twice.
+record is stored twice. Runs on both backends: SQLite (pool.sqlite) and a real PostgreSQL server, which on
+top of the trainer's SIGKILL is itself crashed (``pg_ctl stop -m immediate``: no checkpoint, WAL replay on
+restart) before anything is counted.
 """
 
 from __future__ import annotations
@@ -17,12 +19,16 @@ import time
 from pathlib import Path
 
 import grpc
+import postgres_server
 import pytest
 from test_trainer_helpers import make_pixels, make_record
 
 from gsal_wire.pb import trainer_pb2_grpc
 from gsal_wire.trainer_client import PushItem, RetryPolicy, TrainerPushClient, item_to_pb
-from trainer.store.pool_store import PoolStore
+from trainer.store import open_store
+
+pg_server = postgres_server.pg_server  # fixtures: one PostgreSQL server per session
+pg_url = postgres_server.pg_url
 
 REPO = Path(__file__).resolve().parents[2]
 N_PER_STATION = 240
@@ -31,9 +37,9 @@ KILL_AFTER_ACKED = 80
 STATIONS = ("st-01", "st-02")
 
 
-def _start_trainer(store: Path, port: int, port_file: Path) -> subprocess.Popen:
+def _start_trainer(store: str, port: int, port_file: Path) -> subprocess.Popen:
     port_file.unlink(missing_ok=True)
-    cmd = [sys.executable, "-m", "trainer.cli", "serve", "--store", str(store), "--port", str(port),
+    cmd = [sys.executable, "-m", "trainer.cli", "serve", "--store", store, "--port", str(port),
            "--port-file", str(port_file), "--insecure", "--batch-items", "4", "--workers", "4"]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 60
@@ -47,23 +53,39 @@ def _start_trainer(store: Path, port: int, port_file: Path) -> subprocess.Popen:
     return proc
 
 
-def _stored_keys(store: Path) -> tuple[set[str], int]:
-    """(distinct (station/slice) keys, total score records) read straight from the database file."""
-    con = sqlite3.connect(store / "pool.sqlite")
+KEYS_SQL = "SELECT s.station_id || '/' || s.slice_id FROM score_records r JOIN slices s ON s.id = r.slice_pk"
+
+
+def _stored_keys(store: str) -> tuple[set[str], int]:
+    """(distinct (station/slice) keys, total score records) read straight from the database."""
+    if store.startswith("postgresql://"):
+        import psycopg
+
+        with psycopg.connect(store.partition("?")[0]) as con:
+            rows = con.execute(KEYS_SQL).fetchall()
+        return {r[0] for r in rows}, len(rows)
+    con = sqlite3.connect(Path(store) / "pool.sqlite")
     try:
-        rows = con.execute(
-            "SELECT s.station_id || '/' || s.slice_id FROM score_records r JOIN slices s ON s.id = r.slice_pk"
-        ).fetchall()
+        rows = con.execute(KEYS_SQL).fetchall()
         assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     finally:
         con.close()
     return {r[0] for r in rows}, len(rows)
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_spec(request, tmp_path) -> str:
+    """The --store value of the trainer under test: a directory, or a PostgreSQL URL with its files dir."""
+    if request.param == "sqlite":
+        return str(tmp_path / "store")
+    return f"{request.getfixturevalue('pg_url')}?files={tmp_path / 'store'}"
+
+
 @pytest.mark.slow
-def test_sigkill_mid_ingest_loses_no_ack_and_duplicates_nothing(tmp_path):
-    store = tmp_path / "store"
-    PoolStore(store).close()  # create the schema up front
+def test_sigkill_mid_ingest_loses_no_ack_and_duplicates_nothing(tmp_path, store_spec, request):
+    store = store_spec
+    pg = request.getfixturevalue("pg_server") if store.startswith("postgresql://") else None
+    open_store(store).close()  # create the schema up front
     port_file = tmp_path / "port"
     proc = _start_trainer(store, 0, port_file)
     port = int(port_file.read_text())
@@ -133,6 +155,9 @@ def test_sigkill_mid_ingest_loses_no_ack_and_duplicates_nothing(tmp_path):
     release.set()
     t3.join(timeout=30)
     assert proc.returncode == -signal.SIGKILL
+    if pg is not None:  # the database server crashes too: what it acknowledged must survive WAL replay
+        pg.crash()
+        pg.start()
     total = N_PER_STATION * len(STATIONS)
     assert KILL_AFTER_ACKED <= len(acked_at_kill) < total, "the kill must land in the middle of ingest"
 
@@ -174,6 +199,6 @@ def test_sigkill_mid_ingest_loses_no_ack_and_duplicates_nothing(tmp_path):
     assert stats["rejected"] == 0
     assert stats["retries"] >= 1
     assert stats["committed"] + stats["duplicates"] >= total - len(half)
-    with PoolStore(store) as s:
+    with open_store(store) as s:
         st = s.status()
         assert (st["slices"], st["records"]) == (total, total)

@@ -1,27 +1,49 @@
-"""Pool store: WAL + schema version, idempotent ingest, mark-stale policy, labels, coverage, backup."""
+"""Pool store: WAL + schema version, idempotent ingest, mark-stale policy, labels, coverage, backup.
+
+The backend-neutral tests run against SQLite and against a real PostgreSQL server (``store`` fixture;
+the PostgreSQL case is marked slow and starts one server per session, see tests/support/postgres_server.py).
+"""
 
 from __future__ import annotations
 
 import sqlite3
 
+import postgres_server
 import pytest
 from test_trainer_helpers import make_item, make_pixels, make_record
 
 from gsal_edge.acquisition.records import ScoreRecord
 from trainer.images import decode_image, sha256_bytes
+from trainer.store import open_store
 from trainer.store.pool_store import PoolStore
 from trainer.store.schema import SCHEMA_VERSION
 from trainer.store.types import ImageLabels, IngestItem, LabelBox, Pick, StoreError, pool_key
 
+pg_server = postgres_server.pg_server  # fixtures: one PostgreSQL server per session
+pg_url = postgres_server.pg_url
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)])
+def store(request, tmp_path):
+    """The same store interface on each backend (files in tmp_path/store either way)."""
+    if request.param == "sqlite":
+        s = PoolStore(tmp_path / "store")
+    else:
+        s = open_store(request.getfixturevalue("pg_url"), files=tmp_path / "store")
+    assert s.backend == request.param
+    yield s
+    s.close()
+
 
 @pytest.fixture
-def store(tmp_path):
+def sqlite_store(tmp_path):
     s = PoolStore(tmp_path / "store")
     yield s
     s.close()
 
 
-def test_open_sets_wal_fk_full_sync_and_schema_version(store):
+def test_open_sets_wal_fk_full_sync_and_schema_version(sqlite_store):
+    store = sqlite_store
     assert store.pragma("journal_mode") == "wal"
     assert store.pragma("foreign_keys") == 1
     assert store.pragma("synchronous") == 2  # FULL
@@ -67,6 +89,19 @@ def test_same_key_different_content_keeps_first(store):
     assert res.outcomes == ["conflict"]
     (rec,) = store.unlabeled_records()
     assert rec.e_rec == pytest.approx(make_record(1).e_rec)
+
+
+def test_repeats_inside_one_batch_follow_the_same_rules(store):
+    changed = make_item(1)
+    changed.record.e_rec += 1.0
+    later_pixels = make_item(2)
+    res = store.ingest([make_item(1), make_item(1), changed, make_item(2, with_image=False), later_pixels,
+                        make_item(1, bundle="sha256:b2")])
+    assert res.outcomes == ["inserted", "duplicate", "conflict", "inserted", "duplicate", "inserted"]
+    assert store.slice_info("st-01/slice-000002").image_path is not None  # pixels filled in mid-batch
+    st = store.status()
+    assert (st["slices"], st["records"], st["stale_records"]) == (2, 3, 1)
+    assert store.stations()[0]["bundle_id"] == "sha256:b2"  # the station's latest record
 
 
 def test_newer_bundle_kept_alongside_and_stale_excluded(store):
@@ -153,6 +188,22 @@ def test_record_round_with_unknown_key_writes_nothing(store):
     assert store.rounds() == []
 
 
+def test_a_slice_is_never_in_two_open_rounds(store):
+    store.ingest([make_item(i) for i in range(4)])
+    keys = [r.image_id for r in store.unlabeled_records()]
+    store.record_round([Pick(keys[0], 1, 1.0, {}), Pick(keys[1], 2, 0.5, {})], budget=2, strategy="x",
+                       pool_size=4, params={})
+    # a second round that read the pool before the first one was recorded would re-pick keys[1]
+    with pytest.raises(StoreError, match=r"1 pick\(s\) already wait for labels .*slice-000001"):
+        store.record_round([Pick(keys[1], 1, 1.0, {}), Pick(keys[2], 2, 0.5, {})], budget=2, strategy="x",
+                           pool_size=4, params={})
+    assert len(store.rounds()) == 1
+    # once the first round is cancelled its picks are free again
+    store.set_round_status(store.latest_round(), "cancelled")
+    rid = store.record_round([Pick(keys[1], 1, 1.0, {})], budget=1, strategy="x", pool_size=4, params={})
+    assert [p.key for p in store.selection(rid)] == [keys[1]]
+
+
 def test_bundle_promotion_keeps_one_previous(store):
     store.ingest([make_item(0, bundle="b1")])
     store.add_bundle("b1", "/bundles/b1", "serving")
@@ -167,7 +218,8 @@ def test_bundle_promotion_keeps_one_previous(store):
     assert store.unlabeled_records() == []  # b1 records are stale now
 
 
-def test_backup_is_consistent_copy(store, tmp_path):
+def test_backup_is_consistent_copy(sqlite_store, tmp_path):
+    store = sqlite_store
     store.ingest([make_item(i) for i in range(3)])
     out = tmp_path / "bk" / "pool-backup.sqlite"
     info = store.backup(out, images_dir=tmp_path / "bk" / "images")

@@ -1,10 +1,12 @@
-"""The trainer's durable pool: one SQLite file (``trainer.store.schema``) plus content-addressed images.
+"""The trainer's durable pool: a database (``trainer.store.schema``) plus content-addressed images.
 
-:class:`PoolStore` is the one handle on a store directory: ingest (``trainer.store.ingest``), the pool
-queries selection reads, rounds and their picks, labels and coverage n(v), the serving / previous
-bundles, status and online backup. Every write is one ``BEGIN IMMEDIATE ... COMMIT`` transaction
-(WAL, ``synchronous=FULL``); ingest batches many records per transaction, so the one fsync per commit
-is amortized.
+:class:`PoolStore` is the one handle on a store: ingest (``trainer.store.ingest``), the pool queries
+selection reads, rounds and their picks, labels and coverage n(v), the serving / previous bundles, status
+and online backup. The database is pool.sqlite in the store directory (default) or a PostgreSQL database
+(``trainer.store.location.open_store`` picks one from a URL); the files (images/, audit.jsonl, bundles/)
+are always in the store directory. Every write is one transaction (SQLite: ``BEGIN IMMEDIATE ... COMMIT``,
+WAL, ``synchronous=FULL``; PostgreSQL: see ``trainer.store.dialect``); ingest batches many records per
+transaction, so the one flush per commit is amortized.
 """
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ from gsal_edge.acquisition.records import ScoreRecord
 from gsal_edge.data.dataset import Annotation, DetectionDataset, ImageEntry
 from gsal_edge.jsonio import canonical_json
 from trainer.images import ImageStore
+from trainer.store.dialect import Connection, Database, SqliteDatabase
 from trainer.store.ingest import insert_items, prepare_items, store_images
-from trainer.store.schema import connect, migrate, transaction
+from trainer.store.schema import migrate
 from trainer.store.types import (
     ImageLabels,
     IngestItem,
@@ -42,18 +45,25 @@ AUDIT_NAME = "audit.jsonl"
 
 
 class PoolStore:
-    """Thread-safe handle on one store directory (one connection, one lock; writers serialize anyway)."""
+    """Thread-safe handle on one store (one connection, one lock; writers serialize anyway).
 
-    def __init__(self, root: str | Path, *, busy_timeout_s: float = 30.0) -> None:
+    ``root`` is the store directory (images/, audit.jsonl, bundles/); the database is ``root/pool.sqlite``
+    unless ``database`` names another (``trainer.store.dialect.PostgresDatabase``).
+    """
+
+    def __init__(self, root: str | Path, *, busy_timeout_s: float = 30.0, database: Database | None = None) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
-        self.db_path = self.root / DB_NAME
+        self.db: Database = database or SqliteDatabase(self.root / DB_NAME, busy_timeout_s)
+        self.backend = self.db.backend
+        #: how messages name the database: the pool.sqlite path, or the PostgreSQL URL (no password)
+        self.db_path: Path | str = self.root / DB_NAME if database is None else self.db.where
         self.images = ImageStore(self.root / IMAGES_DIR)
         self.audit_path = self.root / AUDIT_NAME
         self._lock = threading.RLock()
-        self._conn = connect(self.db_path, busy_timeout_s)
+        self._conn: Connection = self.db.connect()
         with self._lock:
-            migrate(self._conn, self.db_path)
+            migrate(self._conn, self.db)
 
     # -- plumbing
 
@@ -68,21 +78,32 @@ class PoolStore:
         self.close()
 
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction: BEGIN IMMEDIATE ... COMMIT, rolled back on any exception."""
-        with self._lock, transaction(self._conn) as c:
+    def _write(self) -> Iterator[Connection]:
+        """One write transaction (SQLite: BEGIN IMMEDIATE ... COMMIT), rolled back on any exception."""
+        with self._lock, self.db.transaction(self._conn) as c:
             yield c
 
-    def _q(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[sqlite3.Row]:
+    def _q(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        """Rows of one read (portable SQL with ``?`` placeholders; rows index by position and by name)."""
         with self._lock:
             return self._conn.execute(sql, params).fetchall()
 
     @property
     def schema_version(self) -> int:
-        return int(self._q("PRAGMA user_version")[0][0])
+        with self._lock:
+            return self.db.read_version(self._conn)
 
     def pragma(self, name: str) -> Any:
+        """A SQLite PRAGMA's value (StoreError on PostgreSQL)."""
+        if self.backend != "sqlite":
+            raise StoreError(f"{self.db_path}: PRAGMA {name} is SQLite only (this store is {self.backend})")
         return self._q(f"PRAGMA {name}")[0][0]
+
+    @contextmanager
+    def round_lock(self) -> Iterator[None]:
+        """Held by one selection round from reading the pool to recording its picks, across processes."""
+        with self.db.round_lock():
+            yield
 
     # -- kv / current bundle
 
@@ -98,8 +119,7 @@ class PoolStore:
     def set_current_bundle(self, bundle_id: str) -> int:
         """Make ``bundle_id`` current and re-mark every record's staleness; returns the stale count."""
         with self._write() as c:
-            c.execute("INSERT OR REPLACE INTO kv (key, value) VALUES ('current_bundle', ?)", (bundle_id,))
-            c.execute("UPDATE score_records SET stale = (bundle_id != ?)", (bundle_id,))
+            _set_current(c, bundle_id)
             return int(c.execute("SELECT count(*) FROM score_records WHERE stale = 1").fetchone()[0])
 
     # -- stations
@@ -111,7 +131,7 @@ class PoolStore:
         with self._write() as c:
             c.execute(
                 "INSERT INTO stations (station_id, address, first_seen, last_seen) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT (station_id) DO UPDATE SET address = coalesce(excluded.address, address), "
+                "ON CONFLICT (station_id) DO UPDATE SET address = coalesce(excluded.address, stations.address), "
                 "last_seen = excluded.last_seen",
                 (station, address, now, now),
             )
@@ -189,7 +209,7 @@ class PoolStore:
             raise StoreError(f"{self.db_path}: no slice {key!r}")
         return self._slice_info(rows[0])
 
-    def _slice_info(self, r: sqlite3.Row) -> SliceInfo:
+    def _slice_info(self, r: Any) -> SliceInfo:
         path = self.images.path(r["image_sha256"], r["image_format"]) if r["image_sha256"] else None
         return SliceInfo(
             key=pool_key(r["station_id"], r["slice_id"]),
@@ -229,14 +249,22 @@ class PoolStore:
         params: dict[str, Any],
         bundle_id: str | None = None,
     ) -> int:
-        """Write one selection round and its picks (with rationale) in one transaction; returns its id."""
+        """Write one selection round and its picks (with rationale) in one transaction; returns its id.
+
+        Refused (StoreError, nothing written) if a pick is already waiting for labels in another open
+        round: a slice is never in two open rounds, even when two trainer processes select at once.
+        """
         pks = self.resolve_keys(p.key for p in picks)
         with self._write() as c:
+            pending = _pending_elsewhere(c, [pks[p.key] for p in picks])
+            if pending:
+                raise StoreError(f"{self.db_path}: {len(pending)} pick(s) already wait for labels in an open "
+                                 f"round (e.g. {pending[0]}); select again")
             round_id = c.execute(
                 "INSERT INTO rounds (created_at, budget, strategy, bundle_id, pool_size, params_json) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
+                "VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
                 (time.time(), budget, strategy, bundle_id, pool_size, canonical_json(params)),
-            ).lastrowid
+            ).fetchone()[0]
             c.executemany(
                 "INSERT INTO selections (round_id, slice_pk, rank, score, rationale_json) VALUES (?, ?, ?, ?, ?)",
                 [(round_id, pks[p.key], p.rank, float(p.score), canonical_json(p.rationale)) for p in picks],
@@ -290,8 +318,10 @@ class PoolStore:
                 pk = pks[lab.key]
                 c.execute("DELETE FROM label_boxes WHERE slice_pk = ?", (pk,))
                 c.execute(
-                    "INSERT OR REPLACE INTO labels (slice_pk, round_id, width, height, source, labeled_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO labels (slice_pk, round_id, width, height, source, labeled_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (slice_pk) DO UPDATE SET round_id = excluded.round_id, "
+                    "width = excluded.width, height = excluded.height, source = excluded.source, "
+                    "labeled_at = excluded.labeled_at",
                     (pk, round_id, lab.width, lab.height, source, now),
                 )
                 c.executemany(
@@ -377,8 +407,8 @@ class PoolStore:
             c.execute(
                 "INSERT INTO bundles (bundle_id, path, created_at, role, metrics_json, note) "
                 "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (bundle_id) DO UPDATE SET role = excluded.role, "
-                "path = coalesce(excluded.path, path), metrics_json = excluded.metrics_json, "
-                "note = coalesce(excluded.note, note)",
+                "path = coalesce(excluded.path, bundles.path), metrics_json = excluded.metrics_json, "
+                "note = coalesce(excluded.note, bundles.note)",
                 (bundle_id, path, time.time(), role, canonical_json(metrics or {}), note),
             )
 
@@ -395,8 +425,7 @@ class PoolStore:
             if old is not None and old[0] != bundle_id:
                 c.execute("UPDATE bundles SET role = 'previous' WHERE bundle_id = ?", (old[0],))
             c.execute("UPDATE bundles SET role = 'serving' WHERE bundle_id = ?", (bundle_id,))
-            c.execute("INSERT OR REPLACE INTO kv (key, value) VALUES ('current_bundle', ?)", (bundle_id,))
-            c.execute("UPDATE score_records SET stale = (bundle_id != ?)", (bundle_id,))
+            _set_current(c, bundle_id)
         return None if old is None or old[0] == bundle_id else str(old[0])
 
     def rollback_bundle(self) -> tuple[str, str]:
@@ -411,8 +440,7 @@ class PoolStore:
                 raise StoreError(f"{self.db_path}: rollback needs a serving and a previous bundle")
             c.execute("UPDATE bundles SET role = 'retired', note = 'rolled back' WHERE bundle_id = ?", (cur[0],))
             c.execute("UPDATE bundles SET role = 'serving' WHERE bundle_id = ?", (prev[0],))
-            c.execute("INSERT OR REPLACE INTO kv (key, value) VALUES ('current_bundle', ?)", (prev[0],))
-            c.execute("UPDATE score_records SET stale = (bundle_id != ?)", (prev[0],))
+            _set_current(c, prev[0])
         return str(cur[0]), str(prev[0])
 
     def bundles(self) -> list[dict[str, Any]]:
@@ -429,7 +457,8 @@ class PoolStore:
         """Counts for `trainer status`."""
         one = lambda sql: int(self._q(sql)[0][0])
         return {
-            "store": str(self.root),
+            "store": str(self.root) if self.backend == "sqlite" else f"{self.db_path} (files {self.root})",
+            "backend": self.backend,
             "schema_version": self.schema_version,
             "current_bundle": self.current_bundle,
             "stations": one("SELECT count(*) FROM stations"),
@@ -451,7 +480,11 @@ class PoolStore:
         """Online, consistent copy of the database (sqlite3 backup API) while the store stays in use.
 
         ``images_dir``: also copy image files missing there (content-addressed, so incremental).
+        SQLite only: back a PostgreSQL store up with the server's own tools (pg_dump, pg_basebackup).
         """
+        if self.backend != "sqlite":
+            raise StoreError(f"{self.db_path}: `backup` copies pool.sqlite; back PostgreSQL up with pg_dump "
+                             "or pg_basebackup (and the store directory's files with any file copy)")
         out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_name(out.name + ".tmp")
@@ -503,3 +536,35 @@ class PoolStore:
             (station_id, int(limit)),
         )
         return [pool_key(r[0], r[1]) for r in rows]
+
+    # -- backfill (trainer/backfill.py): resume ------------------------------------------------------
+
+    def scored_slice_ids(self, station_id: str, bundle_id: str) -> set[str]:
+        """Slice ids of ``station_id`` that already have a record from ``bundle_id`` (a backfill skips them)."""
+        rows = self._q(
+            "SELECT s.slice_id FROM slices s JOIN score_records r ON r.slice_pk = s.id "
+            "WHERE s.station_id = ? AND r.bundle_id = ?",
+            (station_id, bundle_id),
+        )
+        return {str(r[0]) for r in rows}
+
+def _set_current(c: Connection, bundle_id: str) -> None:
+    """Make ``bundle_id`` the current bundle and re-mark every record's staleness (inside a write)."""
+    c.execute("INSERT INTO kv (key, value) VALUES ('current_bundle', ?) "
+              "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (bundle_id,))
+    c.execute("UPDATE score_records SET stale = CASE WHEN bundle_id = ? THEN 0 ELSE 1 END", (bundle_id,))
+
+
+def _pending_elsewhere(c: Connection, slice_pks: Sequence[int], chunk: int = 500) -> list[str]:
+    """Pool keys among ``slice_pks`` picked by a round still waiting for labels (inside a write)."""
+    out: list[str] = []
+    for k in range(0, len(slice_pks), chunk):
+        part = list(slice_pks[k:k + chunk])
+        rows = c.execute(
+            "SELECT s.station_id, s.slice_id FROM selections se JOIN rounds ro ON ro.id = se.round_id "
+            f"JOIN slices s ON s.id = se.slice_pk WHERE ro.status = 'selected' AND se.slice_pk IN "
+            f"({', '.join('?' * len(part))}) ORDER BY s.station_id, s.slice_id",
+            part,
+        ).fetchall()
+        out += [pool_key(r[0], r[1]) for r in rows]
+    return out

@@ -1,24 +1,28 @@
-"""The pool database's schema and how a connection to it is opened, migrated and written.
+"""The pool database's schema and how it is migrated, on either backend (``trainer.store.dialect``).
 
-``MIGRATIONS[i]`` takes the schema from version i to i + 1; the version lives in ``PRAGMA user_version``,
-so opening an older file migrates it in place and a newer one is refused.
+``MIGRATIONS[i]`` takes the schema from version i to i + 1. The SQL is SQLite's, written portably (see
+``trainer.store.dialect``); a PostgreSQL database gets it translated by ``PostgresDatabase.ddl``. The
+version lives in ``PRAGMA user_version`` (SQLite) or the ``schema_version`` table (PostgreSQL), so opening
+an older database migrates it in place and a newer one is refused.
 
-Durability. Every connection runs ``journal_mode=WAL`` with ``synchronous=FULL``: a commit that returned is
-on disk even after a power loss, not only after a process crash (NORMAL would only survive the latter,
-and the trainer acknowledges records to stations that may then drop their copy). Every write is one
-``BEGIN IMMEDIATE ... COMMIT`` transaction (:func:`transaction`).
+Durability. Every SQLite connection runs ``journal_mode=WAL`` with ``synchronous=FULL``: a commit that
+returned is on disk even after a power loss, not only after a process crash (NORMAL would only survive the
+latter, and the trainer acknowledges records to stations that may then drop their copy). Every write is one
+``BEGIN IMMEDIATE ... COMMIT`` transaction (:func:`transaction`). PostgreSQL: ``synchronous_commit=on``,
+one transaction per write under the store's write lock.
 """
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 
+from trainer.store.dialect import Connection, Database, SqliteDatabase, sqlite_transaction
 from trainer.store.types import StoreError
 
-# Each entry migrates the schema from version i to i + 1 (PRAGMA user_version). Append, never edit.
+# Each entry migrates the schema from version i to i + 1 (PRAGMA user_version / schema_version table).
+# Append, never edit; portable SQL only (see trainer.store.dialect).
 MIGRATIONS: tuple[str, ...] = (
     """
     CREATE TABLE kv (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -126,37 +130,33 @@ SCHEMA_VERSION = len(MIGRATIONS)
 
 
 def connect(db_path: Path, busy_timeout_s: float) -> sqlite3.Connection:
-    """A connection in autocommit mode (transactions are explicit) with WAL, FULL sync and foreign keys."""
-    conn = sqlite3.connect(db_path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False)
-    conn.row_factory = sqlite3.Row
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=FULL")
-    conn.execute("PRAGMA foreign_keys=ON")
-    return conn
+    """A SQLite connection in autocommit mode (transactions are explicit) with WAL, FULL sync and foreign keys."""
+    return SqliteDatabase(db_path, busy_timeout_s).connect()
 
 
-@contextmanager
-def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-    """One write transaction: BEGIN IMMEDIATE ... COMMIT, rolled back on any exception."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield conn
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
+def transaction(conn: sqlite3.Connection) -> AbstractContextManager[sqlite3.Connection]:
+    """One SQLite write transaction: BEGIN IMMEDIATE ... COMMIT, rolled back on any exception."""
+    return sqlite_transaction(conn)
 
 
-def migrate(conn: sqlite3.Connection, db_path: Path) -> None:
-    """Apply the migrations this file lacks, one transaction each; refuse a schema newer than the code."""
-    version = conn.execute("PRAGMA user_version").fetchone()[0]
+def migrate(conn: Connection, db: Database) -> None:
+    """Apply the migrations the database lacks, one transaction each; refuse a schema newer than the code.
+
+    The version is read again inside each write transaction, so two processes opening one new database at
+    once apply every migration exactly once.
+    """
+    version = db.read_version(conn)
+    while version < SCHEMA_VERSION:
+        with db.transaction(conn) as c:
+            version = db.read_version(c)
+            if version >= SCHEMA_VERSION:
+                break
+            for stmt in split_sql(MIGRATIONS[version]):
+                c.execute(db.ddl(stmt))
+            db.write_version(c, version + 1)
+            version += 1
     if version > SCHEMA_VERSION:
-        raise StoreError(f"{db_path}: schema version {version} is newer than this code's {SCHEMA_VERSION}")
-    for v in range(version, SCHEMA_VERSION):
-        with transaction(conn) as c:
-            for stmt in split_sql(MIGRATIONS[v]):
-                c.execute(stmt)
-            c.execute(f"PRAGMA user_version={v + 1}")
+        raise StoreError(f"{db.where}: schema version {version} is newer than this code's {SCHEMA_VERSION}")
 
 
 def split_sql(script: str) -> list[str]:

@@ -25,6 +25,10 @@ class StoreError(GSALError, ValueError):
     """A store operation was refused; the message names the store file and the item."""
 
 
+class StoreDatabaseError(GSALError, RuntimeError):
+    """The database server failed or refused a statement (connection lost, ...); the write is not acknowledged."""
+
+
 @dataclass
 class IngestItem:
     """One score record as it arrives from a station, with its pixels (encoded) or a reference."""
