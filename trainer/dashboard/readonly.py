@@ -9,18 +9,29 @@ database safely while the trainer writes; the database and the audit log are nev
 from __future__ import annotations
 
 import sqlite3
-import threading
 from pathlib import Path
 from urllib.parse import quote
 
 from gsal_edge.errors import GSALError
-from trainer.images import ImageStore
-from trainer.store.pool_store import AUDIT_NAME, DB_NAME, IMAGES_DIR, PoolStore
+from trainer.store.dialect import SqliteDatabase
+from trainer.store.pool_store import DB_NAME, PoolStore
 from trainer.store.schema import SCHEMA_VERSION
 
 
 class DashboardError(GSALError, ValueError):
     """The dashboard cannot show a store (missing, other schema, bad option); the message says which."""
+
+
+class ReadOnlySqliteDatabase(SqliteDatabase):
+    """pool.sqlite opened with ``mode=ro`` and ``PRAGMA query_only``: every write raises."""
+
+    def connect(self) -> sqlite3.Connection:
+        uri = f"file:{quote(str(self.path.resolve()))}?mode=ro"
+        conn = sqlite3.connect(uri, uri=True, timeout=self.busy_timeout_s, isolation_level=None,
+                               check_same_thread=False)
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA query_only=ON")
+        return conn
 
 
 def open_read_only(root: str | Path, *, busy_timeout_s: float = 5.0) -> PoolStore:
@@ -30,21 +41,13 @@ def open_read_only(root: str | Path, *, busy_timeout_s: float = 5.0) -> PoolStor
     if not db_path.is_file():
         raise DashboardError(f"{db_path}: no trainer store here (start `gsal-edge trainer serve --store {root}` "
                              "or ingest records first)")
-    uri = f"file:{quote(str(db_path.resolve()))}?mode=ro"
-    conn = sqlite3.connect(uri, uri=True, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False)
-    conn.row_factory = sqlite3.Row
-    conn.execute("PRAGMA query_only=ON")
-    version = int(conn.execute("PRAGMA user_version").fetchone()[0])
-    if version != SCHEMA_VERSION:
+    db = ReadOnlySqliteDatabase(db_path, busy_timeout_s)
+    conn = db.connect()
+    try:
+        version = db.read_version(conn)
+    finally:
         conn.close()
+    if version != SCHEMA_VERSION:
         raise DashboardError(f"{db_path}: schema version {version}, this code reads {SCHEMA_VERSION} "
                              "(`gsal-edge trainer status` migrates an older store)")
-    store = PoolStore.__new__(PoolStore)  # the query methods only, without __init__'s create + migrate
-    store.root = root
-    store.db_path = db_path
-    store.images = ImageStore.__new__(ImageStore)
-    store.images.root = root / IMAGES_DIR
-    store.audit_path = root / AUDIT_NAME
-    store._lock = threading.RLock()
-    store._conn = conn
-    return store
+    return PoolStore(root, busy_timeout_s=busy_timeout_s, database=db)  # same version: migrate writes nothing
