@@ -62,6 +62,9 @@ class GSALConfig(FrozenModel):
     # --- Eq. 9: u_p = z(D(p)) + gamma * z(S(p)); P(x) = generalized mean with exponent rho
     gamma: float = Field(0.5, ge=0, description="Eq. 9 weight of z(S(p)) in u_p.")
     rho: float = Field(3.0, gt=0, description="Eq. 9 generalized-mean exponent (1 = mean pooling).")
+    pool_norm: Literal["M_x", "M"] = Field(
+        "M_x", description="Eq. 9 divisor: 'M_x' = the image's proposal count (P = how hard its proposals are "
+        "on average); 'M' [ours] = the prefilter size with empty slots at 0 (P also counts hard proposals).")
     # --- Eq. 10: G(x) = eta * z(P(x)) + (1 - eta) * z(D_img(x)); A(x) = z(G) + lambda * z(S(x))
     eta: float = Field(0.5, ge=0, le=1, description="Eq. 10 weight of z(P(x)) vs z(D_img(x)).")
     lambda_: float = Field(0.5, ge=0, alias="lambda", description="A(x) weight of z(S(x)).")

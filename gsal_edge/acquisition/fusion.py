@@ -71,16 +71,19 @@ def segment_max(values: np.ndarray, starts: np.ndarray, counts: np.ndarray, empt
 
 
 def generalized_mean(x: np.ndarray, prop_image: np.ndarray, starts: np.ndarray, counts: np.ndarray,
-                     rho: float) -> np.ndarray:
+                     rho: float, slots: int | None = None) -> np.ndarray:
     """Eq. 9 pooling: ((1/M_x) sum_p x_p^rho)^(1/rho) per image for x >= 0; 0 for images without
-    proposals. Each run is scaled by its max first, so large rho neither overflows nor underflows."""
+    proposals. ``slots`` = M [ours]: divide by M instead of M_x (the empty slots count as 0), so P grows
+    with the number of hard proposals rather than measuring their share. Each run is scaled by its max
+    first, so large rho neither overflows nor underflows."""
     n = counts.shape[0]
     mx = segment_max(x, starts, counts)
     if x.size == 0:
         return np.zeros(n)
     scale = np.where(mx > 0, mx, 1.0)
     ratio = x / scale[prop_image]
-    mean_pow = np.bincount(prop_image, weights=ratio**rho, minlength=n) / np.maximum(counts, 1)
+    denom = np.maximum(counts, 1) if slots is None else np.maximum(np.maximum(counts, 1), slots)
+    mean_pow = np.bincount(prop_image, weights=ratio**rho, minlength=n) / denom
     return np.where(counts > 0, mx * mean_pow ** (1.0 / rho), 0.0)
 
 
@@ -215,7 +218,8 @@ def combine(pool: ScorePool, terms: DiffusionTerms, S_p: np.ndarray, config: GSA
     pg = None if groups is None else groups[pool.prop_image]
     zS_p = zscore(S_p, pg, n_groups)
     u = terms.zD_p + config.gamma * zS_p
-    P = generalized_mean(softplus(u), pool.prop_image, pool.starts, pool.n_props, config.rho)
+    P = generalized_mean(softplus(u), pool.prop_image, pool.starts, pool.n_props, config.rho,
+                         slots=config.M if config.pool_norm == "M" else None)
     zP = zscore(P, groups, n_groups)
     G = config.eta * zP + (1.0 - config.eta) * terms.zD_img
     zG = zscore(G, groups, n_groups)

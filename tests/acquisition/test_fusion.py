@@ -73,6 +73,19 @@ def test_rho_one_is_mean_pooling() -> None:
     assert res.P == pytest.approx([(2 * sp_lo + sp_hi) / 3, sp_hi, 0.0], abs=1e-6)
 
 
+def test_pool_norm_M_counts_hard_proposals() -> None:
+    """Eq. 9 with 1/M_x measures the share of hard proposals; the [ours] 1/M reading also their number."""
+    x = np.array([2.0, 2.0, 2.0, 2.0])  # image 0: one hard proposal; image 1: three equally hard ones
+    img, starts, counts = np.array([0, 1, 1, 1]), np.array([0, 1, 4]), np.array([1, 3])
+    share = generalized_mean(x, img, starts, counts, rho=1.0)
+    assert share.tolist() == pytest.approx([2.0, 2.0])  # the same under 1/M_x
+    slots = generalized_mean(x, img, starts, counts, rho=1.0, slots=4)
+    assert slots.tolist() == pytest.approx([0.5, 1.5])  # (2 + 0 + 0 + 0) / 4 vs (2 + 2 + 2 + 0) / 4
+    res = fuse(hand_pool(), TINY, {}, GSALConfig(levels=("fine", "coarse"), rho=1.0, pool_norm="M", M=4))
+    sp_hi, sp_lo = math.log(1 + math.exp(1.5)), math.log(1 + math.exp(-1.5))
+    assert res.P == pytest.approx([(2 * sp_lo + sp_hi) / 4, sp_hi / 4, 0.0], abs=1e-6)
+
+
 def test_softplus_and_generalized_mean_are_stable() -> None:
     with np.errstate(over="raise", invalid="raise", divide="raise"):  # underflow to 0 is the right answer
         assert softplus(np.array([1000.0, -1000.0, 0.0])).tolist() == pytest.approx([1000.0, 0.0, math.log(2)])
