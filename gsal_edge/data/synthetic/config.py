@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 
 import numpy as np
 import yaml
-from pydantic import AfterValidator, Field, ValidationError, model_validator
+from pydantic import AfterValidator, Field, SerializerFunctionWrapHandler, ValidationError, model_serializer, model_validator
 
 from gsal_edge.config_files import CONFIGS_DIR, FrozenModel, read_yaml_mapping, validation_message
 from gsal_edge.errors import GSALError
@@ -34,7 +34,13 @@ def _ordered(v: tuple[float, float]) -> tuple[float, float]:
 Range = Annotated[tuple[float, float], AfterValidator(_ordered)]
 IntRange = Annotated[tuple[int, int], AfterValidator(_ordered)]
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
-Shape = Literal["round", "compact", "u_shaped", "linear", "jagged"]
+Shape = Literal["round", "compact", "u_shaped", "linear", "jagged", "interface"]
+BitDepth = Literal[16, 12, 8]
+Flip = Literal["none", "vertical", "horizontal", "random"]
+
+# Output options added after data sets were published: a config dump leaves them out while they hold
+# these defaults, so the default data set (its COCO info, the benchmark's cache key) stays byte-identical.
+OUTPUT_DEFAULTS: dict[str, object] = {"bit_depth": 16, "flip": "none", "invert": False}
 
 
 class LayerSpec(FrozenModel):
@@ -90,8 +96,9 @@ class DefectClassSpec(FrozenModel):
     """One labeled defect class.
 
     ``frequency`` is the marginal probability that an image holds >= 1 instance; ``size`` is
-    per shape: round = semi-major axis, compact = mean radius, u_shaped = arc radius, linear and
-    jagged = length (all px). ``width`` is the stroke width of u_shaped/linear/jagged shapes.
+    per shape: round = semi-major axis, compact = mean radius, u_shaped = arc radius, linear,
+    jagged and interface = length (all px); ``interface`` is a thin line that follows one inner layer
+    interface (a delamination: the gap between two layers, or a layer and the substrate). ``width`` is the stroke width of u_shaped/linear/jagged shapes.
     ``contrast`` is in units of the slice's noise sigma.
     """
 
@@ -194,6 +201,18 @@ class SynthConfig(FrozenModel):
     lookalikes: LookalikeSpec = LookalikeSpec()
     margin_px: Annotated[float, Field(ge=0.0)] = 4.0  # min gap between objects and to the image border
     max_placement_tries: Annotated[int, Field(ge=1)] = 50
+    # how the slice is written (see OUTPUT_DEFAULTS: omitted from dumps at their defaults)
+    bit_depth: BitDepth = 16  # 16: counts 0..65535 in 16-bit PNGs; 12: 0..4095 in 16-bit PNGs; 8: uint8 PNGs
+    flip: Flip = "none"  # vertical: substrate on top; horizontal: mirrored; random: each axis with p = 0.5
+    invert: bool = False  # inverted intensities (1 - x): air white, dense material dark
+
+    @model_serializer(mode="wrap")
+    def _omit_output_defaults(self, handler: SerializerFunctionWrapHandler) -> dict:
+        data = handler(self)
+        for key, default in OUTPUT_DEFAULTS.items():
+            if key in data and data[key] == default:
+                del data[key]
+        return data
 
     @model_validator(mode="after")
     def _check(self) -> SynthConfig:

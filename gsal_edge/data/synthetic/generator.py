@@ -1,5 +1,6 @@
 """Synthetic slices and data sets: ``generate_slice`` draws one slice (image, labeled defects,
-look-alikes, metadata) from one seed; ``generate_dataset`` writes many as 16-bit PNGs + COCO json.
+look-alikes, metadata) from one seed; ``generate_dataset`` writes many as PNGs + COCO json (16-bit
+files by default; ``SynthConfig.bit_depth`` 12 stores 0..4095 in 16-bit files, 8 writes 8-bit files).
 
 Image ``i`` of a data set with seed ``s`` is drawn from ``default_rng(slice_seed(s, i))`` alone,
 so images can be generated in any order, in parallel, or streamed.
@@ -45,10 +46,10 @@ def slice_seed(dataset_seed: int, index: int) -> int:
 
 @dataclass
 class SynthSlice:
-    """One generated slice: 16-bit image, labeled defects, unlabeled look-alikes, metadata."""
+    """One generated slice: its stored counts, labeled defects, unlabeled look-alikes, metadata."""
 
     image_id: str
-    image: np.ndarray  # uint16 HxW
+    image: np.ndarray  # HxW: uint16 (bit_depth 16 or 12) or uint8 (bit_depth 8)
     annotations: list[Annotation] = field(default_factory=list)
     lookalikes: list[dict[str, Any]] = field(default_factory=list)  # {"type", "box", ...}; NOT labeled
     meta: dict[str, str] = field(default_factory=dict)  # product, line, ts
@@ -195,10 +196,45 @@ def generate_slice(cfg: SynthConfig, seed: int, index: int = 0) -> SynthSlice:
         noise /= max(float(noise.std()), 1e-12)
     img = img + sigma * noise
 
-    u16 = np.clip(np.rint(img * 65535.0), 0, 65535).astype(np.uint16)
+    if cfg.invert:
+        img = 1.0 - img
     meta = {"product": product.name, "line": line, "ts": _ts(cfg, index)}
-    return SynthSlice(image_id=f"{cfg.id_prefix}-{index:06d}", image=u16, annotations=annotations,
-                      lookalikes=lookalikes, meta=meta)
+    if cfg.flip != "none":  # drawn last, so the flip never changes what the slice holds
+        flip_v, flip_h = (cfg.flip == "vertical", cfg.flip == "horizontal") if cfg.flip != "random" \
+            else tuple(bool(v) for v in rng.random(2) < 0.5)
+        img, annotations, lookalikes = _flipped(img, annotations, lookalikes, flip_v, flip_h)
+        meta["flip"] = {(False, False): "none", (True, False): "vertical", (False, True): "horizontal",
+                        (True, True): "both"}[(flip_v, flip_h)]
+    return SynthSlice(image_id=f"{cfg.id_prefix}-{index:06d}", image=quantize(img, cfg.bit_depth),
+                      annotations=annotations, lookalikes=lookalikes, meta=meta)
+
+
+def quantize(img: np.ndarray, bit_depth: int) -> np.ndarray:
+    """Unit intensities -> stored counts: 16 -> uint16 0..65535, 12 -> uint16 0..4095, 8 -> uint8 0..255."""
+    full = (1 << int(bit_depth)) - 1
+    dtype = np.uint8 if bit_depth == 8 else np.uint16
+    return np.clip(np.rint(img * float(full)), 0, full).astype(dtype)
+
+
+def _flip_box(box: Any, H: int, W: int, flip_v: bool, flip_h: bool) -> tuple[float, float, float, float]:
+    x1, y1, x2, y2 = (float(v) for v in box)
+    if flip_h:
+        x1, x2 = W - x2, W - x1
+    if flip_v:
+        y1, y2 = H - y2, H - y1
+    return (x1, y1, x2, y2)
+
+
+def _flipped(img: np.ndarray, annotations: list[Annotation], lookalikes: list[dict[str, Any]], flip_v: bool,
+             flip_h: bool) -> tuple[np.ndarray, list[Annotation], list[dict[str, Any]]]:
+    """The slice mirrored top-bottom and/or left-right, with its boxes mirrored alike."""
+    H, W = img.shape
+    out = img[::-1] if flip_v else img
+    out = np.ascontiguousarray(out[:, ::-1] if flip_h else out)
+    anns = [Annotation(box=_flip_box(a.box, H, W, flip_v, flip_h), category=a.category, attributes=a.attributes)
+            for a in annotations]
+    looks = [{**lk, "box": list(_flip_box(lk["box"], H, W, flip_v, flip_h))} for lk in lookalikes]
+    return out, anns, looks
 
 
 def _weights(cfg: SynthConfig) -> np.ndarray:
@@ -225,16 +261,25 @@ def write_png16(path: str | Path, image: np.ndarray) -> None:
     Image.fromarray(np.ascontiguousarray(image)).save(path, format="PNG", compress_level=6)
 
 
+def write_png8(path: str | Path, image: np.ndarray) -> None:
+    """Write a 2-D uint8 array as an 8-bit grayscale PNG (byte-identical for identical input)."""
+    from PIL import Image
+
+    if image.dtype != np.uint8 or image.ndim != 2:
+        raise ValueError(f"{path}: write_png8 needs a 2-D uint8 array, got {image.dtype} {image.shape}")
+    Image.fromarray(np.ascontiguousarray(image)).save(path, format="PNG", compress_level=6)
+
+
 def _make_one(args: tuple[SynthConfig, int, int, str]) -> tuple[str, list[Annotation], list[dict], dict[str, str]]:
     cfg, seed, index, img_dir = args
     s = generate_slice(cfg, slice_seed(seed, index), index)
-    write_png16(Path(img_dir) / f"{s.image_id}.png", s.image)
+    (write_png8 if s.image.dtype == np.uint8 else write_png16)(Path(img_dir) / f"{s.image_id}.png", s.image)
     return s.image_id, s.annotations, s.lookalikes, s.meta
 
 
 def generate_dataset(out_dir: str | Path, n: int, seed: int, cfg: SynthConfig | None = None, *,
                      workers: int = 1, progress: bool = True) -> DetectionDataset:
-    """Write ``n`` slices to ``out_dir/images/*.png`` (16-bit) plus COCO ``out_dir/annotations.json``.
+    """Write ``n`` slices to ``out_dir/images/*.png`` (see ``bit_depth``) plus COCO ``out_dir/annotations.json``.
 
     Deterministic per (``seed``, ``cfg``): the same arguments give byte-identical files whatever
     ``workers`` is. Returns the in-memory data set.

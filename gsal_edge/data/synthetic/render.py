@@ -241,15 +241,34 @@ def _render_jagged(sc: Scene, spec: DefectClassSpec, rng: np.random.Generator, c
     return None if p is None else (p, {"length": round(L, 3), "width": round(w, 3), "segments": n})
 
 
+def _render_interface(sc: Scene, spec: DefectClassSpec, rng: np.random.Generator, cx: float, cy: float):
+    """A delamination: a thin stroke of length L centred at column ``cx`` that follows one inner
+    interface (layer/layer or layer/substrate, never the top surface); ``cy`` is not used."""
+    L = rng.uniform(*spec.size)
+    w = rng.uniform(*spec.width)
+    k = int(rng.integers(1, len(sc.interfaces)))
+    itf = sc.interfaces[k]
+    cols = itf[int(np.clip(cx - L / 2, 0, sc.W - 1)):int(np.clip(cx + L / 2, 0, sc.W - 1)) + 1]
+    g = sc.grid(cx - L / 2 - 2, float(cols.min()) - w - 2, cx + L / 2 + 2, float(cols.max()) + w + 2)
+    if g is None:
+        return None
+    xx, yy, x0, y0 = g
+    row = itf[np.clip(xx.astype(np.int64), 0, sc.W - 1)].astype(np.float32)  # the interface's row per pixel
+    qx, qy = np.abs(xx - cx) - L / 2, np.abs(yy - row) - w / 2
+    d = np.hypot(np.maximum(qx, 0), np.maximum(qy, 0)) + np.minimum(np.maximum(qx, qy), 0)
+    return Patch(coverage(d), y0, x0), {"length": round(L, 3), "width": round(w, 3), "interface": k,
+                                        "region": f"interface-{k}"}
+
+
 RENDERERS: dict[str, Callable[..., Any]] = {  # DefectClassSpec.shape -> renderer
     "round": _render_round, "compact": _render_compact, "u_shaped": _render_u_shaped,
-    "linear": _render_linear, "jagged": _render_jagged,
+    "linear": _render_linear, "jagged": _render_jagged, "interface": _render_interface,
 }
 
 
 def extent(spec: DefectClassSpec) -> float:
     """A generous radius of the shape, to keep centers away from borders and the surface."""
-    if spec.shape in ("linear", "jagged"):
+    if spec.shape in ("linear", "jagged", "interface"):
         return spec.size[1] / 2 + spec.width[1]
     if spec.shape == "compact":
         return spec.size[1] * (1 + 3 * spec.irregularity)
