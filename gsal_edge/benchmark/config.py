@@ -64,8 +64,20 @@ class DataConfig(StrictModel):
     test_fraction: float = Field(0.2, gt=0, lt=1, description="held-out test share (stratified, seeded)")
     split_seed: int = 0
     max_images: int | None = Field(None, ge=4, description="use a seeded subset of this many images")
-    window: tuple[float, float] | None = None
+    window: tuple[float, float] | str | None = Field(
+        None, description="intensity window of the slices (gsal_edge.data.preprocessing): None = the dtype's "
+                          "range (uint16 / 65535); 'auto' = p0.5-p99.5 of a sample of the pool, computed once; "
+                          "'bits:12' = 0..4095 (12-bit data in 16-bit files); [lo, hi] in stored units. Resolved "
+                          "to [lo, hi] when the run starts (run.json, detector checkpoints and bundles carry it)")
     cache_dir: str = Field("artifacts/bench_data", description="generated data sets, by content hash")
+
+
+    @field_validator("window", mode="before")
+    @classmethod
+    def _window(cls, v: Any) -> Any:
+        from gsal_edge.data.preprocessing import parse_window
+
+        return parse_window(v)
 
 
 class BenchModels(StrictModel):

@@ -7,10 +7,12 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from pydantic import ValidationError
 
 from gsal_edge.acquisition.concept_graph import ConceptGraph
@@ -20,9 +22,11 @@ from gsal_edge.benchmark.split import subsample
 from gsal_edge.data.dataset import DetectionDataset
 from gsal_edge.data.formats import load_dataset
 
-__all__ = ["DEFAULT_MODELS_DIR", "FixedModels", "class_map", "load_data", "load_fixed_models", "synthetic_dataset"]
+__all__ = ["DEFAULT_MODELS_DIR", "WINDOW_SAMPLE", "FixedModels", "class_map", "data_window", "load_data",
+           "load_fixed_models", "synthetic_dataset"]
 
 DEFAULT_MODELS_DIR = Path("artifacts/models")  # where `gsal-edge models train-defaults` writes by default
+WINDOW_SAMPLE = 64  # pool images a `window: auto` is computed from (evenly spaced over the sorted ids)
 
 
 def load_data(d: DataConfig, progress: bool = True) -> DetectionDataset:
@@ -37,6 +41,22 @@ def load_data(d: DataConfig, progress: bool = True) -> DetectionDataset:
     if not ds.images:
         raise BenchError(f"data {d.path or 'synthetic'}: no images")
     return subsample(ds, d.max_images, d.split_seed)
+
+
+def data_window(d: DataConfig, ds: DetectionDataset, pool_ids: Sequence[str]) -> tuple[float, float] | None:
+    """The run's fixed intensity window: ``d.window`` resolved (``auto`` from up to ``WINDOW_SAMPLE`` pool
+    images, never the test split), so training, scoring and the gallery share one (lo, hi)."""
+    from gsal_edge.data.image_io import load_image
+    from gsal_edge.data.preprocessing import resolve_window
+
+    by_id = ds.by_id()
+    ids = sorted(pool_ids)
+    sample = [ids[int(i)] for i in np.unique(np.linspace(0, len(ids) - 1, min(WINDOW_SAMPLE, len(ids))).round())] \
+        if ids else []
+    try:
+        return resolve_window(d.window, (load_image(ds.image_path(by_id[i])) for i in sample))
+    except ValueError as e:
+        raise BenchError(f"data.window {d.window!r}: {e}") from None
 
 
 def synthetic_dataset(spec: SyntheticData, cache_dir: Path, progress: bool = True) -> DetectionDataset:

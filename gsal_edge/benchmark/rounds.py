@@ -25,7 +25,7 @@ from gsal_edge.benchmark.config import (
 )
 from gsal_edge.benchmark.diffusion_cache import DiffusionCache
 from gsal_edge.benchmark.fingerprints import dataset_fingerprint, digest, sha
-from gsal_edge.benchmark.inputs import class_map, load_data, load_fixed_models
+from gsal_edge.benchmark.inputs import class_map, data_window, load_data, load_fixed_models
 from gsal_edge.benchmark.pool_scoring import PoolScoring, RoundInputs, ids_only_pool
 from gsal_edge.benchmark.split import (
     budget_schedule,
@@ -84,6 +84,7 @@ class Benchmark:
         self.class_to_concept = class_map(self.dataset, self.graph, self.cfg.class_map)
         self.test_ids, self.pool_ids = pool_test_split(self.dataset, self.cfg.data.test_fraction,
                                                        self.cfg.data.split_seed)
+        self.cfg.data.window = data_window(self.cfg.data, self.dataset, self.pool_ids)  # 'auto' -> (lo, hi)
         self.budgets, self.sizes = budget_schedule(len(self.pool_ids), self.cfg.init, self.cfg.step, self.cfg.budget)
         self.pool_class_counts = class_counts(self.dataset, self.pool_ids)
         self.rare = choose_rare_classes(self.pool_class_counts, self.cfg.rare_classes, self.cfg.rare_fraction)

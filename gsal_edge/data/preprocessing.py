@@ -1,6 +1,20 @@
 """CT pixel conversion shared by the detector, diffusion and CLIP code.
 
-``to_unit_float`` maps a stored slice (uint8 / uint16 / float) to float32 HxW in [0, 1];
+``to_unit_float`` maps a stored slice (uint8 / uint16 / float) to float32 HxW in [0, 1]: it is the one
+function that turns raw slices into model inputs (detector training and evaluation, the benchmark's prior
+and CLIP inputs, the station scorer via ``ScorerSpec.window``, the benchmark gallery), and the intensity
+window it applies is the one normalization knob. A window is declared (``parse_window``) as
+
+* ``None`` / ``"dtype"``: the stored dtype's full range (uint8 / 255, uint16 / 65535): today's default;
+  right for data that uses the whole range, near-black for 12-bit counts stored in 16-bit files;
+* ``"bits:N"``: counts 0 .. 2^N - 1 (``"bits:12"``: 12-bit data in 16-bit files);
+* ``"auto"``: robust percentiles (p0.5, p99.5) of a data set's pixels, computed once from a sample of
+  its pool (``robust_window``), so 8/12/16-bit and inverted stacks all land on the same [0, 1] scale;
+* ``(lo, hi)``: explicit, in stored units.
+
+``resolve_window`` turns a declaration into the fixed ``(lo, hi)`` (or None) that everything downstream
+receives and that a detector checkpoint and an exported bundle record.
+
 ``to_three_channels`` replicates gray into 3 channels for backbones that need them;
 ``resize_image`` / ``resize_short_side`` resample with antialiasing (PIL, per channel, float32).
 """
@@ -8,8 +22,14 @@
 from __future__ import annotations
 
 import math
+import re
+from collections.abc import Iterable
 
 import numpy as np
+
+WindowSpec = tuple[float, float] | str | None
+AUTO_PERCENTILES = (0.5, 99.5)  # robust_window's default: ignores hot pixels and specks at both ends
+_BITS = re.compile(r"bits:(\d{1,2})")
 
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R BT.601
 
@@ -63,6 +83,68 @@ def to_unit_float(img: np.ndarray, window: tuple[float, float] | None = None) ->
     else:
         out = gray
     return np.clip(out, 0.0, 1.0).astype(np.float32, copy=False)
+
+
+def parse_window(spec: object) -> tuple[float, float] | str | None:
+    """Validate a window declaration: None / "dtype" -> None, "auto", "bits:N" (1 <= N <= 16), or (lo, hi).
+
+    Raises ValueError naming the accepted forms.
+    """
+    if spec is None or spec == "dtype":
+        return None
+    if isinstance(spec, str):
+        m = _BITS.fullmatch(spec.strip())
+        if spec.strip() == "auto":
+            return "auto"
+        if m and 1 <= int(m.group(1)) <= 16:
+            return f"bits:{int(m.group(1))}"
+        raise ValueError(f"window {spec!r}: expected 'auto', 'dtype', 'bits:N' (1-16) or [lo, hi]")
+    if isinstance(spec, (list, tuple)) and len(spec) == 2:
+        lo, hi = (float(v) for v in spec)
+        if not (math.isfinite(lo) and math.isfinite(hi)) or hi <= lo:
+            raise ValueError(f"window must be finite (lo, hi) with lo < hi, got {list(spec)}")
+        return (lo, hi)
+    raise ValueError(f"window {spec!r}: expected 'auto', 'dtype', 'bits:N' (1-16) or [lo, hi]")
+
+
+def bits_window(bits: int) -> tuple[float, float]:
+    """The window of ``bits``-bit counts: (0, 2^bits - 1)."""
+    return (0.0, float((1 << int(bits)) - 1))
+
+
+def robust_window(images: Iterable[np.ndarray], percentiles: tuple[float, float] = AUTO_PERCENTILES,
+                  max_pixels: int = 65_536) -> tuple[float, float]:
+    """(lo, hi) = the ``percentiles`` of the pooled pixels of ``images`` (stored units, gray).
+
+    Each image contributes at most ``max_pixels`` pixels (a regular stride), so a large slice does
+    not outweigh the others. Raises ValueError when no image is given or the pixels are constant.
+    """
+    parts = []
+    for img in images:
+        g = np.asarray(_to_gray(np.asarray(img)), dtype=np.float64).ravel()
+        parts.append(g[::max(1, g.size // max_pixels)])
+    if not parts:
+        raise ValueError("robust_window: no images to compute the window from")
+    vals = np.concatenate(parts)
+    if not np.all(np.isfinite(vals)):
+        raise ValueError("robust_window: images contain NaN or Inf values")
+    lo, hi = (float(v) for v in np.percentile(vals, percentiles))
+    if hi <= lo:
+        raise ValueError(f"robust_window: the pixels are constant ({lo:g}); declare the window instead")
+    return (lo, hi)
+
+
+def resolve_window(spec: object, images: Iterable[np.ndarray] | None = None) -> tuple[float, float] | None:
+    """The fixed window of a declaration (see ``parse_window``); ``"auto"`` needs ``images`` (a sample
+    of the data set's pool, read lazily only then)."""
+    w = parse_window(spec)
+    if w is None or isinstance(w, tuple):
+        return w
+    if w == "auto":
+        if images is None:
+            raise ValueError("window 'auto' needs the data set's images to compute it from")
+        return robust_window(images)
+    return bits_window(int(w.split(":", 1)[1]))
 
 
 def to_three_channels(img: np.ndarray, channels_first: bool = False) -> np.ndarray:

@@ -2,7 +2,9 @@
 
 Labeled boxes are drawn in one color per class (legend at the bottom); benign look-alikes, when
 the data set records them, in a dashed neutral gray with their type. Each slice is shown with
-its own window over the material (``display_window``), the way an operator would window a CT slice.
+its own window over the material (``display_window``), the way an operator would window a CT slice,
+after the data set's normalization (``window``: the same declaration as the benchmark's ``data.window``,
+through ``preprocessing.to_unit_float``).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import numpy as np
 
 from gsal_edge.data.dataset import DetectionDataset
 from gsal_edge.data.image_io import load_image
-from gsal_edge.data.preprocessing import to_unit_float
+from gsal_edge.data.preprocessing import WindowSpec, resolve_window, to_unit_float
 
 LOOKALIKE_COLOR = "#b0b0b0"
 
@@ -28,7 +30,11 @@ def class_colors(classes: list[str]) -> dict[str, tuple[float, float, float, flo
 
 def display_window(img: np.ndarray, floor: float = 0.25) -> tuple[float, float]:
     """A (lo, hi) display window over the material: the 0.5-99.5 percentiles of the pixels above
-    ``floor`` of the way from the 1st to the 99th percentile (so air does not eat the gray range)."""
+    ``floor`` of the way from the 1st to the 99th percentile (so air does not eat the gray range).
+    ``floor`` 0 takes every pixel: right for inverted stacks, where the air is the bright end."""
+    if floor <= 0:
+        lo, hi = np.percentile(img, [0.5, 99.5])
+        return float(lo), float(max(hi, lo + 1e-6))
     p1, p99 = np.percentile(img, [1, 99])
     vals = img[img > p1 + floor * (p99 - p1)]
     if vals.size < 0.05 * img.size:
@@ -56,8 +62,15 @@ def pick_images(ds: DetectionDataset, n: int, seed: int, *, stratify: bool = Tru
 
 
 def contact_sheet(ds: DetectionDataset, out: str | Path, *, n: int = 16, seed: int = 0, cols: int | None = None,
-                  stratify: bool = True, show_lookalikes: bool = True, pad_px: float = 2.0) -> list[str]:
-    """Draw ``n`` images of ``ds`` into the PNG ``out``; returns the image ids shown, in order."""
+                  stratify: bool = True, show_lookalikes: bool = True, pad_px: float = 2.0,
+                  window: WindowSpec = None) -> list[str]:
+    """Draw ``n`` images of ``ds`` into the PNG ``out``; returns the image ids shown, in order.
+
+    ``window``: the data set's normalization (None, ``"bits:N"``, ``(lo, hi)``, or ``"auto"`` from the
+    images shown). Each slice is then display-windowed on top of it: over its material (air left out, for
+    the packaged data's dark air) without a window, over all its pixels with one (polarity-agnostic, so
+    inverted and flipped stacks show too).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -71,14 +84,16 @@ def contact_sheet(ds: DetectionDataset, out: str | Path, *, n: int = 16, seed: i
     cols = cols or int(np.ceil(np.sqrt(len(idx))))
     rows = int(np.ceil(len(idx) / cols))
     colors = class_colors(ds.classes)
+    raw = {i: load_image(ds.image_path(ds.images[i])) for i in idx}
+    win = resolve_window(window, raw.values())
     fig, axes = plt.subplots(rows, cols, figsize=(cols * 3.0, rows * 3.15 + 0.6), squeeze=False)
     any_look = False
     for ax in axes.flat:
         ax.axis("off")
     for ax, i in zip(axes.flat, idx):
         e = ds.images[i]
-        img = to_unit_float(load_image(ds.image_path(e)))
-        lo, hi = display_window(img)
+        img = to_unit_float(raw[i], win)
+        lo, hi = display_window(img, 0.25 if window is None else 0.0)
         ax.imshow(img, cmap="gray", vmin=lo, vmax=hi, interpolation="nearest")
         for a in e.annotations:
             x1, y1, x2, y2 = a.box
