@@ -13,7 +13,14 @@ from typing import Annotated, Literal
 
 import numpy as np
 import yaml
-from pydantic import AfterValidator, Field, SerializerFunctionWrapHandler, ValidationError, model_serializer, model_validator
+from pydantic import (
+    AfterValidator,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    model_serializer,
+    model_validator,
+)
 
 from gsal_edge.config_files import CONFIGS_DIR, FrozenModel, read_yaml_mapping, validation_message
 from gsal_edge.errors import GSALError
