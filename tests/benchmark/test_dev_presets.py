@@ -102,3 +102,12 @@ def test_dev_a_12_bit_runs_end_to_end_windowed(tiny_models: Path, data_cache: Pa
     dark = plot_gallery(load_run(run), tmp_path, per_strategy=2)
     assert dark is not None
     assert windowed > 0.3 and _thumb_mean(dark) < 0.1
+
+
+@pytest.mark.parametrize("name", DEV)
+def test_dev_synth_yaml_matches_its_preset(name: str) -> None:
+    from gsal_edge.config_files import CONFIGS_DIR
+
+    cfg = load_preset(name)
+    want = SynthConfig.model_validate({**cfg.data.synthetic.synth, "seed": cfg.data.synthetic.seed})
+    assert SynthConfig.from_yaml(CONFIGS_DIR / f"synth_{name.replace('-', '_')}.yaml") == want
