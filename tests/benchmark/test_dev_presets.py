@@ -78,6 +78,12 @@ def test_dev_a_12_bit_runs_end_to_end_windowed(tiny_models: Path, data_cache: Pa
         st = json.loads((run / "results" / slug / "seed-0.json").read_text())
         assert st["finished"] and len(st["rounds"]) == len(info["labeled_sizes"])
 
+    # the detector checkpoints record it: `gsal-edge export` copies it into the bundle's ScorerSpec.window
+    from gsal_edge.models.detector import load_checkpoint
+
+    ckpts = sorted(run.rglob("detector.pt"))
+    assert ckpts and all(load_checkpoint(p)[1]["preprocessing"]["window"] == [lo, hi] for p in ckpts)
+
     bench = Benchmark(load_preset("dev-a", cfg.model_dump(exclude={"preset"})), run, progress=False)
     bench.prepare()  # resumes the finished folder: the same resolved window
     assert bench.cfg.data.window == (lo, hi)
