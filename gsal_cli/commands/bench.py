@@ -43,7 +43,7 @@ def _read_config(path: Path) -> dict[str, Any]:
 
 def bench(
     out: Annotated[Path | None, typer.Option("--out", help="run folder (created, or resumed)")] = None,
-    preset: Annotated[str, typer.Option(help="quick | paper | tiny (configs/bench_presets.yaml)")] = "quick",
+    preset: Annotated[str, typer.Option(help="quick | dev-a | dev-b | paper | tiny (configs/bench_presets.yaml; choose on dev-*, report on quick)")] = "quick",
     config: Annotated[Path | None, typer.Option(help="YAML of benchmark fields merged over the preset "
                                                     "(e.g. detector_overrides, data.test_fraction)")] = None,
     data: Annotated[Path | None, typer.Option(help="COCO json/folder, VOC folder or YOLO folder; "

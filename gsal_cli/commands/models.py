@@ -42,6 +42,9 @@ def train_diffusion_cmd(
     config: Path | None = typer.Option(None, "--config", help="Models config YAML (its `diffusion` section)."),
     threads: int | None = typer.Option(None, "--threads", min=1, help="torch threads (default: config)."),
     restart: bool = typer.Option(False, "--restart", help="Ignore an existing checkpoint in --out."),
+    window: str | None = typer.Option(None, "--window", help="Intensity window of the slices: auto (robust "
+                                      "percentiles of the data), bits:12 (12-bit counts in 16-bit files), or "
+                                      "LO,HI; default: the dtype's range. Use the window the scorer will use."),
 ) -> None:
     """Train the embedded default diffusion prior (VAE, then UNet); resumes from --out's checkpoint."""
     from gsal_edge.models.diffusion_training import train_diffusion
@@ -53,6 +56,13 @@ def train_diffusion_cmd(
         d["vae"]["steps"] = vae_steps
     if threads:
         d["threads"] = threads
+    if window is not None:
+        from gsal_edge.data.preprocessing import parse_window
+
+        try:
+            d["window"] = parse_window([float(v) for v in window.split(",")] if "," in window else window)
+        except ValueError as e:
+            _fail(f"--window {window!r}: {e}")
     cfg = DiffusionTrainConfig.model_validate(d)
     try:
         s = train_diffusion(data, out, cfg, progress=True, restart=restart, log=typer.echo)

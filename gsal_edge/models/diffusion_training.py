@@ -130,6 +130,9 @@ class DiffusionTrainConfig(StrictModel):
     crop_side_range: tuple[float, float] = Field((12.0, 128.0), description="crop side, px of the stored slice")
     checkpoint_every: int = Field(100, ge=1)
     threads: int = Field(1, ge=1)
+    window: Any = Field(None, description="intensity window of the slices (data.preprocessing.parse_window: "
+                        "None = the dtype's range, 'auto', 'bits:12', [lo, hi]); the prior must see what the "
+                        "scorer will feed it")
     vae: VaeTrainConfig = VaeTrainConfig()
     unet: UnetTrainConfig = UnetTrainConfig()
 
@@ -157,7 +160,8 @@ class DiffusionTrainConfig(StrictModel):
 
     def digest(self) -> str:
         """sha256 of the canonical JSON of what shapes the weights (threads, checkpointing excluded)."""
-        d = self.model_dump(mode="json", exclude={"threads", "checkpoint_every"})
+        exclude = {"threads", "checkpoint_every"} | ({"window"} if self.window is None else set())
+        d = self.model_dump(mode="json", exclude=exclude)  # no window = the digest of older configs
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
 
 
@@ -199,19 +203,22 @@ def random_crops(image01: np.ndarray, n: int, size: int, side_range: tuple[float
 def load_unlabeled(
     data_dir: str | Path, resolution: int, max_images: int, seed: int, progress: bool = False,
     crops_per_image: int = 0, crop_resolution: int = 64, crop_side_range: tuple[float, float] = (12.0, 128.0),
+    window: Any = None,
 ) -> tuple[np.ndarray, list[Path]] | tuple[np.ndarray, list[Path], np.ndarray]:
-    """Slices of ``data_dir`` as float32 [N, R, R] in [0,1] (a seeded subset of ``max_images`` at most).
+    """Slices of ``data_dir`` as float32 [N, R, R] in [0,1] (a seeded subset of ``max_images`` at most),
+    through the intensity ``window`` (a declaration, see ``data.preprocessing.parse_window``).
 
     With ``crops_per_image`` > 0 a third item is returned: [N*n, S, S] random magnified region crops.
     """
     from gsal_edge.data.image_io import load_image
-    from gsal_edge.data.preprocessing import resize_image, to_unit_float
+    from gsal_edge.data.preprocessing import resize_image, resolve_window, to_unit_float
 
     paths = list_images(data_dir)
     if len(paths) > max_images:
         keep = np.sort(np.random.default_rng([seed, 7]).choice(len(paths), max_images, replace=False))
         paths = [paths[i] for i in keep]
     out = np.empty((len(paths), resolution, resolution), np.float32)
+    win = resolve_window(window, (load_image(p) for p in paths[:64])) if window is not None else None
     it = paths
     if progress:
         from tqdm import tqdm
@@ -220,7 +227,7 @@ def load_unlabeled(
     crop_list: list[np.ndarray] = []
     rng = np.random.default_rng([seed, 8])
     for i, p in enumerate(it):
-        full = to_unit_float(load_image(p))
+        full = to_unit_float(load_image(p), window=win)
         out[i] = resize_image(full, (resolution, resolution))
         if crops_per_image:
             crop_list.append(random_crops(full, crops_per_image, crop_resolution, crop_side_range, rng))
@@ -441,9 +448,11 @@ def train_diffusion(
     crops = None
     if cfg.crop_share > 0:
         images, paths, crops = load_unlabeled(data_dir, cfg.resolution, cfg.max_images, cfg.seed, progress,  # type: ignore[misc]
-                                              cfg.crops_per_image, cfg.crop_resolution, cfg.crop_side_range)
+                                              cfg.crops_per_image, cfg.crop_resolution, cfg.crop_side_range,
+                                              cfg.window)
     else:
-        images, paths = load_unlabeled(data_dir, cfg.resolution, cfg.max_images, cfg.seed, progress)
+        images, paths = load_unlabeled(data_dir, cfg.resolution, cfg.max_images, cfg.seed, progress,
+                                       window=cfg.window)
     fingerprint = data_fingerprint(paths, Path(data_dir))
     key = {"config": cfg.digest(), "data": fingerprint, "extra": key_extra}
 
