@@ -294,8 +294,12 @@ def _write_round(
     skipped: list[dict[str, str]] = []
     n = 0
     for pick in picks:
-        try:
+        try:  # everything of one slice first, so a failure leaves no trace of it in the export
             png, width, height = display_png(store.slice_info(pick.key), fetcher)
+            rec = store.record(pick.key, fresh_only=False)
+            boxes = prediction_boxes(rec, width, height, classes, mode=mode, binary_class=binary_class,
+                                     min_score=min_prediction_score)
+            prediction = ls_prediction(rec, boxes, width, height, f"p{n + 1}")
         except Exception as e:  # noqa: BLE001 - one unreadable slice must not abort the export (issue 18)
             skipped.append({"key": pick.key, "reason": _skip_reason(e)})
             log.warning("export round %d: skipped %s: %s", round_id, pick.key, skipped[-1]["reason"])
@@ -308,13 +312,9 @@ def _write_round(
             {"id": n, "file_name": f"images/{name}", "width": width, "height": height,
              "gsal_image_id": pick.key, "gsal_rank": pick.rank}
         )
-        rec = store.record(pick.key, fresh_only=False)
-        boxes = prediction_boxes(rec, width, height, classes, mode=mode, binary_class=binary_class,
-                                 min_score=min_prediction_score)
         coco_preds += [{"image_id": n, "category_id": cat_id[label], "bbox": [x1, y1, x2 - x1, y2 - y1],
                         "score": score} for _j, label, (x1, y1, x2, y2), score in boxes]
         task: dict[str, Any] = {"data": task_data(pick, f"{image_url_prefix}images/{name}", round_id)}
-        prediction = ls_prediction(rec, boxes, width, height, f"p{n}")
         if prediction is not None:
             task["predictions"] = [prediction]
         ls_tasks.append(task)

@@ -13,7 +13,8 @@ make ``trainer select`` fail for the whole pool (issue 18). Now:
   (:func:`quarantine_summary`).
 
 The file is append-only JSON lines, one ``fsync`` per appended batch, under an exclusive ``flock`` (several
-trainer processes may share a store directory). A torn last line (crash) is skipped when read.
+trainer processes may share a store directory). A torn last line (crash) is skipped when read. Past
+:data:`MAX_QUARANTINE_BYTES` new entries keep their reason but not the record (a flood cannot fill the disk).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from gsal_edge.acquisition.records import ScoreRecord
 
 QUARANTINE_FILE = "quarantine.jsonl"
 MAX_EXAMPLES = 10  # skipped records named in a round's info / a status report
+MAX_QUARANTINE_BYTES = 256 * 1024 * 1024  # past this size entries keep their reason but not the record
 
 
 def graph_problem(rec: ScoreRecord, graph: ConceptGraph, missing_concept: str = "error") -> tuple[str, str] | None:
@@ -93,24 +95,31 @@ def usable_records(records: Sequence[ScoreRecord], graph: ConceptGraph,
 class Quarantine:
     """``<store>/quarantine.jsonl``: ingest items put aside, with why."""
 
-    def __init__(self, store_root: str | Path) -> None:
+    def __init__(self, store_root: str | Path, max_bytes: int = MAX_QUARANTINE_BYTES) -> None:
         self.path = Path(store_root) / QUARANTINE_FILE
+        self.max_bytes = max_bytes
 
     def add(self, entries: Iterable[dict[str, Any]]) -> int:
         """Append entries (each: kind, station, image_id, field, reason, optional record); durable on return."""
-        now = time.time()
-        lines = [json.dumps({"time": now} | e, ensure_ascii=True, default=str) + "\n" for e in entries]
-        if not lines:
+        entries = list(entries)
+        if not entries:
             return 0
+        now = time.time()
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o640)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
-            os.write(fd, "".join(lines).encode("ascii"))
+            size = os.fstat(fd).st_size
+            full = size >= self.max_bytes  # beyond: still counted, the bodies are dropped
+            torn = size > 0 and os.pread(fd, 1, size - 1) != b"\n"  # a crash mid-append: end that line
+            text = ("\n" if torn else "") + "".join(_line(e, now, full) for e in entries)
+            view = memoryview(text.encode("ascii"))
+            while view:
+                view = view[os.write(fd, view):]
             os.fsync(fd)
         finally:
             os.close(fd)  # releases the lock
-        return len(lines)
+        return len(entries)
 
     def entries(self) -> list[dict[str, Any]]:
         """Every intact entry (a torn last line is skipped)."""
@@ -123,6 +132,12 @@ class Quarantine:
             except ValueError:
                 continue
         return out
+
+
+def _line(entry: dict[str, Any], now: float, drop_record: bool) -> str:
+    if drop_record and "record" in entry:
+        entry = {k: v for k, v in entry.items() if k != "record"} | {"record_dropped": True}
+    return json.dumps({"time": now} | entry, ensure_ascii=True, default=str) + "\n"
 
 
 def quarantine_summary(store_root: str | Path) -> dict[str, Any]:

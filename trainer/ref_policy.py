@@ -32,11 +32,11 @@ from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
 from gsal_edge.data.slices import DEFAULT_LIMITS, SliceError
-from gsal_edge.errors import GSALError
 from gsal_edge.jsonio import write_json_atomic
 from gsal_wire import STATION_ID_RE
 from gsal_wire.validation import check_ref_uri, is_internal_host
 from trainer.images import IMAGE_FORMATS, ImageStore, sha256_bytes
+from trainer.store.types import StoreError
 
 if TYPE_CHECKING:
     from trainer.store.pool_store import PoolStore
@@ -47,8 +47,11 @@ SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 _FRAGMENT = "#sha256="
 
 
-class RefRefused(GSALError, ValueError):
-    """A reference is outside the policy, or its file is missing, changed or not readable; ``field`` names it."""
+class RefRefused(StoreError):
+    """A reference is outside the policy, or its file is missing, changed or not readable; ``field`` names it.
+
+    A :class:`StoreError` (so a ``ValueError``): callers that skip unreadable slices skip these too.
+    """
 
     def __init__(self, field: str, message: str) -> None:
         super().__init__(message)

@@ -179,3 +179,19 @@ def test_a_killed_export_leaves_no_half_written_folder(tmp_path):
     finally:
         proc.wait(30)
     assert not out.exists(), f"half-written export left at {out}: {sorted(p.name for p in out.rglob('*'))[:5]}"
+
+
+def test_quarantine_file_is_bounded_and_survives_a_torn_line(tmp_path):
+    from trainer.quarantine import Quarantine, quarantine_summary
+
+    q = Quarantine(tmp_path, max_bytes=200)
+    rec = make_record(1).to_dict()
+    q.add([{"kind": "graph", "station": "st-01", "image_id": "a", "field": "f", "reason": "r", "record": rec}])
+    q.add([{"kind": "graph", "station": "st-01", "image_id": "b", "field": "f", "reason": "r", "record": rec}])
+    with open(q.path, "ab") as fh:
+        fh.write(b'{"kind": "graph", "stat')  # a crash mid-append
+    q.add([{"kind": "ref", "station": "st-01", "image_id": "c", "field": "ref.uri", "reason": "r"}])
+    got = q.entries()
+    assert [e["image_id"] for e in got] == ["a", "b", "c"]
+    assert got[0]["record"] == rec and "record" not in got[1] and got[1]["record_dropped"] is True
+    assert quarantine_summary(tmp_path)["by_kind"] == {"graph": 2, "ref": 1}
