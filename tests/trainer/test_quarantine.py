@@ -151,12 +151,12 @@ def test_a_killed_export_leaves_no_half_written_folder(tmp_path):
     """SIGKILL export-tasks while it writes images: the target folder is either absent or complete."""
     store = PoolStore(tmp_path / "store")
     rng = np.random.default_rng(0)
-    n = 60
+    n = 40
     items = []
     for i in range(n):  # large uint16 slices: each display PNG takes a while to encode
         rec = make_record(i)
-        data, fmt = encode_pixels(rng.integers(0, 65535, size=(1024, 1024), dtype=np.uint16))
-        items.append(IngestItem("st-01", rec, image=data, image_format=fmt, width=1024, height=1024))
+        data, fmt = encode_pixels(rng.integers(0, 65535, size=(512, 512), dtype=np.uint16))
+        items.append(IngestItem("st-01", rec, image=data, image_format=fmt, width=512, height=512))
     store.ingest(items)
     keys = [f"st-01/slice-{i:06d}" for i in range(n)]
     rid = store.record_round([Pick(k, j, 1.0, {"sentence": "s"}) for j, k in enumerate(keys, 1)], budget=n,
