@@ -305,7 +305,10 @@ def serve_forever(
     stop_event: threading.Event | None = None,
     graph: ConceptGraph | None = None,
 ) -> None:
-    """Run until SIGINT/SIGTERM (or ``stop_event``); writes the bound port to ``port_file`` if given."""
+    """Run until SIGINT/SIGTERM (or ``stop_event``); writes the bound port to ``port_file`` if given.
+
+    ``graph``: every ingested record must fit it (else rejected and quarantined); None = no check.
+    """
     import signal
 
     from trainer.images import atomic_write

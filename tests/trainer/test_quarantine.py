@@ -195,3 +195,9 @@ def test_quarantine_file_is_bounded_and_survives_a_torn_line(tmp_path):
     assert [e["image_id"] for e in got] == ["a", "b", "c"]
     assert got[0]["record"] == rec and "record" not in got[1] and got[1]["record_dropped"] is True
     assert quarantine_summary(tmp_path)["by_kind"] == {"graph": 2, "ref": 1}
+
+
+def test_serve_refuses_an_unknown_ingest_graph_before_listening(tmp_path):
+    r = CliRunner().invoke(app, ["serve", "--store", str(tmp_path / "store"), "--insecure", "--port", "0",
+                                 "--graph", str(tmp_path / "no-such-graph.yaml")])
+    assert r.exit_code == 2 and "no-such-graph" in r.output
