@@ -7,7 +7,13 @@ Export (one folder per round)::
     <out>/predictions.json         detector pre-annotations, COCO results format (bbox, score)
     <out>/label_studio_tasks.json  Label Studio tasks: data.image + predictions (rectanglelabels, %)
     <out>/label_config.xml         a Label Studio labeling config with the graph's classes
-    <out>/manifest.json            round id, image name -> pool key, classes
+    <out>/manifest.json            round id, image name -> pool key, classes, skipped slices (and why)
+
+The folder is written as a whole: into a temporary sibling that is renamed into place at the end, so a
+failed export leaves no half-written folder (an earlier export in ``<out>`` is replaced; any other
+non-empty folder is refused). A slice whose pixels cannot be read (a reference outside the station's
+roots or with a changed file, a non-image, ...) is skipped, counted and named with its reason in the
+manifest and the returned summary: one bad slice never aborts the export.
 
 Import (COCO file or Label Studio JSON export) is all-or-nothing: every image and box is validated
 first (known class, box inside the image, image of this round's selection), every problem is
@@ -25,7 +31,11 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
+import os
 import re
+import shutil
+import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,8 +47,11 @@ from gsal_edge.acquisition.concept_graph import UNKNOWN, ConceptGraph
 from gsal_edge.acquisition.records import ScoreRecord
 from gsal_edge.errors import GSALError
 from trainer.images import atomic_write, decode_image, to_display_uint8
+from trainer.ref_policy import RefFetcher
 from trainer.store.pool_store import PoolStore
 from trainer.store.types import ImageLabels, LabelBox, Pick, SliceInfo, StoreError
+
+log = logging.getLogger(__name__)
 
 LabelMode = Literal["typed", "binary"]
 #: (slice, boxes) -> one fine concept per box (binary mode)
@@ -135,8 +148,8 @@ def bundle_clip_assigner(bundle_dir: str | Path, *, trusted_keys: Sequence[str |
     scorer = load_bundle(bundle_dir, backend=backend, trusted_keys=keys, allow_unsigned=not trusted_keys)
 
     def assign(store: PoolStore, info: SliceInfo, boxes: Sequence[tuple[float, float, float, float]]) -> list[str]:
-        src = info.image_path or (_local_path(info.image_ref) if info.image_ref else None)
-        if src is None or not src.exists():
+        src = RefFetcher.for_store(store).local_image(info)  # a reference: confined and hash-verified
+        if not src.exists():
             raise StoreError(f"slice {info.key!r}: no local image to crop for concept assignment")
         emb = scorer.embed_regions([decode_image(src)], [np.asarray(boxes, dtype=np.float64)])[0]
         return list(scorer.assigner(emb).concepts)
@@ -150,15 +163,6 @@ def _file_sha(path: Path) -> str:
 
 def _write_json(path: Path, obj: Any) -> None:
     atomic_write(path, json.dumps(obj, indent=1, ensure_ascii=False).encode("utf-8"))
-
-
-def _local_path(ref: str) -> Path | None:
-    u = urlparse(ref)
-    if u.scheme == "file":
-        return Path(unquote(u.path))
-    if u.scheme == "" and ref:
-        return Path(ref)
-    return None
 
 
 # -------------------------------------------------------------------------------------------- export
@@ -228,30 +232,89 @@ def export_round(
     image_url_prefix: str = LS_DEFAULT_URL_PREFIX,
     min_prediction_score: float = 0.0,
 ) -> dict[str, Any]:
-    """Write the round's selected images as COCO + Label Studio tasks (with pre-annotations)."""
-    out = Path(out_dir)
+    """Write the round's selected images as COCO + Label Studio tasks (with pre-annotations), atomically.
+
+    Slices that cannot be read are skipped (``skipped`` in the summary and the manifest: key and reason).
+    """
+    final = Path(out_dir)
+    _check_export_target(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    out = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    try:
+        info = _write_round(store, round_id, out, graph, mode=mode, binary_class=binary_class,
+                            image_url_prefix=image_url_prefix, min_prediction_score=min_prediction_score)
+        _replace_dir(out, final)
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)
+        raise
+    return info | {"out": str(final)}
+
+
+def _check_export_target(final: Path) -> None:
+    """Refuse to replace a non-empty folder that is not an earlier export (it has no manifest.json)."""
+    if final.is_symlink() or (final.exists() and not final.is_dir()):
+        raise StoreError(f"export folder {final} exists and is not a folder")
+    if final.is_dir() and any(final.iterdir()) and not (final / "manifest.json").is_file():
+        raise StoreError(f"export folder {final} is not empty and holds no earlier export (no manifest.json); "
+                         "give a new or empty folder")
+
+
+def _replace_dir(new: Path, final: Path) -> None:
+    """Put the finished folder ``new`` at ``final`` (an earlier export there is moved aside, then removed)."""
+    old = None
+    if final.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
+        os.replace(final, old / final.name)
+    os.replace(new, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    fd = os.open(final.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _skip_reason(exc: BaseException) -> str:
+    """A one-line reason without object addresses (PIL prints heap addresses in some messages)."""
+    return re.sub(r" at 0x[0-9a-fA-F]+", "", f"{type(exc).__name__}: {exc}")[:500]
+
+
+def _write_round(
+    store: PoolStore, round_id: int, out: Path, graph: ConceptGraph, *, mode: LabelMode, binary_class: str,
+    image_url_prefix: str, min_prediction_score: float,
+) -> dict[str, Any]:
     img_dir = out / "images"
     img_dir.mkdir(parents=True, exist_ok=True)
     picks = store.selection(round_id)
     classes = classes_for(graph, mode, binary_class)
     cat_id = {c: i + 1 for i, c in enumerate(classes)}
+    fetcher = RefFetcher.for_store(store)
     coco_images, coco_preds, ls_tasks, names = [], [], [], {}
-    for n, pick in enumerate(picks, 1):
+    skipped: list[dict[str, str]] = []
+    n = 0
+    for pick in picks:
+        try:  # everything of one slice first, so a failure leaves no trace of it in the export
+            png, width, height = display_png(store.slice_info(pick.key), fetcher)
+            rec = store.record(pick.key, fresh_only=False)
+            boxes = prediction_boxes(rec, width, height, classes, mode=mode, binary_class=binary_class,
+                                     min_score=min_prediction_score)
+            prediction = ls_prediction(rec, boxes, width, height, f"p{n + 1}")
+        except Exception as e:  # noqa: BLE001 - one unreadable slice must not abort the export (issue 18)
+            skipped.append({"key": pick.key, "reason": _skip_reason(e)})
+            log.warning("export round %d: skipped %s: %s", round_id, pick.key, skipped[-1]["reason"])
+            continue
+        n += 1
         name = image_name(pick.key)
         names[name] = pick.key
-        png, width, height = display_png(store.slice_info(pick.key))
         atomic_write(img_dir / name, png)
         coco_images.append(
             {"id": n, "file_name": f"images/{name}", "width": width, "height": height,
              "gsal_image_id": pick.key, "gsal_rank": pick.rank}
         )
-        rec = store.record(pick.key, fresh_only=False)
-        boxes = prediction_boxes(rec, width, height, classes, mode=mode, binary_class=binary_class,
-                                 min_score=min_prediction_score)
         coco_preds += [{"image_id": n, "category_id": cat_id[label], "bbox": [x1, y1, x2 - x1, y2 - y1],
                         "score": score} for _j, label, (x1, y1, x2, y2), score in boxes]
         task: dict[str, Any] = {"data": task_data(pick, f"{image_url_prefix}images/{name}", round_id)}
-        prediction = ls_prediction(rec, boxes, width, height, f"p{n}")
         if prediction is not None:
             task["predictions"] = [prediction]
         ls_tasks.append(task)
@@ -262,22 +325,26 @@ def export_round(
     _write_json(out / "predictions.json", coco_preds)
     _write_json(out / "label_studio_tasks.json", ls_tasks)
     atomic_write(out / "label_config.xml", label_config_xml(classes).encode())
-    manifest = {"round": round_id, "mode": mode, "classes": classes, "images": names}
+    manifest = {"round": round_id, "mode": mode, "classes": classes, "images": names, "skipped": skipped}
     _write_json(out / "manifest.json", manifest)
-    return {"round": round_id, "images": len(picks), "predictions": len(coco_preds), "out": str(out)}
+    return {"round": round_id, "images": n, "predictions": len(coco_preds), "skipped": skipped}
 
 
-def display_png(info: SliceInfo) -> tuple[bytes, int, int]:
+def display_png(info: SliceInfo, fetcher: RefFetcher | None = None) -> tuple[bytes, int, int]:
     """The slice as an 8-bit PNG a browser shows (uint8 PNGs as stored, others min-max windowed per slice).
 
+    A slice known only by reference is read through ``fetcher`` (:class:`trainer.ref_policy.RefFetcher`:
+    confined to the station's roots, hash-verified); without one, such a slice is refused.
     Returns (PNG bytes, width, height).
     """
     src = info.image_path
-    if src is None and info.image_ref:
-        src = _local_path(info.image_ref)
-    if src is None or not src.exists():
-        raise StoreError(f"slice {info.key!r}: no stored image and its reference {info.image_ref!r} is not a "
-                         "local file; fetch it first")
+    if src is None:
+        if fetcher is None:
+            raise StoreError(f"slice {info.key!r} is known only by reference: read it through the store's "
+                             "RefFetcher (trainer.ref_policy), which checks the station's roots and the sha256")
+        src = fetcher.local_image(info)
+    if not src.exists():
+        raise StoreError(f"slice {info.key!r}: its stored image {src} is missing")
     pixels = decode_image(src)
     if pixels.ndim == 3:
         pixels = pixels[..., 0]

@@ -82,13 +82,19 @@ def serve(
     health_insecure: bool = _health.insecure, health_ca: Path | None = _health.ca,
     health_cert: Path | None = _health.client_cert, health_key: Path | None = _health.client_key,
     health_server_name: str | None = _health.server_name, health_token_file: Path | None = StTokenFile,
+    ingest_graph: str = typer.Option(
+        "thin_film_ct", "--graph", help="Concept graph every ingested record must fit (its concepts and "
+        "similarity keys are fine nodes); others are rejected and put aside in quarantine.jsonl. 'none' = no check."),
     dashboard_port: int | None = typer.Option(
         None, "--dashboard-port", help="Also serve the read-only browser dashboard on this port (0 = a free one)."),
     dashboard_host: str = typer.Option("127.0.0.1", "--dashboard-host", help="Address the dashboard binds."),
     dashboard_port_file: Path | None = typer.Option(
         None, "--dashboard-port-file", help="Write the dashboard's bound port here once serving."),
 ) -> None:
-    """Run the Trainer gRPC service (client-streaming Ingest) until SIGINT/SIGTERM."""
+    """Run the Trainer gRPC service (client-streaming Ingest) until SIGINT/SIGTERM.
+
+    Image references (SliceRef) are accepted only under the stations' roots (`trainer ref-roots`).
+    """
     from trainer.ingest_service import IngestConfig, serve_forever
 
     creds = None
@@ -105,6 +111,15 @@ def serve(
         tls = server_tls(tls_cert, tls_key, client_ca, require_client_cert=client_ca is not None)
         creds = server_credentials(tls)
     cfg = IngestConfig(host=host, port=port, batch_items=batch_items, max_workers=workers)
+    graph_obj = None
+    if ingest_graph.lower() != "none":
+        from gsal_edge.acquisition.concept_graph import load_graph
+        from gsal_edge.errors import GSALError
+
+        try:
+            graph_obj = load_graph(ingest_graph)
+        except GSALError as e:
+            _fail(str(e))
     monitor = None
     if health_interval > 0:
         from trainer.fleet import HealthMonitor
@@ -116,7 +131,7 @@ def serve(
     if dashboard_port is not None:
         dash = _start_dashboard(store, dashboard_host, dashboard_port, dashboard_port_file, None, None)
     try:
-        serve_forever(store, cfg, credentials=creds, port_file=port_file)
+        serve_forever(store, cfg, credentials=creds, port_file=port_file, graph=graph_obj)
     finally:
         if dash is not None:
             dash.stop()
@@ -179,11 +194,13 @@ def status(
     label_mode: str = typer.Option("typed", "--label-mode", help="Coverage counts: typed or binary."),
 ) -> None:
     """Pool, labels, rounds, bundles, stations and the audit log's integrity."""
+    from trainer.quarantine import quarantine_summary
     from trainer.rounds import store_status
 
     s = _open(store)
     try:
         st = store_status(s, label_mode=label_mode)
+        st["quarantine"] = quarantine_summary(s.root)
     finally:
         s.close()
     if as_json:
@@ -202,6 +219,8 @@ def status(
         typer.echo(f"  round {r['id']}: {r['strategy']} b={r['budget']} {r['n_labeled']}/{r['n_picks']} labeled "
                    f"({r['status']})")
     typer.echo(f"  audit log: {st['audit']}")
+    q = st["quarantine"]
+    typer.echo(f"  quarantine: {q['count']} item(s) put aside at ingest {q['by_kind'] or ''} ({q['file']})")
 
 
 @app.command("backup")
@@ -273,6 +292,43 @@ def register_station(
     typer.echo(f"station {station} at {address} registered")
 
 
+# ------------------------------------------------------------------------------------------ image reference roots
+
+
+@app.command("ref-roots")
+def ref_roots_cmd(
+    store: Path = StoreOpt,
+    add: list[str] | None = typer.Option(None, "--add", help="STATION=ROOT: let STATION send references under "
+                                         "ROOT (an absolute directory or an https://host/prefix/ URL); repeatable."),
+    remove: list[str] | None = typer.Option(None, "--remove", help="STATION=ROOT to withdraw; repeatable."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """Show or change which storage each station may reference (SliceRef); without a root, refs are refused."""
+    from trainer.ref_policy import RefPolicy, RefRefused
+
+    s = _open(store)  # the store's files directory holds ref_roots.json (whatever backend holds the tables)
+    root = s.root
+    s.close()
+    try:
+        policy = RefPolicy.load(root)
+        for spec, change in [(a, "add") for a in add or []] + [(r, "remove") for r in remove or []]:
+            station, sep, where = spec.partition("=")
+            if not sep or not station or not where:
+                _fail(f"--{change} {spec!r}: give STATION=ROOT")
+            policy = policy.with_root(station, where) if change == "add" else policy.without_root(station, where)
+        if add or remove:
+            policy.save(root)
+    except RefRefused as e:
+        _fail(str(e))
+    if as_json:
+        _echo_json({k: list(v) for k, v in policy.roots.items()})
+        return
+    if not policy.roots:
+        typer.echo("no reference roots: every SliceRef is refused (stations must send pixels)")
+    for station, roots in sorted(policy.roots.items()):
+        typer.echo(f"{station}: {', '.join(roots)}")
+
+
 # ------------------------------------------------------------------------------------------ rounds
 
 GraphOpt = typer.Option("thin_film_ct", "--graph", help="Concept graph file or packaged name.")
@@ -318,6 +374,9 @@ def select(
     typer.echo(f"round {res.round_id}: {len(res.picks)} picks from a pool of {res.pool_size} "
                f"(audit entry {res.audit_hash[:16]})")
     typer.echo(f"  coverage n(v): { {k: int(v) for k, v in res.counts.items()} }")
+    if res.info.get("skipped_records", {}).get("count"):
+        sk = res.info["skipped_records"]
+        typer.echo(f"  skipped {sk['count']} record(s) that do not fit the graph, e.g. {sk['examples'][:3]}", err=True)
     for p in res.picks:
         typer.echo(f"  {p['rank']:>3}. {p['image_id']}  A = {p['acquisition']:.4f}  {p['sentence']}")
 
@@ -348,6 +407,8 @@ def export_tasks(
     finally:
         s.close()
     typer.echo(f"round {info['round']}: {info['images']} images, {info['predictions']} pre-annotations -> {out}")
+    for sk in info.get("skipped", []):
+        typer.echo(f"  skipped {sk['key']}: {sk['reason']}", err=True)
 
 
 @app.command("import-labels")

@@ -25,6 +25,7 @@ from gsal_edge.errors import GSALError
 from gsal_edge.jsonio import to_jsonable
 from trainer import annotation
 from trainer.audit_log import AuditLog, verify
+from trainer.quarantine import usable_records
 from trainer.store.pool_store import PoolStore
 from trainer.store.types import Pick, StoreError
 
@@ -92,11 +93,16 @@ def _select_locked(
     from gsal_edge.acquisition.score_pool import ScorePool
     from gsal_edge.acquisition.strategies import get_strategy
 
-    records = store.unlabeled_records()
+    # records that do not fit this graph are skipped and counted, never abort the round (issue 18)
+    records, skipped = usable_records(store.unlabeled_records(), graph, config.missing_concept)
+    if skipped.count:
+        log.warning("round: skipped %d record(s) that do not fit graph %s, e.g. %s", skipped.count, graph.name,
+                    skipped.to_dict()["examples"][:3])
     if not records:
         raise RoundError(
             f"{store.db_path}: the unlabeled pool is empty (current bundle {store.current_bundle}; "
-            f"{len(store.stale_slices())} slice(s) wait for re-scoring)"
+            f"{len(store.stale_slices())} slice(s) wait for re-scoring; {skipped.count} skipped as not fitting "
+            f"graph {graph.name!r})"
         )
     counts = fine_counts(store, graph, config.label_mode)
     pool = ScorePool.from_records(records)
@@ -106,7 +112,8 @@ def _select_locked(
         Pick(p.image_id, p.rank, float(p.acquisition), dict(p.rationale) | {"sentence": p.sentence})
         for p in sel.picks
     ]
-    params = {"config": config.to_dict(), "counts": counts, "graph": graph.name, "info": to_jsonable(sel.info)}
+    info = to_jsonable(sel.info) | {"skipped_records": skipped.to_dict()}
+    params = {"config": config.to_dict(), "counts": counts, "graph": graph.name, "info": info}
     round_id = store.record_round(
         picks, budget=budget, strategy=sel.strategy, pool_size=len(records), params=params,
         bundle_id=store.current_bundle,
@@ -121,6 +128,7 @@ def _select_locked(
         "label_mode": config.label_mode,
         "counts": counts,
         "config": config.to_dict(),
+        "skipped_records": skipped.to_dict(),
         "picks": [
             {"rank": p.rank, "image_id": p.key, "acquisition": p.score, "sentence": p.rationale["sentence"],
              "rationale": p.rationale}
@@ -134,7 +142,7 @@ def _select_locked(
         round_id,
         [{"rank": p.rank, "image_id": p.key, "acquisition": p.score, "sentence": p.rationale["sentence"]}
          for p in picks],
-        len(records), counts, h, to_jsonable(sel.info),
+        len(records), counts, h, info,
     )
 
 

@@ -15,8 +15,9 @@ from test_trainer_helpers import make_pixels, make_record
 from gsal_wire.convert import make_pb_slice, record_to_pb
 from gsal_wire.pb import trainer_pb2, trainer_pb2_grpc
 from gsal_wire.trainer_client import PushError, PushItem, RetryPolicy, TrainerPushClient
-from trainer.images import decode_image
+from trainer.images import decode_image, encode_pixels, sha256_bytes
 from trainer.ingest_service import IngestConfig, start_server
+from trainer.ref_policy import RefPolicy
 from trainer.store.pool_store import PoolStore
 
 
@@ -48,14 +49,19 @@ def test_push_commits_then_retry_is_all_duplicates(running):
     assert rec.e_rec == want.e_rec and rec.proposals[1].similarity == want.proposals[1].similarity
 
 
-def test_encodings_and_references(running):
+def test_encodings_and_references(running, tmp_path):
     u16 = (np.arange(32 * 48, dtype=np.uint16).reshape(32, 48) * 7)
     f32 = np.linspace(0, 1, 20 * 10, dtype=np.float32).reshape(20, 10)
+    root = tmp_path / "st-01-slices"
+    root.mkdir()
+    data, _ = encode_pixels(make_pixels(3).astype(np.uint16))
+    (root / "slice-000003.png").write_bytes(data)
+    RefPolicy().with_root("st-01", str(root)).save(running.store.root)  # refs only under a configured root
     items = [
         PushItem(make_record(1), pixels=u16, encoding="png"),
         PushItem(make_record(2), pixels=f32, encoding="raw"),
-        PushItem(make_record(3), ref="file:///data/st-01/slice-000003.tiff", shape=(64, 64), dtype="uint16",
-                 encoding="tiff"),
+        PushItem(make_record(3), ref=f"file://{root}/slice-000003.png", ref_sha256=sha256_bytes(data),
+                 shape=(64, 64), dtype="uint16", encoding="png"),
     ]
     with TrainerPushClient(running.address, "st-01", insecure=True) as cli:
         assert cli.push(items).committed == 3
@@ -64,7 +70,8 @@ def test_encodings_and_references(running):
     got = decode_image(s.slice_info("st-01/slice-000002").image_path)
     assert got.dtype == np.float32 and np.array_equal(got, f32)
     ref = s.slice_info("st-01/slice-000003")
-    assert ref.image_path is None and ref.image_ref.endswith(".tiff") and (ref.width, ref.height) == (64, 64)
+    assert ref.image_path is None and (ref.width, ref.height) == (64, 64)
+    assert ref.image_ref == f"file://{root}/slice-000003.png#sha256={sha256_bytes(data)}"
 
 
 def test_bad_items_are_rejected_by_field_and_the_rest_commits(running):
