@@ -43,7 +43,7 @@ from typing import Any, Literal
 from urllib.parse import unquote, urlparse
 from xml.sax.saxutils import quoteattr
 
-from gsal_edge.acquisition.concept_graph import UNKNOWN, ConceptGraph
+from gsal_edge.acquisition.concept_graph import BACKGROUND, UNKNOWN, ConceptGraph
 from gsal_edge.acquisition.records import ScoreRecord
 from gsal_edge.errors import GSALError
 from trainer.images import atomic_write, decode_image, to_display_uint8
@@ -126,7 +126,7 @@ def proposal_concepts(
         best, best_iou = UNKNOWN, min_iou
         for p in props:
             v = iou(b, p.box)
-            if v >= best_iou:
+            if v >= best_iou and p.concept != BACKGROUND:  # a labeled box is a defect, never background
                 best, best_iou = p.concept, v
         out.append(best)
     return out
@@ -152,7 +152,8 @@ def bundle_clip_assigner(bundle_dir: str | Path, *, trusted_keys: Sequence[str |
         if not src.exists():
             raise StoreError(f"slice {info.key!r}: no local image to crop for concept assignment")
         emb = scorer.embed_regions([decode_image(src)], [np.asarray(boxes, dtype=np.float64)])[0]
-        return list(scorer.assigner(emb).concepts)
+        # a labeled box is a defect by definition: background is never its concept (else it drops out of n(v))
+        return list(scorer.assigner(emb, exclude=(BACKGROUND,)).concepts)
 
     return assign
 

@@ -40,6 +40,7 @@ from gsal_edge.errors import GSALError
 from gsal_edge.jsonio import to_jsonable, write_text_atomic
 from trainer.annotation import display_png, image_name
 from trainer.images import atomic_write
+from trainer.ref_policy import RefFetcher
 from trainer.store.pool_store import PoolStore
 from trainer.store.types import StoreError
 
@@ -152,11 +153,12 @@ def export_fiftyone(
     out = Path(out_dir)
     (out / "data").mkdir(parents=True, exist_ok=True)
     samples, skipped = [], []
+    fetcher = RefFetcher.for_store(store)
     for key in keys:
         info = store.slice_info(key)
         name = image_name(key)
         try:
-            png, w, h = display_png(info)
+            png, w, h = display_png(info, fetcher)
             atomic_write(out / "data" / name, png)
         except StoreError as e:
             log.warning("%s: left out (%s)", key, e)

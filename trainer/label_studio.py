@@ -30,6 +30,7 @@ from gsal_edge.errors import GSALError
 from gsal_edge.jsonio import to_jsonable
 from trainer import annotation
 from trainer.images import atomic_write
+from trainer.ref_policy import RefFetcher
 from trainer.rounds import audit_log, concept_assigner, fine_counts
 from trainer.store.pool_store import PoolStore
 
@@ -191,11 +192,12 @@ def push_round(
         else:
             half_made[_image_url(data).rpartition("/")[2].partition("-")[2]] = t
     n_new = n_completed = n_pred = 0
+    fetcher = RefFetcher.for_store(store)  # slices known only by reference: confined, hash-checked reads
     for pick in tqdm(picks, desc=f"push round {rid}", unit="task", disable=not progress):
         if pick.key in done:
             continue
         name = annotation.image_name(pick.key)
-        png, width, height = annotation.display_png(store.slice_info(pick.key))
+        png, width, height = annotation.display_png(store.slice_info(pick.key), fetcher)
         task = half_made.get(name)
         if task is None:
             task = ls.call(f"read task of {name}", ls.client.tasks.get, str(ls.upload_image(proj.id, name, png)))

@@ -217,3 +217,22 @@ def test_seed_set_before_any_round(tmp_path, graph):
         assert store.coverage_counts() == {"void": 1} and store.labeled_keys() == [key]
     finally:
         store.close()
+
+
+def test_binary_mode_never_counts_a_labeled_box_as_background(tmp_path, graph):
+    """The default assigner skips background proposals: a labeled box is a defect by definition."""
+    from gsal_edge.acquisition.records import ProposalScore
+    from trainer.annotation import proposal_concepts
+    from trainer.store.types import IngestItem
+
+    store = PoolStore(tmp_path / "store")
+    rec = make_item(0).record
+    box = (10.0, 10.0, 20.0, 20.0)
+    rec.proposals = [ProposalScore(box, 0.9, 0.01, 0.001, "background", label="void"),
+                     ProposalScore((11.0, 10.0, 20.0, 20.0), 0.5, 0.01, 0.001, "void", label="void")]
+    item = make_item(0)
+    store.ingest([IngestItem(item.station, rec, image=item.image, image_format=item.image_format,
+                             width=64, height=64)])
+    info = store.slice_info(store.unlabeled_records()[0].image_id)
+    assert proposal_concepts(store, info, [box]) == ["void"]  # not the better-overlapping background one
+    store.close()
