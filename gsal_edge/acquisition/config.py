@@ -15,7 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import ConfigDict, Field, ValidationError, field_validator
 
-from gsal_edge.config_files import FrozenModel, read_yaml_with_lines
+from gsal_edge.config_files import CONFIGS_DIR, FrozenModel, read_yaml_with_lines
 from gsal_edge.errors import GSALError
 
 __all__ = [
@@ -93,7 +93,7 @@ class GSALConfig(FrozenModel):
         0, ge=0, description="[ours] 0 = one-step x0 prediction; S > 0 = S DDIM steps from t to 0."
     )
     noise: Literal["per_image", "common"] = Field(
-        "per_image", description="[ours] eps_k seeded per image id, or 'common' random numbers: the same K "
+        "common", description="[ours] eps_k seeded per image id, or 'common' random numbers: the same K "
         "draws for every slice and crop, so slices differ by content only (spec §4).")
     antithetic: bool = Field(False, description="[ours] antithetic pairs: eps_(2j+1) = -eps_(2j).")
     M: int = Field(8, ge=1, description="Proposal prefilter: top-M detector boxes by score (spec §4).")
@@ -194,7 +194,11 @@ class GSALConfig(FrozenModel):
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> GSALConfig:
-        """Load a YAML (or JSON) file; an optional top-level ``gsal:`` section is accepted."""
+        """Load a YAML (or JSON) file; an optional top-level ``gsal:`` section is accepted. A name that is
+        not a file but a shipped preset (``paper-exact``: ``configs/gsal_paper-exact.yaml``) loads that."""
+        preset = CONFIGS_DIR / f"gsal_{path}.yaml"
+        if not Path(path).exists() and "/" not in str(path) and preset.is_file():
+            path = preset
         data, lines = read_yaml_with_lines(path, ConfigError)
         if isinstance(data, dict) and set(data) == {"gsal"}:
             data = data["gsal"]

@@ -55,7 +55,7 @@ class ScorerSpec:
     roi_reduce: str = "mean"  # "mean" | "max"
     novelty_threshold: float | None = None  # [ours] best cosine below this -> "unknown"
     base_seed: int = 0
-    noise: str = "per_image"  # [ours] "per_image" | "common" (common random numbers, spec §4)
+    noise: str = "per_image"  # [ours] "per_image" | "common" (spec §4); a manifest without it = per_image
     antithetic: bool = False  # [ours] eps_(2j+1) = -eps_(2j)
     max_unet_batch: int = 64
     image_embedding: bool = True  # attach the whole-slice CLIP embedding (core-set baselines)
