@@ -5,8 +5,9 @@ trainer process, for a fixed duration (loopback only; every loop is bounded in c
                               [--workers 32] [--bundle DIR] [--out artifacts/load] [--max-slope-mb-min X]
 
 Each stream is closed-loop: it keeps ``--inflight`` slices outstanding on one ``Score`` call, sends the next
-slice as soon as an answer comes back, and reopens the call every ``--stream-items`` slices (each call has a
-deadline of ``--deadline`` seconds and each slice the same ``timeout_ms``). At most ``streams * inflight``
+slice as soon as an answer comes back, and reopens the call after ``--stream-items`` slices or 2 x
+``--deadline`` seconds (each slice carries ``timeout_ms`` = ``--deadline``, the call a deadline of 4 x it, so
+a call that times out has left a slice unanswered well past its own deadline: a hang). At most ``streams * inflight``
 slices are queued at the station, so with ``streams * inflight <= --queue-size`` (and ``streams <=
 --workers``, the concurrent-RPC limit) no request may fail; above either limit the station must answer
 RESOURCE_EXHAUSTED, never leave a request unanswered past its deadline ("hang").
@@ -46,7 +47,7 @@ for _p in (REPO, REPO / "tests" / "scoring"):
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
 
-HANG_CODES = ("DEADLINE_EXCEEDED", "UNANSWERED")
+HANG_CODES = ("UNANSWERED", "MISSING")
 
 
 @dataclass
@@ -264,12 +265,16 @@ def _one_call(k: int, client: Any, cfg: LoadConfig, pool: list[np.ndarray], coun
     sent_at: dict[str, float] = {}
     stop_gen = threading.Event()
 
+    # the call ends (half-close) after stream_items slices or 2 deadlines, so every slice sent has its own
+    # deadline plus one more before the call's: a call-level DEADLINE_EXCEEDED means an unanswered slice
+    send_until = min(t_end, time.monotonic() + 2 * cfg.deadline_s)
+
     def requests() -> Any:
         for _ in range(cfg.stream_items):
             while not permits.acquire(timeout=0.1):
                 if stop_gen.is_set():
                     return
-            if time.monotonic() >= t_end or stop_gen.is_set():
+            if time.monotonic() >= send_until or stop_gen.is_set():
                 return
             sid = f"s{k}-{counter[0]:08d}"
             counter[0] += 1
@@ -280,7 +285,7 @@ def _one_call(k: int, client: Any, cfg: LoadConfig, pool: list[np.ndarray], coun
 
     answered: set[str] = set()
     call_code = "OK"
-    call = client.stub.Score(requests(), timeout=cfg.deadline_s)
+    call = client.stub.Score(requests(), timeout=4 * cfg.deadline_s)
     try:
         for resp in call:
             now = time.monotonic()
@@ -308,7 +313,8 @@ def _one_call(k: int, client: Any, cfg: LoadConfig, pool: list[np.ndarray], coun
     # slices sent on a call that ended without their answers: a hang if the call ran into its deadline
     missing = len(set(sent_at) - answered)
     if missing:
-        stats.item_codes["UNANSWERED" if call_code == "DEADLINE_EXCEEDED" else "CALL_FAILED"] += missing
+        # answered by the call's status (e.g. RESOURCE_EXHAUSTED at the door); a call timing out is a hang
+        stats.item_codes[{"DEADLINE_EXCEEDED": "UNANSWERED", "OK": "MISSING"}.get(call_code, call_code)] += missing
 
 
 def trainer_count(store: Path) -> int:
@@ -367,8 +373,8 @@ def _run(cfg: LoadConfig, out: Path, work: Path) -> dict[str, Any]:
                    for k in range(cfg.streams)]
         for t in threads:
             t.start()
-        for t in threads:  # bounded: every call has a deadline, so each stream ends by t_end + deadline
-            t.join(max(t_end + cfg.deadline_s + 30 - time.monotonic(), 1))
+        for t in threads:  # bounded: every call has a deadline, so each stream ends by t_end + 4 deadlines
+            t.join(max(t_end + 4 * cfg.deadline_s + 30 - time.monotonic(), 1))
         stuck = sum(t.is_alive() for t in threads)
         elapsed = time.monotonic() - t_start
         sampler.stop()
@@ -463,7 +469,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration", type=float, default=30.0, help="seconds of load (600: the soak)")
     p.add_argument("--inflight", type=int, default=1, help="slices outstanding per stream")
     p.add_argument("--stream-items", type=int, default=200, help="slices per Score call before it is reopened")
-    p.add_argument("--deadline", type=float, default=30.0, help="deadline of each call and each slice (s)")
+    p.add_argument("--deadline", type=float, default=30.0, help="deadline of each slice (s); a call: 4x")
     p.add_argument("--size", type=int, default=64, help="slice side (uint8 square)")
     p.add_argument("--queue-size", type=int, default=256, help="the station's --queue-size (the queue limit)")
     p.add_argument("--workers", type=int, default=32, help="the station's --workers (concurrent RPC limit)")

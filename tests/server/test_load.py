@@ -54,3 +54,16 @@ def test_above_the_queue_limit_the_overflow_is_refused_never_hung(tmp_path: Path
     assert rep["hangs"] == 0 and rep["stuck_streams"] == 0
     assert rep["ok"] + rep["item_errors"]["RESOURCE_EXHAUSTED"] == rep["sent"]  # every request answered
     assert rep["ok"] > 0 and rep["acknowledged_lost"] == 0
+
+
+@pytest.mark.slow
+def test_above_the_concurrent_rpc_limit_extra_streams_are_refused_never_hung(tmp_path: Path) -> None:
+    cfg = LoadConfig(streams=6, inflight=1, duration_s=8.0, deadline_s=5.0, workers=4, sample_s=0.5)
+    rep = run_load(cfg, tmp_path / "out", tmp_path / "work")
+    print(f"\nabove the RPC limit: {rep['ok']} scored, errors {rep['item_errors']} {rep['rpc_errors']}, "
+          f"hangs {rep['hangs']}; acknowledged records lost: {rep['acknowledged_lost']}")
+    assert not rep["below_limits"]
+    assert rep["rpc_errors"].get("RESOURCE_EXHAUSTED", 0) > 0 and set(rep["rpc_errors"]) == {"RESOURCE_EXHAUSTED"}
+    assert set(rep["item_errors"]) <= {"RESOURCE_EXHAUSTED"} and rep["hangs"] == 0
+    assert rep["ok"] + sum(rep["item_errors"].values()) == rep["sent"]
+    assert rep["ok"] > 0 and rep["acknowledged_lost"] == 0
