@@ -46,7 +46,8 @@ def test_above_the_queue_limit_the_overflow_is_refused_never_hung(tmp_path: Path
     cfg = LoadConfig(streams=4, inflight=4, duration_s=8.0, deadline_s=10.0, queue_size=2, max_batch=2,
                      workers=8, sample_s=0.5)
     rep = run_load(cfg, tmp_path / "out", tmp_path / "work")
-    print(f"\nabove the limit: {rep['ok']} scored, errors {rep['item_errors']} {rep['rpc_errors']}, "
+    print(f"\nabove the queue limit: {rep['ok']} scored ({rep['slices_per_s']}/s, p50 {rep['p50_ms']} ms, "
+          f"p99 {rep['p99_ms']} ms), errors {rep['item_errors']} {rep['rpc_errors']}, "
           f"hangs {rep['hangs']}; acknowledged records lost: {rep['acknowledged_lost']}")
     assert not rep["below_limits"]
     assert rep["item_errors"].get("RESOURCE_EXHAUSTED", 0) > 0
@@ -60,7 +61,8 @@ def test_above_the_queue_limit_the_overflow_is_refused_never_hung(tmp_path: Path
 def test_above_the_concurrent_rpc_limit_extra_streams_are_refused_never_hung(tmp_path: Path) -> None:
     cfg = LoadConfig(streams=6, inflight=1, duration_s=8.0, deadline_s=5.0, workers=4, sample_s=0.5)
     rep = run_load(cfg, tmp_path / "out", tmp_path / "work")
-    print(f"\nabove the RPC limit: {rep['ok']} scored, errors {rep['item_errors']} {rep['rpc_errors']}, "
+    print(f"\nabove the RPC limit: {rep['ok']} scored ({rep['slices_per_s']}/s, p50 {rep['p50_ms']} ms, "
+          f"p99 {rep['p99_ms']} ms), errors {rep['item_errors']} {rep['rpc_errors']}, "
           f"hangs {rep['hangs']}; acknowledged records lost: {rep['acknowledged_lost']}")
     assert not rep["below_limits"]
     assert rep["rpc_errors"].get("RESOURCE_EXHAUSTED", 0) > 0 and set(rep["rpc_errors"]) == {"RESOURCE_EXHAUSTED"}

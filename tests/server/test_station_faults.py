@@ -288,7 +288,7 @@ def test_swaps_and_bad_bundles_under_load_fail_no_request(tmp_path, signed) -> N
     ok = sum(s.item_codes.get("OK", 0) for s in stats)
     failed = sum(v for s in stats for k, v in s.item_codes.items() if k != "OK") + sum(
         sum(s.rpc_codes.values()) for s in stats)
-    print(f"\n{ok} slices scored across 4 bundles and 6 refused pushes; failed requests: {failed}")
+    print(f"\n{ok} slices scored across 3 served bundles and 6 refused pushes; failed requests: {failed}")
     for k, v in refusals.items():
         print(f"  {k}: ...{v.strip()[-150:]}")
     assert not any(t.is_alive() for t in threads)

@@ -141,7 +141,8 @@ def test_select_sigkilled_at_time_offsets_is_whole_or_absent_and_reruns_the_same
     "are the audit entry appended and rounds.audit_hash set (two more steps). A SIGKILL in between leaves a "
     "round with audit_hash NULL and status 'selected': `trainer status` lists it under rounds_not_in_audit, "
     "its picks are excluded from the pool as pending, so re-running select picks different images. "
-    "(Observed: the audit entry is written, audit_hash stays NULL; the rerun shares 0 of 12 picks.) "
+    "(Observed: audit_hash NULL with the audit entry written in one run and missing in another; the rerun "
+    "shares 0 of 12 picks.) "
     "Fix: one transaction for round + audit hash after the audit append, or reconcile un-logged rounds on open."))
 def test_select_killed_right_after_its_commit_leaves_no_half_round(base_store, tmp_path) -> None:
     """Kill `select` the moment its round is visible to another reader of the database."""
