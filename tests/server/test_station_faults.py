@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 from station_process import start_serve_process
 from test_bundle import write_toy_bundle
-from test_ingest_crash import _start_trainer, _stored_keys
+from test_faults import stored_keys
+from test_ingest_crash import _start_trainer
 
 from export.signing import generate_keypair
 from gsal_wire.scorer_client import ItemFailed, ScorerClient
@@ -56,7 +57,7 @@ def signed(tmp_path: Path) -> dict[str, Path]:
 @pytest.fixture
 def trainer(tmp_path: Path):
     store = tmp_path / "store"
-    proc = _start_trainer(store, 0, tmp_path / "trainer.port")
+    proc = _start_trainer(str(store), 0, tmp_path / "trainer.port")
     yield store, f"127.0.0.1:{int((tmp_path / 'trainer.port').read_text())}"
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=30)
@@ -118,7 +119,7 @@ def _open_stream(addr: str, prefix: str, n: int, release: threading.Event) -> tu
 def _stored(store: Path, timeout: float, want: set[str]) -> set[str]:
     deadline = time.monotonic() + timeout
     while True:
-        keys = {k for k in _stored_keys(store)[0] if k.startswith(STATION + "/")}
+        keys = {k for k in stored_keys(store)[0] if k.startswith(STATION + "/")}
         if want <= keys or time.monotonic() > deadline:
             return keys
         time.sleep(0.1)

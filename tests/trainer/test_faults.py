@@ -99,6 +99,18 @@ def base_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str
     return base, ref, wall
 
 
+def stored_keys(store: Path) -> tuple[set[str], int]:
+    """(distinct station/slice keys, score records) read straight from pool.sqlite, after integrity_check."""
+    con = sqlite3.connect(store / "pool.sqlite")
+    try:
+        assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        rows = con.execute("SELECT s.station_id || '/' || s.slice_id FROM score_records r "
+                           "JOIN slices s ON s.id = r.slice_pk").fetchall()
+    finally:
+        con.close()
+    return {r[0] for r in rows}, len(rows)
+
+
 def _kill_after(store: Path, delay: float) -> int:
     proc = subprocess.Popen(_select_cmd(store), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -222,7 +234,7 @@ def _fill(fs: Path) -> Path:
 @pytest.mark.slow
 def test_disk_full_store_gives_a_clear_error_no_corruption_and_recovers(small_fs: Path, tmp_path: Path) -> None:
     import grpc
-    from test_ingest_crash import _start_trainer, _stored_keys
+    from test_ingest_crash import _start_trainer
 
     from gsal_wire.trainer_client import PushError, PushItem, RetryPolicy, TrainerPushClient
 
@@ -230,12 +242,12 @@ def test_disk_full_store_gives_a_clear_error_no_corruption_and_recovers(small_fs
     with PoolStore(store) as s:
         s.ingest([make_item(i, station="st-09") for i in range(20)])
     port_file = tmp_path / "port"
-    proc = _start_trainer(store, 0, port_file)
+    proc = _start_trainer(str(store), 0, port_file)
     address = f"127.0.0.1:{int(port_file.read_text())}"
     items = [PushItem(make_record(i, "st-01"), pixels=make_pixels(i, size=128)) for i in range(40)]
     try:
         filler = _fill(small_fs)
-        before, n_before = _stored_keys(store)
+        before, n_before = stored_keys(store)
         retry = RetryPolicy(max_attempts=2, base_delay_s=0.05, max_delay_s=0.1)
         with TrainerPushClient(address, "st-01", insecure=True, chunk_size=40, retry=retry) as cli, \
                 pytest.raises(PushError) as ei:
@@ -244,7 +256,7 @@ def test_disk_full_store_gives_a_clear_error_no_corruption_and_recovers(small_fs
         print(f"\ndisk full: {err.code.name if err.code else None}: {err}")
         assert err.code == grpc.StatusCode.UNAVAILABLE
         assert "full" in str(err).lower() or "no space" in str(err).lower(), str(err)
-        after, n_after = _stored_keys(store)  # integrity_check inside
+        after, n_after = stored_keys(store)  # integrity_check inside
         assert (after, n_after) == (before, n_before)  # nothing of the refused push is stored
         assert proc.poll() is None, "the trainer died on a full disk"
 
@@ -253,7 +265,7 @@ def test_disk_full_store_gives_a_clear_error_no_corruption_and_recovers(small_fs
                                retry=RetryPolicy(max_attempts=5, base_delay_s=0.05, max_delay_s=0.2)) as cli:
             res = cli.push(items)
         acked = {f"st-01/{i}" for i in res.acked_ids}
-        keys, n = _stored_keys(store)
+        keys, n = stored_keys(store)
         lost = acked - keys
         print(f"after space returned: acked {len(acked)}, stored {n}; acknowledged records lost: {len(lost)}")
         assert len(acked) == len(items) and not lost and n == n_before + len(items)
