@@ -81,3 +81,11 @@ clean:  ## remove build outputs (keeps .venv)
 
 distclean: clean
 	rm -rf $(VENV)
+
+.PHONY: load-test soak
+SOAK_MAX_SLOPE ?= 1.0
+load-test: setup  ## 30 s load test: 4 Score streams into a real station + trainer (loopback); JSON + PNG in $(ART)/load
+	$(PY) bench/load_test.py --streams 4 --duration 30 --out $(ART)/load
+
+soak: setup  ## 10-minute soak = leak check: fails when an RSS slope over the last 80% >= SOAK_MAX_SLOPE MB/min; $(ART)/soak
+	$(PY) bench/load_test.py --streams 4 --duration 600 --sample-s 2 --max-slope-mb-min $(SOAK_MAX_SLOPE) --out $(ART)/soak
