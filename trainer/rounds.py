@@ -12,6 +12,7 @@ import (file sha256, per-class counts, coverage after it).
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,7 +85,41 @@ def select_round(
     # one round at a time per store, across processes: the pool read here must still be the pool when the
     # picks are recorded, or two trainers would pick the same slices (see PoolStore.round_lock)
     with store.round_lock():
+        complete_interrupted_rounds(store)
         return _select_locked(store, graph, config, budget, strategy)
+
+
+def complete_interrupted_rounds(store: PoolStore) -> dict[str, list[int]]:
+    """Finish what a killed `select` left (call under the round lock): a round is recorded, then its audit
+    entry appended, then its hash stored. A round without a hash whose entry is in the log gets the hash;
+    one whose entry never reached the log is discarded, so its slices return to the pool and selecting
+    again picks what the killed run would have. Returns ``{"completed": [...], "discarded": [...]}``."""
+    from trainer.audit_log import entry_hash
+
+    done: dict[str, list[int]] = {"completed": [], "discarded": []}
+    pending = store.unlogged_rounds()
+    if not pending:
+        return done
+    logged = {}
+    if store.audit_path.exists():
+        with store.audit_path.open("rb") as fh:
+            for raw in fh:
+                try:
+                    e = json.loads(raw) if raw.endswith(b"\n") else None  # a torn last line is no entry
+                except ValueError:
+                    e = None
+                if isinstance(e, dict) and e.get("kind") == "selection" and isinstance(e.get("data"), dict):
+                    logged[e["data"].get("round")] = entry_hash(raw.rstrip(b"\n"))
+    for rid in pending:
+        if rid in logged:
+            store.set_round_audit_hash(rid, logged[rid])
+            done["completed"].append(rid)
+        else:
+            store.discard_round(rid)
+            done["discarded"].append(rid)
+    log.warning("interrupted selection rounds: completed %s from the audit log, discarded %s (never logged)",
+                done["completed"], done["discarded"])
+    return done
 
 
 def _select_locked(

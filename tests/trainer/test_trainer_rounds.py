@@ -57,6 +57,27 @@ def test_select_writes_round_selections_and_chained_audit(store, graph):
     assert res2.pool_size == 25 and not {p["image_id"] for p in res2.picks} & {p.key for p in picks}
 
 
+def test_a_round_killed_before_its_audit_hash_is_completed_or_discarded(store, graph):
+    """select = record the round, append its audit entry, store the hash; a kill between the steps is
+    repaired by the next select: logged -> the hash is set; never logged -> discarded, same picks again."""
+    from trainer.rounds import complete_interrupted_rounds
+    from trainer.store.types import Pick
+
+    ref = select_round(store, graph, GSALConfig(), 5)
+    ref_keys = [p["image_id"] for p in ref.picks]
+    store.set_round_audit_hash(ref.round_id, None)  # killed after the audit append, before the hash
+    assert complete_interrupted_rounds(store) == {"completed": [ref.round_id], "discarded": []}
+    assert store.rounds()[0]["audit_hash"] == ref.audit_hash
+    # killed after recording a round, before its audit append: the picks must come back to the pool
+    half = store.record_round([Pick(k, i + 1, 1.0, {}) for i, k in enumerate(
+        p.image_id for p in store.unlabeled_records()[:5])], budget=5, strategy="gsal", pool_size=25, params={})
+    again = select_round(store, graph, GSALConfig(), 5)  # repairs first, under the round lock
+    assert half not in [r["id"] for r in store.rounds() if r["id"] != again.round_id]
+    assert again.pool_size == 25 and [r["id"] for r in store.rounds()] == [ref.round_id, again.round_id]
+    assert not set(ref_keys) & {p["image_id"] for p in again.picks}
+    assert verify(store.audit_path).ok
+
+
 def test_labels_feed_back_into_coverage_and_the_next_round(store, graph, tmp_path):
     from trainer.rounds import import_labels
 

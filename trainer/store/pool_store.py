@@ -298,6 +298,25 @@ class PoolStore:
         with self._write() as c:
             c.execute("UPDATE rounds SET audit_hash = ? WHERE id = ?", (audit_hash, round_id))
 
+    def unlogged_rounds(self) -> list[int]:
+        """Open rounds recorded without their audit hash (a `select` killed between the two steps)."""
+        return [int(r[0]) for r in self._q(
+            "SELECT id FROM rounds WHERE audit_hash IS NULL AND status = 'selected' ORDER BY id")]
+
+    def discard_round(self, round_id: int) -> None:
+        """Delete a round that never reached the audit log, with its picks (its slices return to the pool).
+
+        Refused (StoreError) for a round with an audit hash or with labels: those happened.
+        """
+        with self._write() as c:
+            row = c.execute("SELECT audit_hash, status FROM rounds WHERE id = ?", (round_id,)).fetchone()
+            if row is None:
+                raise StoreError(f"{self.db_path}: no round {round_id}")
+            if row[0] is not None or row[1] != "selected":
+                raise StoreError(f"{self.db_path}: round {round_id} is audited or labeled; it is not discarded")
+            c.execute("DELETE FROM selections WHERE round_id = ?", (round_id,))
+            c.execute("DELETE FROM rounds WHERE id = ?", (round_id,))
+
     def set_round_status(self, round_id: int, status: str) -> None:
         with self._write() as c:
             if c.execute("UPDATE rounds SET status = ? WHERE id = ?", (status, round_id)).rowcount != 1:
