@@ -35,6 +35,8 @@ def _read_class_file(root: Path) -> list[str] | None:
 
 def _find_voc_image(root: Path, filename: str | None, stem: str) -> Path | None:
     dirs = [root / "JPEGImages", root / "images", root / "PNGImages", root]
+    if filename and (Path(filename).is_absolute() or ".." in Path(filename).parts):
+        filename = None  # never read outside the data set: fall back to the annotation file's stem
     for d in dirs:
         if filename and (d / filename).is_file():
             return d / filename
