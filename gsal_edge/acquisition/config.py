@@ -219,6 +219,8 @@ class GSALConfig(FrozenModel):
                 raise ConfigError(f"--set {name}=...: value nested too deeply") from None
             if "." in name:
                 head, tail = name.split(".", 1)
+                if not isinstance(data.get(head), dict):  # e.g. --set screening=0.5 --set screening.enabled=true
+                    raise ConfigError(f"--set {name}: {head!r} was set to {data.get(head)!r}, not a section")
                 data[head] = {**data[head], tail: value}
             else:
                 data[name] = value

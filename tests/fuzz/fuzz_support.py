@@ -12,6 +12,7 @@ Holds no tests.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import time
@@ -114,7 +115,7 @@ def mutated(base: Any, max_mutations: int = 3) -> Any:
 
     @st.composite
     def build(draw: st.DrawFn) -> Any:
-        doc = draw(base)
+        doc = copy.deepcopy(draw(base))  # never mutate a shared value (st.just)
         for _ in range(draw(st.integers(1, max_mutations))):
             paths = [p for p in _paths(doc) if p]
             if not paths:
