@@ -24,9 +24,8 @@ names = st.sampled_from(["void", "crack", "surface", "subsurface", "dark", "roun
                          "unknown", "", " ", "1", "a{c}", "x"])
 YAML_TRAPS = [
     "a: &a [*a]\n", "fine: &f {void: *f}\n", "[" * 600 + "]" * 600, "fine: !!python/object:os.system x\n",
-    "a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\nc: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]\n"
-    "d: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]\ne: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d]\n"
-    "f: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e]\ng: [*f, *f, *f, *f, *f, *f, *f, *f, *f]\n",
+    "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(  # "billion laughs": 9^7 leaves if expanded
+        f"{b}: &{b} [{', '.join(['*' + a] * 9)}]\n" for a, b in zip("abcdef", "bcdefg")),
     "fine: {void: {coarse: a}}\nfine: {}\n", "\t\x00", "%YAML 9.9\n---\na: 1\n",
 ]
 
