@@ -16,7 +16,7 @@ import grpc
 import numpy as np
 import pytest
 
-import gsal_wire.security as security
+from gsal_wire import security
 
 ADMIN = "admin-SECRET-token-0123456789"
 SCORE = "score-SECRET-token-0123456789"
