@@ -103,7 +103,7 @@ coco_files = st.one_of(
 def test_fuzz_coco(tmp_path: Path) -> None:
     r = Runner(tmp_path, "coco")
 
-    @fuzz_settings(300)
+    @fuzz_settings(200)
     @seed_decorator()
     @given(coco_files, image_bytes, st.booleans())
     def run(doc: str, img: bytes, latin1: bool) -> None:
@@ -158,7 +158,7 @@ def voc_xml(draw: st.DrawFn) -> bytes:
 def test_fuzz_voc(tmp_path: Path) -> None:
     r = Runner(tmp_path, "voc")
 
-    @fuzz_settings(300)
+    @fuzz_settings(200)
     @seed_decorator()
     @given(voc_xml(), image_bytes, st.one_of(st.none(), st.binary(max_size=30),
                                              st.just(b"void\ncrack\n"), st.just(b"\xff\xfe")))
@@ -208,7 +208,7 @@ names_files = st.one_of(
 def test_fuzz_yolo(tmp_path: Path) -> None:
     r = Runner(tmp_path, "yolo")
 
-    @fuzz_settings(300)
+    @fuzz_settings(200)
     @seed_decorator()
     @given(yolo_labels(), image_bytes, names_files, st.booleans())
     def run(labels: bytes, img: bytes, names: tuple[str, bytes], orphan: bool) -> None:

@@ -65,7 +65,7 @@ def _check(obj: Any, tally: Tally) -> None:
 def test_fuzz_from_dict(tmp_path: Path) -> None:
     tally = Tally("records-from-dict")
 
-    @fuzz_settings(400)
+    @fuzz_settings(300)
     @seed_decorator()
     @given(st.one_of(mutated_records(), mutated_records(), valid_records(), json_values()))
     def run(obj: Any) -> None:
@@ -103,7 +103,7 @@ def test_fuzz_read_jsonl(tmp_path: Path) -> None:
     tally = Tally("records-read-jsonl")
     path = tmp_path / "scores.jsonl"
 
-    @fuzz_settings(300)
+    @fuzz_settings(200)
     @seed_decorator()
     @given(jsonl_files())
     def run(data: bytes) -> None:
