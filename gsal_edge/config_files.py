@@ -62,6 +62,8 @@ def read_yaml_with_lines(path: str | Path, error: type[Exception]) -> tuple[Any,
         text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise error(f"{path}: cannot read ({e.strerror})") from None
+    except UnicodeDecodeError as e:
+        raise error(f"{path}: not UTF-8 text (byte {e.start})") from None
     return parse_yaml_with_lines(text, str(path), error)
 
 
@@ -79,13 +81,21 @@ def parse_yaml_with_lines(text: str, where: str, error: type[Exception]) -> tupl
         raise error(f"{where}{line}: not valid YAML/JSON ({e.problem})") from None
     except yaml.YAMLError as e:
         raise error(f"{where}: not valid YAML/JSON ({e})") from None
+    except RecursionError:
+        raise error(f"{where}: nested too deeply") from None
     lines: Lines = {}
     if node is not None:
-        _walk(node, (), lines, where, error)
+        _walk(node, (), lines, where, error, set())
     return data, lines
 
 
-def _walk(node: yaml.Node, prefix: tuple[str, ...], lines: Lines, where: str, error: type[Exception]) -> None:
+def _walk(node: yaml.Node, prefix: tuple[str, ...], lines: Lines, where: str, error: type[Exception],
+          seen_nodes: set[int]) -> None:
+    # an alias reuses its anchor's node: walk each node once, so a self-referencing anchor cannot recurse
+    # forever and a "billion laughs" document of nested aliases costs its size, not its expansion
+    if id(node) in seen_nodes:
+        return
+    seen_nodes.add(id(node))
     if isinstance(node, yaml.MappingNode):
         seen: dict[str, int] = {}
         for knode, vnode in node.value:
@@ -97,11 +107,11 @@ def _walk(node: yaml.Node, prefix: tuple[str, ...], lines: Lines, where: str, er
                 )
             seen[key] = line
             lines[prefix + (key,)] = line
-            _walk(vnode, prefix + (key,), lines, where, error)
+            _walk(vnode, prefix + (key,), lines, where, error, seen_nodes)
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
             lines[prefix + (str(i),)] = item.start_mark.line + 1
-            _walk(item, prefix + (str(i),), lines, where, error)
+            _walk(item, prefix + (str(i),), lines, where, error, seen_nodes)
 
 
 def _parse_json_with_lines(text: str, where: str, error: type[Exception]) -> tuple[Any, Lines]:
@@ -117,12 +127,14 @@ def _parse_json_with_lines(text: str, where: str, error: type[Exception]) -> tup
         data = json.loads(text, object_pairs_hook=pairs)
     except json.JSONDecodeError as e:
         raise error(f"{where}:{e.lineno}: not valid JSON ({e.msg})") from None
+    except RecursionError:
+        raise error(f"{where}: nested too deeply") from None
     lines: Lines = {}
     try:  # JSON is (almost always) YAML: reuse the YAML composer for line numbers, best effort
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         if node is not None:
-            _walk(node, (), lines, where, error)
-    except (yaml.YAMLError, error):
+            _walk(node, (), lines, where, error, set())
+    except (yaml.YAMLError, RecursionError, error):
         lines = {}
     return data, lines
 

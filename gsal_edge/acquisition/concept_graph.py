@@ -224,6 +224,8 @@ def graph_from_dict(data: Any, where: str = "graph", lines: Mapping[tuple[str, .
     templates = data.get("templates") or []
     if not isinstance(templates, list) or not all(isinstance(t, str) and "{c}" in t for t in templates):
         raise GraphError(f"{at('templates')}: field 'templates' must be a list of strings containing '{{c}}'")
+    for i, t in enumerate(templates):
+        _expand(t, "x", at("templates", str(i)))
     declared: dict[str, list[str] | None] = {}
     for level in ("coarse", "abstract"):
         decl = data.get(level)
@@ -240,11 +242,15 @@ def graph_from_dict(data: Any, where: str = "graph", lines: Mapping[tuple[str, .
 
     nodes: list[FineNode] = []
     background: FineNode | None = None
+    seen_fine: set[str] = set()
     for fname, spec in fine_raw.items():
         fname = str(fname)
         loc = ("fine", fname)
         if not fname.strip():
             raise GraphError(f"{at(*loc)}: empty fine node name")
+        if fname in seen_fine:  # e.g. the keys 1 and "1": both name the node "1"
+            raise GraphError(f"{at(*loc)}: fine node {fname!r} is named twice")
+        seen_fine.add(fname)
         if fname == UNKNOWN:
             raise GraphError(f"{at(*loc)}: fine node name 'unknown' is reserved for the novelty option")
         if spec is None:
@@ -296,7 +302,7 @@ def graph_from_dict(data: Any, where: str = "graph", lines: Mapping[tuple[str, .
         if not isinstance(own, list) or not all(isinstance(p, str) and p.strip() for p in own):
             raise GraphError(f"{at(*loc, 'prompts')}: fine node {fname!r}: field 'prompts' must be a list of "
                              "non-empty strings")
-        prompts = list(own) if is_bg else [t.format(c=display) for t in templates] + list(own)
+        prompts = list(own) if is_bg else [_expand(t, display, at(*loc)) for t in templates] + list(own)
         if is_bg and not prompts:
             prompts = list(DEFAULT_BACKGROUND_PROMPTS)
         if not prompts:
@@ -342,3 +348,12 @@ def graph_from_dict(data: Any, where: str = "graph", lines: Mapping[tuple[str, .
     cg = ConceptGraph(name, nodes, declared["coarse"], declared["abstract"])
     assert nx.is_directed_acyclic_graph(cg.graph)
     return cg
+
+
+def _expand(template: str, display: str, where: str) -> str:
+    """``template`` with ``{c}`` replaced by ``display``; GraphError for any other replacement field."""
+    try:
+        return template.format(c=display)
+    except (KeyError, IndexError, ValueError, AttributeError, TypeError) as e:
+        raise GraphError(f"{where}: template {template!r} cannot be expanded ({type(e).__name__}: {e}); "
+                         "use '{c}' for the concept and '{{' / '}}' for literal braces") from None

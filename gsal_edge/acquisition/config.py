@@ -150,7 +150,7 @@ class GSALConfig(FrozenModel):
         "less often, docs/results.md).",
     )
     screening: ScreeningConfig = Field(default_factory=ScreeningConfig)
-    seed: int = Field(0, description="Seed of every random choice (random baseline, core-set start...).")
+    seed: int = Field(0, ge=0, description="Seed of every random choice (random baseline, core-set start...).")
 
     @field_validator(
         "alpha", "beta", "gamma", "rho", "eta", "lambda_", "mu", "percentile", "t_frac",
@@ -226,8 +226,12 @@ class GSALConfig(FrozenModel):
                 value = yaml.safe_load(raw) if raw.strip() else None
             except yaml.YAMLError:
                 value = raw
+            except RecursionError:
+                raise ConfigError(f"--set {name}=...: value nested too deeply") from None
             if "." in name:
                 head, tail = name.split(".", 1)
+                if not isinstance(data.get(head), dict):  # e.g. --set screening=0.5 --set screening.enabled=true
+                    raise ConfigError(f"--set {name}: {head!r} was set to {data.get(head)!r}, not a section")
                 data[head] = {**data[head], tail: value}
             else:
                 data[name] = value
@@ -256,5 +260,7 @@ def _format_validation(e: ValidationError, where: str, lines: dict[tuple[str, ..
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
             msg = f"unknown parameter; valid names: {valid}"
-        parts.append(f"{at}: field {field!r}: {msg} (got {err.get('input')!r})")
+        got = repr(err.get("input"))
+        got = got if len(got) <= 200 else got[:197] + "..."  # a 10 MB value must not become a 10 MB message
+        parts.append(f"{at}: field {field!r}: {msg} (got {got})")
     return "; ".join(parts)

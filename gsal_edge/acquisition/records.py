@@ -78,7 +78,7 @@ class ScoreRecord:
         image_id = d.get("image_id")
         if not isinstance(image_id, str) or not image_id:
             raise RecordError(f"{where}: field 'image_id' must be a non-empty string")
-        where = f"{where} (image_id={image_id!r})"
+        where = f"{where} (image_id={_short(image_id)})"
         e_rec = _finite(d, "e_rec", where)
         v_den = _finite(d, "v_den", where)
         props_raw = d.get("proposals", [])
@@ -93,7 +93,7 @@ class ScoreRecord:
         if emb is not None:
             if not isinstance(emb, list):
                 raise RecordError(f"{where}: field 'embedding' must be a list of numbers")
-            emb = [float(v) for v in emb]
+            emb = [_number(v, f"{where}: field 'embedding'") for v in emb]
             if not all(math.isfinite(v) for v in emb):
                 raise RecordError(f"{where}: field 'embedding' has a NaN or Inf")
         return cls(
@@ -102,8 +102,8 @@ class ScoreRecord:
             v_den=v_den,
             proposals=proposals,
             uncertainty=uncertainty,
-            model={str(k): str(v) for k, v in (d.get("model") or {}).items()},
-            meta={str(k): str(v) for k, v in (d.get("meta") or {}).items()},
+            model=_strings(d, "model", where),
+            meta=_strings(d, "meta", where),
             embedding=emb,
         )
 
@@ -111,13 +111,41 @@ class ScoreRecord:
 def _finite(d: dict[str, Any], key: str, where: str) -> float:
     if key not in d:
         raise RecordError(f"{where}: missing field '{key}'")
-    v = d[key]
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise RecordError(f"{where}: field '{key}' must be a number, got {v!r}")
-    v = float(v)
+    v = _number(d[key], f"{where}: field '{key}'")
     if not math.isfinite(v):
         raise RecordError(f"{where}: field '{key}' is {v} (NaN/Inf not allowed)")
     return v
+
+
+def _number(v: Any, what: str) -> float:
+    """``v`` (a JSON int or float, not a bool) as a float; RecordError naming ``what`` otherwise."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise RecordError(f"{what} must be a number, got {_short(v)}")
+    try:
+        return float(v)
+    except OverflowError:  # a JSON integer beyond the double range
+        raise RecordError(f"{what} is out of the floating-point range") from None
+
+
+def _strings(d: dict[str, Any], key: str, where: str) -> dict[str, str]:
+    """The string-to-string object ``d[key]`` (absent/null: empty); numbers are kept as their text."""
+    raw = d.get(key)
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise RecordError(f"{where}: field '{key}' must be an object of strings, got {type(raw).__name__}")
+    out = {}
+    for k, v in raw.items():
+        if isinstance(v, (dict, list)):
+            raise RecordError(f"{where}: field '{key}.{k}' must be a string, got {type(v).__name__}")
+        out[str(k)] = str(v)
+    return out
+
+
+def _short(v: Any, limit: int = 80) -> str:
+    """``repr(v)`` cut to ``limit`` characters: error messages stay one readable line."""
+    r = repr(v)
+    return r if len(r) <= limit else r[: limit - 3] + "..."
 
 
 def _proposal(p: Any, where: str) -> ProposalScore:
@@ -126,12 +154,9 @@ def _proposal(p: Any, where: str) -> ProposalScore:
     box = p.get("box")
     if not isinstance(box, (list, tuple)) or len(box) != 4:
         raise RecordError(f"{where}: field 'box' must be [x1, y1, x2, y2]")
-    try:
-        bx = tuple(float(v) for v in box)
-    except (TypeError, ValueError):
-        raise RecordError(f"{where}: field 'box' must hold numbers, got {box!r}") from None
+    bx = tuple(_number(v, f"{where}: field 'box'") for v in box)
     if not all(math.isfinite(v) for v in bx) or bx[2] < bx[0] or bx[3] < bx[1]:
-        raise RecordError(f"{where}: field 'box' {list(box)} is not a finite x1<=x2, y1<=y2 box")
+        raise RecordError(f"{where}: field 'box' {list(bx)} is not a finite x1<=x2, y1<=y2 box")
     concept = p.get("concept")
     if not isinstance(concept, str) or not concept:
         raise RecordError(f"{where}: field 'concept' must be a non-empty string")
@@ -139,6 +164,8 @@ def _proposal(p: Any, where: str) -> ProposalScore:
     if not isinstance(sim, dict):
         raise RecordError(f"{where}: field 'similarity' must be an object")
     label = p.get("label")
+    if label is not None and not isinstance(label, str):
+        raise RecordError(f"{where}: field 'label' must be a string or null, got {type(label).__name__}")
     return ProposalScore(
         box=bx,  # type: ignore[arg-type]
         score=_finite(p, "score", where),
@@ -146,22 +173,31 @@ def _proposal(p: Any, where: str) -> ProposalScore:
         v_den=_finite(p, "v_den", where),
         concept=concept,
         similarity={str(k): _finite(sim, k, f"{where} similarity") for k in sim},
-        label=None if label is None else str(label),
+        label=label,
     )
 
 
 def read_jsonl(path: str | Path) -> Iterator[ScoreRecord]:
     """Yield validated records from a JSON Lines file; blank lines are skipped."""
     path = Path(path)
-    with path.open("r", encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            line = line.strip()
+    try:
+        fh = path.open("rb")
+    except OSError as e:
+        raise RecordError(f"{path}: cannot read ({e.strerror})") from None
+    with fh:
+        for lineno, raw in enumerate(fh, 1):
+            try:
+                line = raw.decode("utf-8").strip()
+            except UnicodeDecodeError as e:
+                raise RecordError(f"{path}:{lineno}: not UTF-8 text (byte {e.start})") from None
             if not line:
                 continue
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
                 raise RecordError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+            except RecursionError:
+                raise RecordError(f"{path}:{lineno}: JSON nested too deeply") from None
             yield ScoreRecord.from_dict(obj, where=f"{path}:{lineno}")
 
 

@@ -10,7 +10,8 @@ from typing import Any
 
 from gsal_edge.data.dataset import DatasetError, DetectionDataset
 
-__all__ = ["LoadLog", "check_box", "coordinate", "place_images", "safe_name", "unique_ids"]
+__all__ = ["LoadLog", "check_box", "coordinate", "image_dim", "place_images", "read_text", "safe_name",
+           "short_repr", "unique_ids"]
 
 
 class LoadLog:
@@ -25,11 +26,40 @@ def coordinate(v: Any, where: str) -> float:
     """``v`` as a finite float; DatasetError naming ``where`` otherwise."""
     try:
         x = float(v)
-    except (TypeError, ValueError):
-        raise DatasetError(f"{where}: coordinate {v!r} is not a number") from None
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an integer beyond the double range
+        raise DatasetError(f"{where}: coordinate {short_repr(v)} is not a number") from None
     if not math.isfinite(x):
-        raise DatasetError(f"{where}: coordinate {v!r} is not finite")
+        raise DatasetError(f"{where}: coordinate {short_repr(v)} is not finite")
     return x
+
+
+def short_repr(v: Any, limit: int = 80) -> str:
+    """``repr(v)`` cut to ``limit`` characters (messages name a bad value without pasting all of it)."""
+    r = repr(v)
+    return r if len(r) <= limit else r[: limit - 3] + "..."
+
+
+def read_text(path: Path, what: str = "file") -> str:
+    """The UTF-8 text of ``path``; DatasetError naming the file when it cannot be read or decoded."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise DatasetError(f"{path}: cannot read {what} ({exc.strerror or exc})") from None
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"{path}: {what} is not UTF-8 text (byte {exc.start})") from None
+
+
+def image_dim(v: Any, where: str) -> int:
+    """A positive integer image width/height (an integral float such as 640.0 is accepted)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float, str)):
+        raise DatasetError(f"{where}: must be a positive integer, got {short_repr(v)}")
+    try:
+        x = float(v)
+    except (ValueError, OverflowError):
+        raise DatasetError(f"{where}: must be a positive integer, got {short_repr(v)}") from None
+    if not math.isfinite(x) or x != int(x) or x < 1:
+        raise DatasetError(f"{where}: must be a positive integer, got {short_repr(v)}")
+    return int(x)
 
 
 def check_box(box: tuple[float, float, float, float], w: int, h: int, where: str,

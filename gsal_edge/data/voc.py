@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from gsal_edge.data.dataset import Annotation, DatasetError, DetectionDataset, ImageEntry
-from gsal_edge.data.format_common import LoadLog, check_box, coordinate, place_images, safe_name
+from gsal_edge.data.format_common import LoadLog, check_box, coordinate, place_images, read_text, safe_name
 from gsal_edge.data.image_io import IMAGE_EXTS, image_size
 
 __all__ = ["load_voc", "write_voc"]
@@ -23,7 +23,7 @@ def _read_class_file(root: Path) -> list[str] | None:
         f = root / name
         if f.is_file():
             out = []
-            for line in f.read_text().splitlines():
+            for line in read_text(f, "class list").splitlines():
                 line = line.strip()
                 if line and not line.startswith("#"):
                     out.append(line.split(":")[0] if name == "labelmap.txt" else line)
@@ -35,6 +35,8 @@ def _read_class_file(root: Path) -> list[str] | None:
 
 def _find_voc_image(root: Path, filename: str | None, stem: str) -> Path | None:
     dirs = [root / "JPEGImages", root / "images", root / "PNGImages", root]
+    if filename and (Path(filename).is_absolute() or ".." in Path(filename).parts):
+        filename = None  # never read outside the data set: fall back to the annotation file's stem
     for d in dirs:
         if filename and (d / filename).is_file():
             return d / filename
@@ -46,14 +48,23 @@ def _find_voc_image(root: Path, filename: str | None, stem: str) -> Path | None:
     return None
 
 
-def _json_elem(node: ET.Element, tag: str, where: str) -> Any:
+def _json_elem(node: ET.Element, tag: str, where: str, kind: type) -> Any:
+    """The JSON text of ``<tag>`` as a ``kind`` (dict or list); empty ``kind()`` when absent."""
     el = node.find(tag)
     if el is None or not (el.text or "").strip():
-        return None
+        return kind()
     try:
-        return json.loads(el.text)
+        v = json.loads(el.text)  # type: ignore[arg-type]
     except json.JSONDecodeError as exc:
         raise DatasetError(f"{where}: <{tag}> is not valid JSON ({exc.msg})") from None
+    except RecursionError:
+        raise DatasetError(f"{where}: <{tag}> JSON is nested too deeply") from None
+    if v is None:
+        return kind()
+    if not isinstance(v, kind):
+        raise DatasetError(f"{where}: <{tag}> must hold a JSON {'object' if kind is dict else 'list'}, "
+                           f"got {type(v).__name__}")
+    return v
 
 
 def load_voc(root: str | Path, *, classes: list[str] | None = None, split: str | None = None,
@@ -72,7 +83,7 @@ def load_voc(root: str | Path, *, classes: list[str] | None = None, split: str |
         lst = root / "ImageSets" / "Main" / f"{split}.txt"
         if not lst.is_file():
             raise DatasetError(f"{lst}: split list not found")
-        xmls = [ann_dir / f"{s.split()[0]}.xml" for s in lst.read_text().splitlines() if s.strip()]
+        xmls = [ann_dir / f"{s.split()[0]}.xml" for s in read_text(lst, "split list").splitlines() if s.strip()]
     else:
         xmls = sorted(ann_dir.glob("*.xml"))
     fixed = classes if classes is not None else _read_class_file(root)
@@ -88,6 +99,8 @@ def load_voc(root: str | Path, *, classes: list[str] | None = None, split: str |
             node = ET.parse(xml).getroot()
         except ET.ParseError as exc:
             raise DatasetError(f"{xml}: not valid XML ({exc})") from None
+        except (LookupError, ValueError) as exc:  # e.g. <?xml encoding="nonsense"?>
+            raise DatasetError(f"{xml}: not readable XML ({type(exc).__name__}: {exc})") from None
         img = _find_voc_image(root, (node.findtext("filename") or "").strip() or None, xml.stem)
         if img is None:
             if skip_missing:
@@ -99,11 +112,15 @@ def load_voc(root: str | Path, *, classes: list[str] | None = None, split: str |
             w, h = int(float(size.findtext("width"))), int(float(size.findtext("height")))  # type: ignore[union-attr,arg-type]
             if w <= 0 or h <= 0:
                 raise ValueError
-        except (AttributeError, TypeError, ValueError):
+        except (AttributeError, TypeError, ValueError, OverflowError):
             w, h = image_size(img)
-        entry = ImageEntry(image_id=xml.stem, file_name=img.relative_to(root).as_posix(), width=w, height=h,
-                           meta=_json_elem(node, "meta", str(xml)) or {},
-                           lookalikes=_json_elem(node, "lookalikes", str(xml)) or [])
+        try:
+            rel = img.relative_to(root).as_posix()
+        except ValueError:  # <filename> is an absolute path elsewhere: refuse to read outside the data set
+            raise DatasetError(f"{xml}: <filename> {node.findtext('filename')!r} is outside {root}") from None
+        entry = ImageEntry(image_id=xml.stem, file_name=rel, width=w, height=h,
+                           meta=_json_elem(node, "meta", str(xml), dict),
+                           lookalikes=_json_elem(node, "lookalikes", str(xml), list))
         if entry.image_id in seen:
             raise DatasetError(f"{xml}: image id {entry.image_id} appears twice")
         seen.add(entry.image_id)
@@ -122,7 +139,7 @@ def load_voc(root: str | Path, *, classes: list[str] | None = None, split: str |
             box = check_box((xmin - 1, ymin - 1, xmax, ymax), w, h, where, log)
             if box is None:
                 continue
-            attrs = _json_elem(obj, "attributes", where) or {}
+            attrs = _json_elem(obj, "attributes", where, dict)
             for flag in ("difficult", "truncated"):
                 if (obj.findtext(flag) or "0").strip() == "1":
                     attrs[flag] = True

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from gsal_edge.data.dataset import Annotation, DatasetError, DetectionDataset, ImageEntry
-from gsal_edge.data.format_common import LoadLog, check_box, coordinate, place_images, unique_ids
+from gsal_edge.data.format_common import LoadLog, check_box, coordinate, place_images, read_text, unique_ids
 from gsal_edge.data.image_io import IMAGE_EXTS, image_size
 
 __all__ = ["load_yolo", "write_yolo"]
@@ -18,25 +18,39 @@ __all__ = ["load_yolo", "write_yolo"]
 def _yolo_names(root: Path) -> list[str] | None:
     names = None
     if (root / "classes.txt").is_file():
-        names = [s.strip() for s in (root / "classes.txt").read_text().splitlines() if s.strip()]
+        names = [s.strip() for s in read_text(root / "classes.txt", "class list").splitlines() if s.strip()]
     else:
         for y in ("data.yaml", "dataset.yaml"):
             if (root / y).is_file():
                 import yaml
 
                 try:
-                    doc = yaml.safe_load((root / y).read_text()) or {}
+                    doc = yaml.safe_load(read_text(root / y, "data set YAML")) or {}
                 except yaml.YAMLError as exc:
                     raise DatasetError(f"{root / y}: not valid YAML ({exc})") from None
+                except RecursionError:
+                    raise DatasetError(f"{root / y}: YAML nested too deeply") from None
                 raw = doc.get("names") if isinstance(doc, dict) else None
                 if isinstance(raw, dict):
-                    names = [str(raw[k]) for k in sorted(raw, key=int)]
+                    names = [str(raw[k]) for k in _class_ids(raw, root / y)]
                 elif isinstance(raw, list):
                     names = [str(n) for n in raw]
                 else:
                     raise DatasetError(f"{root / y}: no 'names' list or mapping")
                 break
     return names
+
+
+def _class_ids(names: dict, where: Path) -> list:
+    """The keys of a ``names: {0: a, 1: b}`` mapping in class-id order; they must be 0..n-1."""
+    try:
+        ids = {int(k): k for k in names if not isinstance(k, bool)}
+    except (TypeError, ValueError):
+        ids = {}
+    if len(ids) != len(names) or sorted(ids) != list(range(len(names))):
+        raise DatasetError(f"{where}: 'names' mapping keys must be the class ids 0..{len(names) - 1}, "
+                           f"got {sorted(map(str, names))[:10]}")
+    return [ids[i] for i in range(len(names))]
 
 
 def load_yolo(root: str | Path, *, classes: list[str] | None = None, skip_missing: bool = False) -> DetectionDataset:
@@ -70,7 +84,7 @@ def load_yolo(root: str | Path, *, classes: list[str] | None = None, skip_missin
         lbl = lbl_dir / rel.with_suffix(".txt")
         if lbl.is_file():
             used.add(lbl.resolve())
-            for ln, line in enumerate(lbl.read_text().splitlines(), start=1):
+            for ln, line in enumerate(read_text(lbl, "label file").splitlines(), start=1):
                 tok = line.split()
                 if not tok:
                     continue
