@@ -32,6 +32,7 @@ import hashlib
 import io
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -428,6 +429,8 @@ def parse_label_studio(path: Path, problems: list[str], ignored: list[str]) -> l
         doc = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise AnnotationError(path, [f"cannot read Label Studio JSON: {e}"]) from None
+    except RecursionError:
+        raise AnnotationError(path, ["cannot read Label Studio JSON: nested too deeply"]) from None
     if not isinstance(doc, list):
         raise AnnotationError(path, ["not a Label Studio export: expected a JSON list of tasks"])
     return parse_label_studio_tasks(enumerate(doc), problems, ignored)
@@ -444,16 +447,28 @@ def parse_label_studio_tasks(tasks: Iterable[tuple[int, Any]], problems: list[st
         data = task["data"]
         image_url = str(data.get("image", ""))
         item = f"tasks[{i}] (id={task.get('id')!r}, image={image_url!r})"
-        anns = [a for a in (task.get("annotations") or []) if isinstance(a, dict) and not a.get("was_cancelled")]
+        raw_anns = task.get("annotations") or []
+        if not isinstance(raw_anns, list):
+            problems.append(f"{item}: 'annotations' must be a list")
+            continue
+        anns = [a for a in raw_anns if isinstance(a, dict) and not a.get("was_cancelled")]
         if not anns:
             ignored.append(f"{item}: no finished annotation (left pending)")
             continue
         ann = anns[-1]  # the latest finished annotation of the task
         refs = [str(data["gsal_image_id"])] if data.get("gsal_image_id") else []
         if image_url:
-            refs.append(Path(unquote(urlparse(image_url).query.partition("d=")[2] or image_url)).name)
+            try:
+                query = urlparse(image_url).query
+            except ValueError:  # e.g. an unclosed IPv6 bracket: use the text itself
+                query = ""
+            refs.append(Path(unquote(query.partition("d=")[2] or image_url)).name)
         parsed = _Parsed(item, refs, None, None, [])
-        for j, r in enumerate(ann.get("result") or []):
+        results = ann.get("result") or []
+        if not isinstance(results, list):
+            problems.append(f"{item}: 'result' must be a list")
+            continue
+        for j, r in enumerate(results):
             where = f"{item} result[{j}]"
             if not isinstance(r, dict):
                 problems.append(f"{where}: expected an object")
@@ -465,14 +480,19 @@ def parse_label_studio_tasks(tasks: Iterable[tuple[int, Any]], problems: list[st
             try:
                 W, H = float(r["original_width"]), float(r["original_height"])
                 x, y, w, h = (float(v[k]) for k in ("x", "y", "width", "height"))
-            except (KeyError, TypeError, ValueError):
-                problems.append(f"{where}: needs original_width/height and value x, y, width, height")
+                rotation = float(v.get("rotation") or 0.0)
+            except (KeyError, TypeError, ValueError, OverflowError, AttributeError):
+                problems.append(f"{where}: needs original_width/height and value x, y, width, height "
+                                "(numbers) and a numeric rotation")
                 continue
-            if float(v.get("rotation") or 0.0) != 0.0:
+            if not all(math.isfinite(t) for t in (W, H, x, y, w, h)):
+                problems.append(f"{where}: coordinates must be finite numbers")
+                continue
+            if rotation != 0.0:
                 problems.append(f"{where}: rotated boxes are not supported (rotation={v.get('rotation')})")
                 continue
             labels = v.get("rectanglelabels") or []
-            if len(labels) != 1:
+            if not isinstance(labels, list) or len(labels) != 1:
                 problems.append(f"{where}: expected exactly one rectangle label, got {labels!r}")
                 continue
             parsed.width, parsed.height = W, H
