@@ -66,7 +66,8 @@ bench-ddp: setup  ## DDP detector training: wall time and images/s of 1 vs 2 tor
 bench-al: setup  ## active-learning benchmark, `quick` preset (hours on 2 cores; resumable: rerun to continue)
 	$(GSAL) bench --preset quick --out $(ART)/bench-al
 
-bench: bench-selection bench-runtime bench-server  ## all CPU benchmarks (bench-al is separate: hours)
+bench: setup  ## all CPU benchmarks, short defaults (~15 min on 2 cores), then BENCHMARKS.md (bench-al is separate: hours)
+	$(PY) bench/make_benchmarks_md.py
 
 lint: setup
 	$(VENV)/bin/ruff check gsal_edge gsal_cli server trainer export tests bench
