@@ -11,7 +11,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "bench"))
 
-from benchmarks_md import NOT_MEASURED_GPU, render  # noqa: E402
+from benchmarks_md import NOT_MEASURED_GPU, render
 
 
 def _par(holds: bool) -> dict:
@@ -24,7 +24,7 @@ def _rt_row(name: str, p50: float, ent: float, parity: dict | None, spin: bool =
            "images_per_s_batch1": 1e3 / p50, "images_per_s_batched": 2e3 / p50,
            "ms_per_image_by_stage_batched": {"detector": 10.0, "diffusion": p50 - 20, "clip": 5.0},
            "entropy_ms_per_slice": ent, "gsal_over_entropy_batch1": p50 / ent, "note": ""}
-    if name.startswith("ort") or name.startswith("onnx"):
+    if name.startswith(("ort", "onnx")):
         row["ort_settings"] = {"intra_op_threads": 2, "graph_optimization": "all", "allow_spinning": spin}
     if parity is None:
         row["parity_vs"] = "reference"
