@@ -181,7 +181,7 @@ def sweep(scorer: Any, slices: list[np.ndarray], ids: list[str], batch: int) -> 
     cases: list[tuple[str, dict[str, Any], int]] = [("default", {}, batch)]
     cases += [(f"K={k}", {"K": k}, batch) for k in (1, 2, 8) if k != base.K]
     cases += [(f"M={m}", {"M": m}, batch) for m in (1, 4, 16) if m != base.M]
-    cases += [(f"batch={b}", {}, b) for b in (1, 4, 16) if b != batch]
+    cases += [(f"batch={b}", {}, b) for b in (1, 2, 4, 8, 16) if b != batch and b <= len(slices)]
     # screening's first pass: detector + whole-slice diffusion only (no proposals -> no crops, no CLIP)
     cases.append(("screening pass (M=0, no embedding)", {"M": 0, "image_embedding": False}, batch))
     rows = []
@@ -266,10 +266,12 @@ def main(argv: list[str] | None = None) -> int:
     ent: dict[str, list[float]] = {k: [] for k in scorers}
     recs: dict[str, list] = {}
     stage: dict[str, dict[str, float]] = {}
-    for _ in range(args.repeats):  # interleaved: every backend sees the same machine load, round by round
+    for _ in range(args.repeats):  # interleaved slice by slice: every backend sees the same machine load
+        for s, i in zip(slices, ids):
+            for label, sc in scorers.items():
+                lat[label] += batch1_latencies(sc, [s], [i])
+                ent[label].append(detector_only_ms(sc, [s]))
         for label, sc in scorers.items():
-            lat[label] += batch1_latencies(sc, slices, ids)
-            ent[label].append(detector_only_ms(sc, slices))
             sc.timings = type(sc.timings)()
             ips, recs[label] = time_scoring(sc, slices, ids, args.batch, 1)
             best[label] = max(best[label], ips)

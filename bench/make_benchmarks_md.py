@@ -23,6 +23,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
 
 DEMO = REPO / "artifacts" / "demo"
 SELECTION_SIZES = (10_000, 100_000, 1_000_000)
@@ -136,11 +137,17 @@ def sqlite_ingest(out: str, records: int = 2000, batches: tuple[int, ...] = (16,
     Path(out).write_text(json.dumps({"rows": rows, "source": "bench/make_benchmarks_md.py sqlite_ingest"}, indent=2))
 
 
+def load_loadavg() -> str:
+    from benchmarks_md import load_loadavg as la
+
+    return la()
+
+
 def run_all(only: set[str] | None, res: Path, py: str) -> dict[str, Any]:
     """Every CPU bench with short defaults; returns {name: status} (also written to res/run_status.json)."""
     res.mkdir(parents=True, exist_ok=True)
     log = res / "make_bench.log"
-    status: dict[str, Any] = {}
+    status: dict[str, Any] = {"loadavg_before": load_loadavg()}
     want = (lambda name: only is None or name in only)
     threads = os.environ.get("GSAL_BENCH_THREADS", "2")
     if want("runtime"):
@@ -157,6 +164,8 @@ def run_all(only: set[str] | None, res: Path, py: str) -> dict[str, Any]:
         run_selection(py, res, log, status)
     if want("ingest"):
         run_ingest(py, res, log, status)
+    status["loadavg_after"] = load_loadavg()
+    status["finished_utc"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     prev = json.loads((res / "run_status.json").read_text()) if (res / "run_status.json").is_file() else {}
     (res / "run_status.json").write_text(json.dumps({**prev, **status}, indent=2) + "\n")
     return status
@@ -173,20 +182,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=REPO / "BENCHMARKS.md", help="the Markdown report")
     ap.add_argument("--plots", type=Path, default=REPO / "bench" / "plots", help="where the PNG plots go")
     args = ap.parse_args(argv)
-    from benchmarks_md import load_loadavg, render
+    from benchmarks_md import render
 
     only = set(args.only.split(",")) if args.only else None
-    load_before = load_loadavg()
     if args.run:
         print(f"make bench: results -> {args.results}", flush=True)
         run_all(only, args.results, sys.executable)
+    st = json.loads((args.results / "run_status.json").read_text()) if (args.results / "run_status.json").is_file() else {}
     text = render(args.results, args.gpu_results, args.plots, args.out.parent,
-                  {"before": load_before, "after": load_loadavg()})
+                  {"before": st.get("loadavg_before", "n/a"), "after": st.get("loadavg_after", "n/a")})
     args.out.write_text(text, encoding="utf-8")
     print(f"wrote {args.out}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     raise SystemExit(main())

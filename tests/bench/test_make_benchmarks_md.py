@@ -81,7 +81,7 @@ def test_every_required_row_is_rendered(tmp_path: Path, with_10m: bool) -> None:
     assert "per AL round over a 10,000-slice pool" in text
     assert "**2.0x faster**" in text  # torch 400 ms vs ORT 200 ms
     assert "vs ORT's old session defaults: **2.5x faster**" in text
-    assert "INT8 detector+CLIP (MatMul/Gemm) vs fp32 ORT, batch-1 p50: **1.05x** speed, parity" in text
+    assert "INT8 detector+CLIP (MatMul/Gemm) vs fp32 ORT, batch-1 p50: **1.05x** speed (detector alone: 10.0 -> 9.0 ms), parity" in text
     assert "**does not hold**" in text
     assert "concurrency 16: **0.66**" in text
     assert "**4,321 records/s**" in text
