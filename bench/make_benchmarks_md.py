@@ -152,7 +152,7 @@ def run_all(only: set[str] | None, res: Path, py: str) -> dict[str, Any]:
     threads = os.environ.get("GSAL_BENCH_THREADS", "2")
     if want("runtime"):
         demo = demo_bundle()
-        cmd = [py, "bench/bench_runtime.py", "--images", "6", "--batch", "6", "--repeats", "2", "--threads", threads,
+        cmd = [py, "bench/bench_runtime.py", "--images", "4", "--batch", "4", "--repeats", "3", "--threads", threads,
                "--variants", "--sweep", "--work", str(res / "runtime_work"), "--out", str(res / "runtime.json")]
         if demo:
             cmd += ["--bundle", str(demo[0]), "--pub", str(demo[1])]
