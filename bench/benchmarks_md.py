@@ -210,6 +210,10 @@ def section_runtime(rt: dict[str, Any] | None, gpu: dict[str, Any] | None) -> tu
             head[q] = (lat(ort) / lat(rows[q]), bool(par.get("holds")),
                        ort.get("best_entropy_ms", ort["entropy_ms_per_slice"]),
                        rows[q].get("best_entropy_ms", rows[q]["entropy_ms_per_slice"]))
+    lines += [("PyTorch's 2-thread intra-op pool is far more sensitive to CPU oversubscription than ORT's "
+               "non-spinning pools, so ORT vs PyTorch depends strongly on the load average in the header (on an idle "
+               "16-core CPU PyTorch was 3.9x faster than ORT's old defaults, issue 18). ORT vs its old defaults "
+               "is the ratio that isolates the session fix."), ""]
     lines += ["Stage split of the batched run (ms per image):", ""]
     lines += _table(["backend", "detector", "diffusion (VAE+UNet)", "CLIP"],
                     [[r["backend"], *(r["ms_per_image_by_stage_batched"][k] for k in ("detector", "diffusion", "clip"))]
@@ -248,6 +252,11 @@ def section_server(sv: dict[str, Any] | None) -> tuple[list[str], dict[str, Any]
         if r["mode"] == "grpc-stream":
             head[f"stream_c{r['concurrency']}"] = r.get("ratio_vs_inprocess")
     lines += _table(["mode", "concurrency", "batch", "slices/s", "p50 ms", "p99 ms", "errors", "ratio"], tab)
+    if any((r.get("ratio_vs_inprocess") or 0) > 1.05 for r in sv.get("rows", [])):
+        lines += [("A ratio above 1 is the shared machine showing: bench_server.py measures the library before and "
+                   "after the server levels, not interleaved with them, so a load spike during the in-process runs "
+                   "makes the server look faster than the library it wraps. Read those rows as 'no measurable "
+                   "transport cost at this load', not as a speed-up."), ""]
     lines += ["![server latency](bench/plots/server_latency.png)", ""]
     return lines, head
 
