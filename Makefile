@@ -70,7 +70,8 @@ bench-al: setup  ## active-learning benchmark, `quick` preset (hours on 2 cores;
 bench-ingest: services  ## ingest records/s into SQLite vs PostgreSQL (throw-away local server), side by side
 	$(PY) bench/bench_ingest.py
 
-bench: bench-selection bench-runtime bench-server  ## all CPU benchmarks (bench-al is separate: hours)
+bench: services  ## all CPU benchmarks, short defaults (~15 min on 2 cores), then BENCHMARKS.md (bench-al is separate: hours)
+	$(PY) bench/make_benchmarks_md.py
 
 lint: setup
 	$(VENV)/bin/ruff check gsal_edge gsal_cli server trainer export tests bench

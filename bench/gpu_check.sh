@@ -9,6 +9,9 @@
 #      both, the `paper` preset (ResNet-50 FPN, 600 px) on CUDA.
 #   C. the active-learning benchmark's `tiny` preset end to end with the detector on CUDA (--device cuda),
 #      on the bundle's PyTorch prior and CLIP (needs GSAL_GPU_BUNDLE).
+#   E. (only with GSAL_GPU_PARTS containing E, needs GSAL_GPU_BUNDLE) the bundle's PyTorch sources re-exported
+#      with TensorRT FP16 plans, then part A's benchmark on that bundle -> $OUT/bench_runtime_trt.json.
+#   Then, here: python bench/make_benchmarks_md.py --no-run --gpu-results <the fetched $OUT> fills the GPU rows.
 #   D. (only with GSAL_GPU_PARTS containing D) the `paper` preset, shrunk to fit a few minutes: ResNet-50 FPN
 #      on CUDA, 600 synthetic slices, gsal + entropy, 1% -> 3%, 60 iterations a round.
 #
@@ -69,7 +72,8 @@ EOF
     echo "== A. not asked for (GSAL_GPU_PARTS=$PARTS)"
   elif [ -n "$BUNDLE" ]; then
     part "A. runtime backends on $BUNDLE" 200 $PY bench/bench_runtime.py --bundle "$BUNDLE" --pub "$PUB" \
-      --images 32 --batch 16 --threads 16 --repeats 2 --out "$OUTDIR/bench_runtime.json"
+      --images 32 --batch 16 --threads 16 --repeats 2 --variants --work /tmp/gsal_gpu_check \
+      --out "$OUTDIR/bench_runtime.json"
   else
     part "A. runtime backends, small random-init bundle" 300 $PY bench/bench_runtime.py --model-size small \
       --images 16 --batch 8 --threads 8 --repeats 2 --tensorrt auto --fp16 --work /tmp/gsal_gpu_check \
@@ -99,6 +103,16 @@ print(f"  bench tiny: {len(rows)} result files -> {sys.argv[1]}")
 EOF
   else
     echo "== C. skipped: needs GSAL_GPU_BUNDLE (its torch/prior and torch/clip)"
+  fi
+  if [[ $PARTS == *E* && -n "$BUNDLE" ]]; then  # opt-in: TensorRT FP16 plans of the trained bundle's own models
+    "${CLI[@]}" export keygen --key /tmp/gsal_trt_key.pem --force >/dev/null
+    part "E1. re-export $BUNDLE's PyTorch sources with TensorRT FP16 plans" 240 "${CLI[@]}" export \
+      --detector "$BUNDLE/torch/detector.pt" --prior "$BUNDLE/torch/prior" --clip "$BUNDLE/torch/clip" \
+      --graph "$BUNDLE/concept_graph.json" --out /tmp/gsal_trt_bundles --key /tmp/gsal_trt_key.pem \
+      --tensorrt on --fp16
+    part "E2. runtime backends on the FP16 re-export" 200 $PY bench/bench_runtime.py --bundle /tmp/gsal_trt_bundles \
+      --pub /tmp/gsal_trt_key.pub.pem --images 32 --batch 16 --threads 16 --repeats 2 --work /tmp/gsal_gpu_check \
+      --out "$OUTDIR/bench_runtime_trt.json"
   fi
   if [[ $PARTS == *D* && -n "$BUNDLE" ]]; then  # not in the default parts: a smoke of the `paper` preset
     part "D. bench --preset paper, shrunk (600 slices, 2 strategies, 1-3%, 60 iterations)" 330 "${CLI[@]}" bench \

@@ -1,6 +1,6 @@
 """``gsal-edge export``: the typer app that ``gsal_cli/main.py`` mounts as ``gsal-edge export``.
 
-    gsal-edge export --models DIR --out BUNDLES_DIR [--key FILE] [--fp16] [--tensorrt auto|off|on] [--simplify]
+    gsal-edge export --models DIR --out BUNDLES_DIR [--key FILE] [--fp16] [--tensorrt auto|off|on] [--simplify] [--quantize int8]
     gsal-edge export keygen [--key FILE]
     gsal-edge export verify BUNDLE_DIR [--pub FILE ...]
 """
@@ -53,6 +53,8 @@ def export(
     graph: str | None = typer.Option(None, "--graph", help="concept graph file or packaged name"),
     gsal_config: Path | None = typer.Option(None, "--gsal-config", help="GSAL config YAML (K, t, M, proposal mode)"),
     torch_weights: bool = typer.Option(True, "--torch-weights/--no-torch-weights", help="ship PyTorch sources too"),
+    quantize: str = typer.Option("off", "--quantize", help="int8: dynamic INT8 (MatMul/Gemm) of the detector and "
+                                 "CLIP, kept only if records' concepts and top-b picks still match PyTorch"),
     unsigned: bool = typer.Option(False, "--unsigned", help="write no signature (stations then refuse it by default)"),
 ) -> None:
     """Export the four engines into a signed bundle (prints time, sizes, parity)."""
@@ -61,6 +63,8 @@ def export(
     if out is None or (models is None and not (detector and prior and clip)):
         typer.echo(ctx.get_help())
         raise typer.Exit(2)
+    if quantize not in ("off", "int8"):
+        raise typer.BadParameter("must be off or int8", param_hint="--quantize")
     if tensorrt not in ("auto", "off", "on"):
         raise typer.BadParameter("must be auto, off or on", param_hint="--tensorrt")
     from export.config import load_export_config
@@ -71,7 +75,7 @@ def export(
 
     try:
         cfg = load_export_config(config, simplify=simplify or None, fp16=fp16 or None, tensorrt_mode=tensorrt,
-                                 torch_weights=torch_weights)
+                                 torch_weights=torch_weights, quantize=quantize)
         srcs = discover_sources(models, detector, prior, clip, graph, gsal_config)
         signing = None
         if not unsigned:

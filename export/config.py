@@ -101,6 +101,16 @@ class TensorRTConfig(StrictModel):
     )
 
 
+class QuantizeConfig(StrictModel):
+    """Dynamic INT8 quantization after export (export/quantize.py); kept only where parity holds."""
+
+    mode: Literal["off", "int8"] = "off"
+    engines: list[str] = Field(default_factory=lambda: ["detector", "clip_image"],
+                               description="engines to quantize")
+    op_types: list[str] = Field(default_factory=lambda: ["MatMul", "Gemm"],
+                                description="ONNX op types quantized (ConvInteger is slower than fp32 on CPU)")
+
+
 class ExportConfig(StrictModel):
     """Everything ``gsal-edge export`` needs besides the model sources."""
 
@@ -114,6 +124,7 @@ class ExportConfig(StrictModel):
     torch_weights: bool = Field(True, description="copy the PyTorch sources into the bundle (backend='torch')")
     parity: ParityConfig = Field(default_factory=ParityConfig)
     tensorrt: TensorRTConfig = Field(default_factory=TensorRTConfig)
+    quantize: QuantizeConfig = Field(default_factory=QuantizeConfig)
 
 
 def load_export_config(path: str | Path | None = None, **overrides: object) -> ExportConfig:
@@ -134,6 +145,10 @@ def load_export_config(path: str | Path | None = None, **overrides: object) -> E
             continue
         if key == "tensorrt_mode":
             cfg.tensorrt.mode = value  # type: ignore[assignment]
+        elif key == "quantize":
+            if value not in ("off", "int8"):
+                raise ExportConfigError(f"--quantize must be off or int8, got {value!r}")
+            cfg.quantize.mode = value  # type: ignore[assignment]
         elif key == "fp16":
             cfg.tensorrt.fp16 = bool(value)
         elif key in ExportConfig.model_fields:

@@ -150,6 +150,17 @@ def run_export(
         trt_info = build_tensorrt(ref, exported, feeds, ort_scorer, writer, cfg, say)
         stages["tensorrt"] = time.perf_counter() - t
 
+        quant_info: dict[str, Any] = {"mode": "off"}
+        if cfg.quantize.mode == "int8":  # after TensorRT: plans are built from the fp32 graphs
+            from export.quantize import quantize_engines
+
+            t = time.perf_counter()
+            quant_info = quantize_engines(
+                exported, lambda p: _ort_scorer(ref, p), ref_records, slices, ids, cfg.parity, ref.graph,
+                cfg.quantize.engines, cfg.quantize.op_types, say,
+            )
+            stages["quantize"] = time.perf_counter() - t
+
         t = time.perf_counter()
         writer.add_scorer_parts(ref.spec.to_dict(), ref.graph.to_dict(), ref.concept_embeddings)
         torch_section = {}
@@ -167,6 +178,8 @@ def run_export(
                 "inputs": [{"name": s.name, "dtype": s.dtype, "shape": list(s.shape)} for s in ins],
                 "outputs": [{"name": s.name, "dtype": s.dtype, "shape": list(s.shape)} for s in outs],
             }
+            if n in quant_info.get("engines", {}) and quant_info.get("status") == "applied":
+                entry["quantized"] = quant_info["engines"][n]
             if n in trt_info.get("plans", {}):
                 entry["tensorrt"] = trt_info["plans"][n]["file"]
                 entry["tensorrt_build"] = trt_info["plans"][n]
@@ -180,6 +193,7 @@ def run_export(
             "concept_embeddings": {"file": "concept_embeddings.npy", "shape": list(ref.concept_embeddings.shape)},
             "parity": report.to_dict(),
             "tensorrt": {k: v for k, v in trt_info.items() if k != "plans"},
+            "quantize": quant_info,
             "export": {"config": cfg.model_dump(mode="json"), "stage_seconds": {k: round(v, 3) for k, v in stages.items()}},
         }
         if torch_section:

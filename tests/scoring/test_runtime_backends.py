@@ -109,3 +109,46 @@ def test_set_cuda_tf32_sets_both_process_wide_flags() -> None:
         assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
+
+
+def test_ort_session_settings_are_explicit_and_validated(
+    unet_onnx: tuple[Path, nn.Module], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gsal_edge.scoring.runtime.onnxruntime_backend import OrtSessionSettings, available_cores
+
+    path, _ = unet_onnx
+    monkeypatch.setenv("GSAL_ORT_THREADS", "0")
+    monkeypatch.delenv("GSAL_ORT_SPINNING", raising=False)
+    e = OrtEngine("unet", path)
+    opts = e.session.get_session_options()
+    assert opts.intra_op_num_threads == available_cores() == e.settings.threads  # set, not left at 0
+    assert opts.inter_op_num_threads == 1
+    assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    monkeypatch.setenv("GSAL_ORT_SPINNING", "1")
+    monkeypatch.setenv("GSAL_ORT_EXECUTION_MODE", "parallel")
+    e2 = OrtEngine("unet", path, threads=1)
+    o2 = e2.session.get_session_options()
+    assert o2.intra_op_num_threads == 1 and o2.get_session_config_entry("session.intra_op.allow_spinning") == "1"
+    assert e2.settings.execution_mode == "parallel"
+    for bad in ({"intra_op_threads": -1}, {"inter_op_threads": 0}, {"execution_mode": "fast"},
+                {"graph_optimization": "max"}):
+        with pytest.raises(EngineError, match=next(iter(bad)).split("_")[0]):
+            OrtSessionSettings(**bad)  # type: ignore[arg-type]
+    monkeypatch.setenv("GSAL_ORT_THREADS", "two")
+    with pytest.raises(EngineError, match="GSAL_ORT_THREADS"):
+        OrtSessionSettings.from_env()
+
+
+def test_ort_profiling_writes_per_node_json(unet_onnx: tuple[Path, nn.Module], tmp_path: Path) -> None:
+    import json
+
+    from gsal_edge.scoring.runtime.onnxruntime_backend import OrtSessionSettings
+
+    path, _ = unet_onnx
+    e = OrtEngine("unet", path, settings=OrtSessionSettings(intra_op_threads=1, profile_dir=str(tmp_path / "prof")))
+    e.run({"latent": np.zeros((3, 4, 8, 8), np.float32), "timestep": np.array([1, 2, 3], np.int64)})
+    prof = e.end_profiling()
+    assert prof is not None and prof.parent == tmp_path / "prof"
+    events = json.loads(prof.read_text())
+    assert any(ev.get("cat") == "Node" and ev["args"].get("op_name") == "Conv" for ev in events)
+    assert OrtEngine("unet", path, threads=1).end_profiling() is None

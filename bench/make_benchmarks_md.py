@@ -1,0 +1,200 @@
+"""``make bench``: run the CPU benchmarks with short defaults, then render BENCHMARKS.md at the repo root.
+
+    python bench/make_benchmarks_md.py                    # run every CPU bench (~10-15 min on 2 cores), render
+    python bench/make_benchmarks_md.py --no-run           # render from the JSON already in --results
+    python bench/make_benchmarks_md.py --only runtime,server
+
+Each bench writes JSON under ``--results`` (default artifacts/bench/); the renderer (bench/benchmarks_md.py)
+reads only those files, so a GPU machine's results (bench/gpu_check.sh -> artifacts/gpu_check/) or other
+helpers' benches (bench_ingest, bench_backfill, bench_ddp, bench_noise, load_test) are picked up when present.
+Selection at 10^7 records runs only if the peak RSS extrapolated from 10^6 fits the memory limit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+DEMO = REPO / "artifacts" / "demo"
+SELECTION_SIZES = (10_000, 100_000, 1_000_000)
+BIG = 10_000_000
+RSS_LIMIT_GIB = 24.0
+
+
+def _run(cmd: list[str], timeout_s: float, log: Path) -> dict[str, Any]:
+    """Run one bench process (bounded in time), its output appended to ``log``; returns status facts."""
+    t = time.perf_counter()
+    with log.open("a", encoding="utf-8") as fh:
+        fh.write(f"\n$ {' '.join(cmd)}\n")
+        fh.flush()
+        try:
+            rc = subprocess.run(cmd, check=False, cwd=REPO, stdout=fh, stderr=subprocess.STDOUT, timeout=timeout_s).returncode
+        except subprocess.TimeoutExpired:
+            rc = 124
+    status = {"cmd": " ".join(cmd), "rc": rc, "seconds": round(time.perf_counter() - t, 1)}
+    print(f"  rc={rc} {status['seconds']:7.1f}s  {' '.join(cmd[1:3])}", flush=True)
+    return status
+
+
+def demo_bundle() -> tuple[Path, Path] | None:
+    """The trained embedded bundle from ``make demo`` (in this checkout, else the main checkout's)."""
+    for root in (DEMO, Path("/work/main/artifacts/demo")):
+        b, k = root / "bundles", root / "keys" / "signing_key.pub.pem"
+        if (b / "LATEST").is_file() and k.is_file():
+            return b, k
+    return None
+
+
+def run_selection(py: str, res: Path, log: Path, status: dict[str, Any]) -> None:
+    """Selection at 10^4..10^6, then 10^7 only when the RSS extrapolated from 10^6 fits."""
+    for n in SELECTION_SIZES:
+        out = res / f"selection_{n}.json"
+        status[f"selection_{n}"] = _run([py, "bench/bench_selection.py", "--n", str(n), "--repeat", "2",
+                                         "--no-trace", "--json", str(out)], 600, log)
+    one_m = res / f"selection_{SELECTION_SIZES[-1]}.json"
+    if not one_m.is_file():
+        return
+    rss_1m = json.loads(one_m.read_text())["peak_rss_mib"]["after_selection"] / 1024
+    # linear in N above the interpreter's baseline (~0.3 GiB, from the 10^4 run)
+    small = res / f"selection_{SELECTION_SIZES[0]}.json"
+    base = json.loads(small.read_text())["peak_rss_mib"]["after_selection"] / 1024 if small.is_file() else 0.0
+    predicted = base + (rss_1m - base) * BIG / SELECTION_SIZES[-1]
+    avail = _mem_available_gib()
+    limit = min(RSS_LIMIT_GIB, 0.8 * avail) if avail else RSS_LIMIT_GIB
+    plan = {"predicted_peak_rss_gib": round(predicted, 2), "limit_gib": round(limit, 2),
+            "mem_available_gib": round(avail, 2) if avail else None}
+    if predicted <= limit:
+        plan["run"] = _run([py, "bench/bench_selection.py", "--n", str(BIG), "--repeat", "1", "--no-trace",
+                            "--json", str(res / f"selection_{BIG}.json")], 900, log)
+    else:
+        plan["skipped"] = f"extrapolated peak RSS {predicted:.1f} GiB exceeds {limit:.1f} GiB"
+    (res / "selection_plan.json").write_text(json.dumps(plan, indent=2) + "\n")
+
+
+def _mem_available_gib() -> float | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) / 2**20
+    except OSError:
+        pass
+    return None
+
+
+def run_ingest(py: str, res: Path, log: Path, status: dict[str, Any]) -> None:
+    """bench/bench_ingest.py where this checkout has it; else a short SQLite-only measurement here."""
+    if (REPO / "bench" / "bench_ingest.py").is_file():
+        status["ingest"] = _run([py, "bench/bench_ingest.py", "--records", "2000", "--batch", "16", "128", "512",
+                                 "--out", str(res / "ingest.json")], 600, log)
+        return
+    status["ingest"] = _run([py, "-c", ("import sys; sys.path.insert(0, 'bench'); import make_benchmarks_md as m; "
+                             f"m.sqlite_ingest({str(res / 'ingest.json')!r})")], 600, log)
+
+
+def sqlite_ingest(out: str, records: int = 2000, batches: tuple[int, ...] = (16, 128, 512)) -> None:
+    """Fallback ingest bench: score records (4 proposals, image refs) into a fresh SQLite PoolStore."""
+    import tempfile
+
+    import numpy as np
+
+    from gsal_edge.acquisition.records import ProposalScore, ScoreRecord
+    from trainer.store.pool_store import PoolStore
+    from trainer.store.types import IngestItem
+
+    rng = np.random.default_rng(0)
+    concepts = ["void", "inclusion", "petal", "crack"]
+    items = []
+    for i in range(records):
+        props = [ProposalScore((1.0 + j, 2.0, 20.0 + j, 18.0), float(rng.uniform(0.1, 1)), float(rng.uniform(0, 0.1)),
+                               float(rng.uniform(0, 0.01)), concepts[j], {c: float(rng.uniform(-1, 1)) for c in concepts},
+                               concepts[j]) for j in range(4)]
+        rec = ScoreRecord(f"slice-{i:07d}", float(rng.uniform(0, 0.05)), float(rng.uniform(0, 0.005)), props,
+                          {"entropy": float(rng.uniform(0, 1))}, model={"bundle": "sha256:bench", "station": "st-00"})
+        items.append(IngestItem("st-00", rec, image_ref=f"/archive/st-00/{rec.image_id}.png", width=64, height=64))
+    rows = []
+    for b in batches:
+        with tempfile.TemporaryDirectory() as d:
+            store = PoolStore(d)
+            try:
+                t = time.perf_counter()
+                n = sum(store.ingest(items[k:k + b]).inserted for k in range(0, len(items), b))
+                dt = time.perf_counter() - t
+            finally:
+                store.close()
+        assert n == len(items), (n, len(items))
+        rows.append({"backend": "sqlite", "batch": b, "records": n, "insert_per_s": round(n / dt, 1)})
+        print(rows[-1])
+    Path(out).write_text(json.dumps({"rows": rows, "source": "bench/make_benchmarks_md.py sqlite_ingest"}, indent=2))
+
+
+def load_loadavg() -> str:
+    from benchmarks_md import load_loadavg as la
+
+    return la()
+
+
+def run_all(only: set[str] | None, res: Path, py: str) -> dict[str, Any]:
+    """Every CPU bench with short defaults; returns {name: status} (also written to res/run_status.json)."""
+    res.mkdir(parents=True, exist_ok=True)
+    log = res / "make_bench.log"
+    status: dict[str, Any] = {"loadavg_before": load_loadavg()}
+    want = (lambda name: only is None or name in only)
+    threads = os.environ.get("GSAL_BENCH_THREADS", "2")
+    if want("runtime"):
+        demo = demo_bundle()
+        cmd = [py, "bench/bench_runtime.py", "--images", "4", "--batch", "4", "--repeats", "3", "--threads", threads,
+               "--variants", "--sweep", "--work", str(res / "runtime_work"), "--out", str(res / "runtime.json")]
+        if demo:
+            cmd += ["--bundle", str(demo[0]), "--pub", str(demo[1])]
+        status["runtime"] = _run(cmd, 900, log)
+    if want("server"):
+        status["server"] = _run([py, "bench/bench_server.py", "--count", "32", "--max-seconds", "25",
+                                 "--out", str(res / "server.json")], 600, log)
+    if want("selection"):
+        run_selection(py, res, log, status)
+    if want("ingest"):
+        run_ingest(py, res, log, status)
+    status["loadavg_after"] = load_loadavg()
+    status["finished_utc"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    prev = json.loads((res / "run_status.json").read_text()) if (res / "run_status.json").is_file() else {}
+    (res / "run_status.json").write_text(json.dumps({**prev, **status}, indent=2) + "\n")
+    return status
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--run", action=argparse.BooleanOptionalAction, default=True,
+                    help="run the benches first (--no-run: render the JSON already in --results)")
+    ap.add_argument("--only", default=None, help="comma-separated subset: runtime,server,selection,ingest")
+    ap.add_argument("--results", type=Path, default=REPO / "artifacts" / "bench", help="folder of the benches' JSON")
+    ap.add_argument("--gpu-results", type=Path, default=REPO / "artifacts" / "gpu_check",
+                    help="bench/gpu_check.sh's output folder (its bench_runtime.json fills the GPU rows)")
+    ap.add_argument("--out", type=Path, default=REPO / "BENCHMARKS.md", help="the Markdown report")
+    ap.add_argument("--plots", type=Path, default=REPO / "bench" / "plots", help="where the PNG plots go")
+    args = ap.parse_args(argv)
+    from benchmarks_md import render
+
+    only = set(args.only.split(",")) if args.only else None
+    if args.run:
+        print(f"make bench: results -> {args.results}", flush=True)
+        run_all(only, args.results, sys.executable)
+    st = json.loads((args.results / "run_status.json").read_text()) if (args.results / "run_status.json").is_file() else {}
+    text = render(args.results, args.gpu_results, args.plots, args.out.parent,
+                  {"before": st.get("loadavg_before", "n/a"), "after": st.get("loadavg_after", "n/a")})
+    args.out.write_text(text, encoding="utf-8")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
