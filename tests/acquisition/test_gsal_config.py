@@ -13,9 +13,10 @@ from gsal_edge.acquisition.config import ConfigError, GSALConfig
 def test_defaults_are_the_spec_values() -> None:
     c = GSALConfig()
     # spec §§3-7: alpha = beta = 0.5, gamma 0.5, rho 3, eta 0.5, lambda 0.5, mu 0.5, 80th percentile,
-    # K = 4, t = 0.25 T, M = 8, margin 1.5x, roi_reduce mean, screening and novelty off
+    # K = 4, t = 0.1 T ([ours]; the paper's 0.25 T is `--config paper-exact`), M = 8, margin 1.5x,
+    # roi_reduce mean, screening and novelty off
     assert (c.alpha, c.beta, c.gamma, c.rho, c.eta, c.lambda_, c.mu) == (0.5, 0.5, 0.5, 3.0, 0.5, 0.5, 0.5)
-    assert (c.percentile, c.K, c.t_frac, c.M, c.context_margin) == (80.0, 4, 0.25, 8, 1.5)
+    assert (c.percentile, c.K, c.t_frac, c.M, c.context_margin) == (80.0, 4, 0.1, 8, 1.5)
     assert c.roi_reduce == "mean" and c.proposal_mode in ("crop", "latent_roi")
     assert c.novelty_threshold is None and c.screening.enabled is False and c.batch_aware is False
     assert c.assignment == "hard" and c.thresholds == "hard" and c.label_mode in ("typed", "binary")
@@ -98,4 +99,4 @@ def test_paper_exact_preset_is_one_flag_away() -> None:
     paper = GSALConfig.from_yaml("paper-exact")
     assert paper.noise == "per_image"
     departures = {k for k, v in paper.to_dict().items() if GSALConfig().to_dict().get(k) != v}
-    assert departures == {"noise"}
+    assert departures == {"noise", "t_frac"} and paper.t_frac == 0.25
