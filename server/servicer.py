@@ -24,7 +24,7 @@ import grpc
 from gsal_edge.data.slices import SliceError, check_slice_id
 from gsal_wire.convert import decode_pb_slice, item_error, record_to_pb, slice_meta
 from gsal_wire.pb import scorer_pb2, scorer_pb2_grpc
-from server.batcher import BatcherError
+from server.batcher import BatcherError, new_error_id
 from server.forwarder import ReceivedSlice
 from server.station import Station, SwapError
 
@@ -114,8 +114,22 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServicer):
                 e.code, e.message = _code(err.code), str(err)
                 return e
             except Exception as err:  # noqa: BLE001  # pragma: no cover - the batcher wraps scorer errors already
-                e.code, e.message = grpc.StatusCode.INTERNAL, f"{type(err).__name__}: {err}"
+                eid = new_error_id()
+                log.error("internal error [error id %s] answering %r", eid, e.slice_id, exc_info=err)
+                e.code, e.message = grpc.StatusCode.INTERNAL, f"internal error (error id {eid}; see the station log)"
                 return e
+
+    def _dropped(self, e: _Entry, context: grpc.ServicerContext) -> None:
+        """An admitted item whose stream ended before its answer was sent: cancel it and count it
+        (``DEADLINE_EXCEEDED``/``stream_deadline`` when the call's deadline passed, else
+        ``CANCELLED``/``client_cancelled``)."""
+        if e.future is not None:
+            e.future.cancel()
+        left = context.time_remaining()
+        if left is not None and left <= 0:
+            self.metrics.item("Score", "DEADLINE_EXCEEDED", None, reason="stream_deadline")
+        else:
+            self.metrics.item("Score", "CANCELLED", None, reason="client_cancelled")
 
     @staticmethod
     def _call_deadline(context: grpc.ServicerContext) -> float | None:
@@ -130,6 +144,8 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServicer):
         pending: queue.Queue[object] = queue.Queue(maxsize=self.cfg.max_inflight_per_stream)
         stop = threading.Event()
         call_deadline = self._call_deadline(context)
+        idle_s = self.cfg.stream_idle_timeout_s
+        last_rx = [time.monotonic()]  # when the last request arrived (the reader updates it)
 
         def put(x: object) -> bool:
             while not stop.is_set():
@@ -144,10 +160,10 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServicer):
             seen: OrderedDict[str, None] = OrderedDict()
             try:
                 for req in request_iterator:
+                    last_rx[0] = time.monotonic()
                     entry = self._admit(req, seen, call_deadline)
                     if not put(entry):
-                        if entry.future is not None:
-                            entry.future.cancel()
+                        self._dropped(entry, context)
                         return
             except Exception as e:  # noqa: BLE001 - the client went away mid-stream
                 log.debug("Score stream reader ended: %s", e)
@@ -162,12 +178,20 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServicer):
                 except queue.Empty:
                     if not context.is_active():
                         return
+                    if time.monotonic() - last_rx[0] > idle_s:  # nothing sent, nothing outstanding
+                        self.metrics.rpc_error("Score", "DEADLINE_EXCEEDED", "idle")
+                        context.abort(
+                            grpc.StatusCode.DEADLINE_EXCEEDED,
+                            f"stream idle: no request for {idle_s:g} s and nothing outstanding "
+                            "(stream_idle_timeout_s); open a new stream when there is work",
+                        )
                     continue
                 if x is _END:
                     return
                 assert isinstance(x, _Entry)
                 out = self._resolve(x, context)
                 if out is None:
+                    self._dropped(x, context)
                     return
                 if isinstance(out, _Entry):
                     self.metrics.item("Score", out.code.name, time.monotonic() - out.t0)
@@ -184,15 +208,19 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServicer):
                     x = pending.get_nowait()
                 except queue.Empty:
                     break
-                if isinstance(x, _Entry) and x.future is not None:
-                    x.future.cancel()
+                if isinstance(x, _Entry):
+                    self._dropped(x, context)
 
     def ScoreOne(self, request: scorer_pb2.ScoreRequest, context: grpc.ServicerContext) -> scorer_pb2.ScoreResponse:
         self.metrics.requests.labels(method="ScoreOne").inc()
         entry = self._admit(request, None, self._call_deadline(context))
         out = self._resolve(entry, context)
-        if out is None:  # the client cancelled
-            self.metrics.item("ScoreOne", "CANCELLED", None)
+        if out is None:  # the client cancelled, or the call's deadline passed
+            left = context.time_remaining()
+            if left is not None and left <= 0:
+                self.metrics.item("ScoreOne", "DEADLINE_EXCEEDED", None, reason="stream_deadline")
+            else:
+                self.metrics.item("ScoreOne", "CANCELLED", None, reason="client_cancelled")
             context.abort(grpc.StatusCode.CANCELLED, "client cancelled")
         if isinstance(out, _Entry):
             self.metrics.item("ScoreOne", out.code.name, time.monotonic() - out.t0)

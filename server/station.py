@@ -24,7 +24,7 @@ import numpy as np
 from gsal_edge.acquisition.records import ScoreRecord
 from gsal_edge.errors import GSALError
 from gsal_edge.scoring.offline import stamp_station
-from server.batcher import BatchScorer, DynamicBatcher, ScorerSlot
+from server.batcher import BatchScorer, DynamicBatcher, ScorerSlot, new_error_id
 from server.config import ServerConfig
 from server.metrics import ServerMetrics
 
@@ -96,6 +96,19 @@ def default_scorer_factory(
         )
 
     return factory
+
+
+def _client_text(e: Exception) -> str:
+    """What a client may read of a bundle-loading failure: our own errors (hash, signature, manifest)
+    say what is wrong; anything else (an engine's text) is logged under an error id and not sent."""
+    from gsal_edge.scoring.runtime.base import EngineError
+
+    if isinstance(e, GSALError) and not isinstance(e, EngineError):
+        log.warning("bundle rejected: %s", e)
+        return f"{type(e).__name__}: {e}"
+    eid = new_error_id()
+    log.error("bundle rejected [error id %s]", eid, exc_info=e)
+    return f"{type(e).__name__} (error id {eid}; the station log has the details)"
 
 
 def _info_of(scorer: BatchScorer) -> dict[str, Any]:
@@ -200,8 +213,7 @@ class Station:
                 raise SwapError("NOT_FOUND", f"path: {e}") from e
             except Exception as e:  # BundleError (hash/signature) and anything the loader raises
                 self.metrics.swaps.labels(result="rejected").inc()
-                log.warning("bundle %s rejected: %s", spec, e)
-                raise SwapError("FAILED_PRECONDITION", f"bundle {spec!r} rejected: {type(e).__name__}: {e}") from e
+                raise SwapError("FAILED_PRECONDITION", f"bundle {spec!r} rejected: {_client_text(e)}") from e
             t1 = time.perf_counter()
             new_id = str(scorer.bundle_id)
             if expected_bundle_id and new_id != expected_bundle_id:
@@ -217,8 +229,7 @@ class Station:
                 info = _info_of(scorer)
             except Exception as e:  # noqa: BLE001 - any warm-up failure rejects the bundle
                 self.metrics.swaps.labels(result="warmup_failed").inc()
-                log.warning("bundle %s failed warm-up: %s", spec, e)
-                raise SwapError("FAILED_PRECONDITION", f"bundle {new_id!r} failed warm-up: {type(e).__name__}: {e}")
+                raise SwapError("FAILED_PRECONDITION", f"bundle {new_id!r} failed warm-up: {_client_text(e)}") from e
             t2 = time.perf_counter()
             info.update(station_id=self.config.station_id or "", max_batch_size=self.config.max_batch_size)
             self._info = info
