@@ -240,7 +240,7 @@ class DynamicBatcher:
                 return
             try:
                 self._execute(batch)
-            except Exception as e:  # never let the worker die; _execute resolves futures itself
+            except Exception as e:  # noqa: BLE001 - never let the worker die; _execute resolves futures itself
                 err = _scoring_failed([it.image_id for it in batch], e)
                 for it in batch:
                     if not it.future.done():

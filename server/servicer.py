@@ -113,7 +113,7 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServicer):
             except BatcherError as err:
                 e.code, e.message = _code(err.code), str(err)
                 return e
-            except Exception as err:  # noqa: BLE001  # pragma: no cover - the batcher wraps scorer errors already
+            except Exception as err:  # pragma: no cover - the batcher wraps scorer errors already
                 eid = new_error_id()
                 log.error("internal error [error id %s] answering %r", eid, e.slice_id, exc_info=err)
                 e.code, e.message = grpc.StatusCode.INTERNAL, f"internal error (error id {eid}; see the station log)"

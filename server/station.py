@@ -227,7 +227,7 @@ class Station:
                 if callable(warm):
                     warm()
                 info = _info_of(scorer)
-            except Exception as e:  # noqa: BLE001 - any warm-up failure rejects the bundle
+            except Exception as e:
                 self.metrics.swaps.labels(result="warmup_failed").inc()
                 raise SwapError("FAILED_PRECONDITION", f"bundle {new_id!r} failed warm-up: {_client_text(e)}") from e
             t2 = time.perf_counter()

@@ -25,7 +25,7 @@ from server.internal_errors import InternalErrorInterceptor
 
 ENGINE_TEXT = "[ONNXRuntimeError] : 1 : FAIL : Resize node '/model/transform/Resize' upsamplebase.h:548"
 ADMIN = "admin-token-0123456789"
-_LEAK = re.compile(r"ONNXRuntime|Resize|upsamplebase|0x[0-9a-f]{6,}|Traceback", re.I)
+_LEAK = re.compile(r"ONNXRuntime|Resize|upsamplebase|0x[0-9a-f]{6,}|Traceback", re.IGNORECASE)
 
 
 class FailsOn(Instrumented):
