@@ -36,6 +36,7 @@ class ServerMetrics:
                               "admitted items dropped when their stream ended; auth, limit, idle, rpc: whole RPCs)",
                               ["method", "code", "reason"], registry=r)
         self.deferred = Counter(f"{ns}_deferred", "slices acknowledged as deferred (stored unscored)", registry=r)
+        self.deferred_depth = Gauge(f"{ns}_deferred_depth", "deferred slices waiting on disk", registry=r)
         self.refused = Counter(f"{ns}_refused", "RPCs refused by a connection limit", ["limit"], registry=r)
         self.latency = Histogram(f"{ns}_latency_seconds", "per-slice latency, receipt to answer", ["method"],
                                  buckets=LATENCY_BUCKETS, registry=r)
@@ -53,6 +54,10 @@ class ServerMetrics:
         """Read the queue depth from ``fn`` at scrape time."""
         self.queue_depth.set_function(fn)
 
+    def bind_deferred_depth(self, fn: Callable[[], float]) -> None:
+        """Read the number of deferred slices on disk from ``fn`` at scrape time."""
+        self.deferred_depth.set_function(fn)
+
     def on_batch(self, st: BatchStats) -> None:
         self.batch_size.observe(st.size)
         self.batch_seconds.observe(st.seconds)
@@ -63,7 +68,7 @@ class ServerMetrics:
     def item(self, method: str, code: str, seconds: float | None, reason: str = "answered") -> None:
         """One slice answered (or dropped, see ``reason``) with status ``code`` (``OK`` or a gRPC code name)."""
         self.items.labels(method=method, code=code).inc()
-        if code != "OK":
+        if code not in ("OK", "DEFERRED"):
             self.errors.labels(method=method, code=code, reason=reason).inc()
         if seconds is not None:
             self.latency.labels(method=method).observe(seconds)

@@ -24,7 +24,8 @@ import grpc
 from gsal_edge.data.slices import SliceError, check_slice_id
 from gsal_wire.convert import decode_pb_slice, item_error, record_to_pb, slice_meta
 from gsal_wire.pb import scorer_pb2, scorer_pb2_grpc
-from server.batcher import BatcherError, new_error_id
+from server.batcher import BatcherError, QueueFullError, new_error_id
+from server.deferred import DeferredQueueFull
 from server.forwarder import ReceivedSlice
 from server.station import Station, SwapError
 
@@ -44,6 +45,8 @@ class _Entry:
     code: grpc.StatusCode = grpc.StatusCode.OK
     field: str = ""
     message: str = ""
+    deferred: scorer_pb2.Deferred | None = None  # stored unscored (overflow="defer")
+    method: str = "Score"
 
 
 _END = object()
@@ -73,9 +76,11 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServicer):
         return min(cands) if cands else None
 
     def _admit(
-        self, req: scorer_pb2.ScoreRequest, seen: OrderedDict[str, None] | None, call_deadline: float | None
+        self, req: scorer_pb2.ScoreRequest, seen: OrderedDict[str, None] | None, call_deadline: float | None,
+        stream_full: int = 0,
     ) -> _Entry:
-        """Validate, decode and queue one request; never raises."""
+        """Validate, decode and queue one request (or defer it: ``overflow="defer"`` and the scoring queue
+        full, or ``stream_full`` items already outstanding on this stream); never raises."""
         t0 = time.monotonic()
         sid = req.slice.id
         try:
@@ -92,14 +97,37 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServicer):
         except SliceError as e:
             return _Entry(sid, t0, code=grpc.StatusCode.INVALID_ARGUMENT, field=e.field, message=str(e))
         try:
+            if stream_full:
+                raise QueueFullError(f"{stream_full} slices outstanding on this stream (max_inflight_per_stream)")
             received = ReceivedSlice.from_pb(req.slice) if self.station.forwarding else None
             fut = self.station.submit(arr, sid, slice_meta(req.slice), self._deadline(call_deadline, req, t0), received)
         except BatcherError as e:
+            if isinstance(e, QueueFullError) and self.station.deferred is not None and not req.no_defer:
+                return self._defer(req, t0, str(e))
             return _Entry(sid, t0, code=_code(e.code), message=str(e))
         return _Entry(sid, t0, future=fut)
 
+    def _defer(self, req: scorer_pb2.ScoreRequest, t0: float, why: str) -> _Entry:
+        """Store the slice in the deferred queue and acknowledge it as ``deferred``."""
+        sid, queue_ = req.slice.id, self.station.deferred
+        assert queue_ is not None
+        try:
+            n = queue_.put(req.slice.SerializeToString())
+        except DeferredQueueFull as e:
+            return _Entry(sid, t0, code=grpc.StatusCode.RESOURCE_EXHAUSTED, message=f"{why}; and {e}")
+        except OSError as e:
+            eid = new_error_id()
+            log.error("could not store deferred slice %r [error id %s]", sid, eid, exc_info=e)
+            return _Entry(sid, t0, code=grpc.StatusCode.RESOURCE_EXHAUSTED,
+                          message=f"{why}; and the slice could not be stored for later (error id {eid})")
+        self.metrics.deferred.inc()
+        return _Entry(sid, t0, deferred=scorer_pb2.Deferred(reason=why, queued=n))
+
     def _resolve(self, e: _Entry, context: grpc.ServicerContext) -> _Entry | scorer_pb2.ScoreResponse | None:
         """Wait for an entry's record; returns the response, or the entry turned into an error."""
+        if e.deferred is not None:
+            self.metrics.item(e.method, "DEFERRED", time.monotonic() - e.t0)
+            return scorer_pb2.ScoreResponse(slice_id=e.slice_id, deferred=e.deferred)
         if e.future is None:
             return e
         while True:
@@ -141,7 +169,13 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServicer):
         self, request_iterator: Iterator[scorer_pb2.ScoreRequest], context: grpc.ServicerContext
     ) -> Iterator[scorer_pb2.ScoreResponse]:
         self.metrics.requests.labels(method="Score").inc()
-        pending: queue.Queue[object] = queue.Queue(maxsize=self.cfg.max_inflight_per_stream)
+        # overflow="defer": a deferred answer is cheap, so the queue of answers may run further ahead than
+        # max_inflight_per_stream; items beyond that many outstanding are deferred, the reader never blocks
+        defer_mode = self.station.deferred is not None
+        max_inflight = self.cfg.max_inflight_per_stream
+        pending: queue.Queue[object] = queue.Queue(maxsize=max_inflight * (8 if defer_mode else 1))
+        outstanding = [0]  # entries of this stream with a future not yet answered (defer mode)
+        count_lock = threading.Lock()
         stop = threading.Event()
         call_deadline = self._call_deadline(context)
         idle_s = self.cfg.stream_idle_timeout_s
@@ -161,7 +195,11 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServicer):
             try:
                 for req in request_iterator:
                     last_rx[0] = time.monotonic()
-                    entry = self._admit(req, seen, call_deadline)
+                    full = outstanding[0] if defer_mode and outstanding[0] >= max_inflight else 0
+                    entry = self._admit(req, seen, call_deadline, stream_full=full)
+                    if entry.future is not None:
+                        with count_lock:
+                            outstanding[0] += 1
                     if not put(entry):
                         self._dropped(entry, context)
                         return
@@ -190,6 +228,9 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServicer):
                     return
                 assert isinstance(x, _Entry)
                 out = self._resolve(x, context)
+                if x.future is not None:
+                    with count_lock:
+                        outstanding[0] -= 1
                 if out is None:
                     self._dropped(x, context)
                     return
@@ -199,7 +240,8 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServicer):
                         slice_id=out.slice_id, error=item_error(out.code, out.field, out.message)
                     )
                 else:
-                    self.metrics.item("Score", "OK", time.monotonic() - x.t0)
+                    if out.WhichOneof("result") == "record":
+                        self.metrics.item("Score", "OK", time.monotonic() - x.t0)
                     yield out
         finally:
             stop.set()
@@ -214,6 +256,7 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServicer):
     def ScoreOne(self, request: scorer_pb2.ScoreRequest, context: grpc.ServicerContext) -> scorer_pb2.ScoreResponse:
         self.metrics.requests.labels(method="ScoreOne").inc()
         entry = self._admit(request, None, self._call_deadline(context))
+        entry.method = "ScoreOne"
         out = self._resolve(entry, context)
         if out is None:  # the client cancelled, or the call's deadline passed
             left = context.time_remaining()
@@ -227,7 +270,8 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServicer):
             if out.field:
                 context.set_trailing_metadata(((FIELD_METADATA_KEY, out.field),))
             context.abort(out.code, out.message)
-        self.metrics.item("ScoreOne", "OK", time.monotonic() - entry.t0)
+        if out.WhichOneof("result") == "record":  # type: ignore[union-attr]
+            self.metrics.item("ScoreOne", "OK", time.monotonic() - entry.t0)
         return out  # type: ignore[return-value]
 
     def GetModelInfo(

@@ -26,6 +26,7 @@ from gsal_edge.errors import GSALError
 from gsal_edge.scoring.offline import stamp_station
 from server.batcher import BatchScorer, DynamicBatcher, ScorerSlot, new_error_id
 from server.config import ServerConfig
+from server.deferred import DeferredQueue
 from server.metrics import ServerMetrics
 
 if TYPE_CHECKING:  # the station core stays free of gRPC imports
@@ -146,6 +147,13 @@ class Station:
             on_drop=self.metrics.on_drop,
         )
         self.metrics.bind_queue_depth(lambda: float(self.batcher.depth))
+        self.deferred: DeferredQueue | None = None  # overflow="defer": slices stored for later scoring
+        if config.overflow == "defer":
+            assert config.data_dir is not None  # enforced by ServerConfig
+            self.deferred = DeferredQueue(config.data_dir, config.deferred_max_items, config.deferred_max_bytes)
+            dq = self.deferred
+            self.metrics.bind_deferred_depth(lambda: float(len(dq)))
+            log.info("overflow: defer to %s (%d slices waiting)", dq.dir, len(dq))
 
     # ---- scoring ---------------------------------------------------------------------------------
     @property
