@@ -98,7 +98,7 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServicer):
             return _Entry(sid, t0, code=grpc.StatusCode.INVALID_ARGUMENT, field=e.field, message=str(e))
         try:
             if stream_full:
-                raise QueueFullError(f"{stream_full} slices outstanding on this stream (max_inflight_per_stream)")
+                raise QueueFullError(f"{stream_full} slices outstanding on this stream (4 x max_inflight_per_stream)")
             received = ReceivedSlice.from_pb(req.slice) if self.station.forwarding else None
             fut = self.station.submit(arr, sid, slice_meta(req.slice), self._deadline(call_deadline, req, t0), received)
         except BatcherError as e:
@@ -169,11 +169,12 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServicer):
         self, request_iterator: Iterator[scorer_pb2.ScoreRequest], context: grpc.ServicerContext
     ) -> Iterator[scorer_pb2.ScoreResponse]:
         self.metrics.requests.labels(method="Score").inc()
-        # overflow="defer": a deferred answer is cheap, so the queue of answers may run further ahead than
-        # max_inflight_per_stream; items beyond that many outstanding are deferred, the reader never blocks
+        # overflow="defer": the reader must keep reading the line's stream, so answers may queue further ahead
+        # (8 x max_inflight_per_stream); a stream with 4 x max_inflight_per_stream slices outstanding has its
+        # next ones deferred; below that the scoring queue's own limit decides (as in reject mode)
         defer_mode = self.station.deferred is not None
-        max_inflight = self.cfg.max_inflight_per_stream
-        pending: queue.Queue[object] = queue.Queue(maxsize=max_inflight * (8 if defer_mode else 1))
+        max_inflight = self.cfg.max_inflight_per_stream * (4 if defer_mode else 1)
+        pending: queue.Queue[object] = queue.Queue(maxsize=max_inflight * (2 if defer_mode else 1))
         outstanding = [0]  # entries of this stream with a future not yet answered (defer mode)
         count_lock = threading.Lock()
         stop = threading.Event()
