@@ -50,7 +50,7 @@ class SliceLimits:
     max_side: int = 8192  # pixels along either axis
     max_pixels: int = 4096 * 4096
     max_bytes: int = 64 * 1024 * 1024  # encoded payload size
-    min_side: int = 8
+    min_side: int = 1  # the station asks for more (ServerConfig.min_side, 8)
     max_id_length: int = 256
     max_aspect: float = 64.0  # longer side / shorter side
 
