@@ -21,6 +21,7 @@ import logging
 import os
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from gsal_edge.errors import GSALError
@@ -55,6 +56,7 @@ class DeferredQueue:
         self._lock = threading.Lock()
         self._seq = itertools.count()
         self._items, self._bytes = self._scan()
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="gsal-deferred")
 
     def _scan(self) -> tuple[int, int]:
         n = size = 0
@@ -99,6 +101,15 @@ class DeferredQueue:
                 self._bytes -= len(payload)
             raise
         return n
+
+    def put_async(self, payload: bytes) -> Future[int]:
+        """:meth:`put` on the queue's writer thread, so a stream's reader keeps reading while the entry is
+        made durable; the future raises what :meth:`put` raises."""
+        return self._writer.submit(self.put, payload)
+
+    def close(self) -> None:
+        """Finish the writes in progress."""
+        self._writer.shutdown(wait=True)
 
     def entries(self) -> list[Path]:
         """The queued entries, oldest first."""

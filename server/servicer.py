@@ -47,6 +47,7 @@ class _Entry:
     message: str = ""
     deferred: scorer_pb2.Deferred | None = None  # stored unscored (overflow="defer")
     method: str = "Score"
+    deferred_write: Future | None = None  # the deferred queue's write of this slice
 
 
 _END = object()
@@ -108,26 +109,40 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServicer):
         return _Entry(sid, t0, future=fut)
 
     def _defer(self, req: scorer_pb2.ScoreRequest, t0: float, why: str) -> _Entry:
-        """Store the slice in the deferred queue and acknowledge it as ``deferred``."""
-        sid, queue_ = req.slice.id, self.station.deferred
-        assert queue_ is not None
-        try:
-            n = queue_.put(req.slice.SerializeToString())
-        except DeferredQueueFull as e:
-            return _Entry(sid, t0, code=grpc.StatusCode.RESOURCE_EXHAUSTED, message=f"{why}; and {e}")
-        except OSError as e:
-            eid = new_error_id()
-            log.error("could not store deferred slice %r [error id %s]", sid, eid, exc_info=e)
-            return _Entry(sid, t0, code=grpc.StatusCode.RESOURCE_EXHAUSTED,
-                          message=f"{why}; and the slice could not be stored for later (error id {eid})")
+        """Have the slice stored in the deferred queue (on its writer thread: the reader goes on reading);
+        the answer, ``deferred`` once the entry is durable, is made in :meth:`_resolve`."""
+        assert self.station.deferred is not None
+        fut = self.station.deferred.put_async(req.slice.SerializeToString())
+        return _Entry(req.slice.id, t0, deferred=scorer_pb2.Deferred(reason=why), deferred_write=fut)
+
+    def _resolve_deferred(self, e: _Entry, context: grpc.ServicerContext) -> _Entry | scorer_pb2.ScoreResponse | None:
+        assert e.deferred is not None and e.deferred_write is not None
+        while True:
+            try:
+                e.deferred.queued = e.deferred_write.result(timeout=_POLL_S)
+                break
+            except FutureTimeout:
+                if not context.is_active():
+                    return None  # the write goes on; the slice is drained later like any deferred one
+            except DeferredQueueFull as err:
+                e.code, e.message = grpc.StatusCode.RESOURCE_EXHAUSTED, f"{e.deferred.reason}; and {err}"
+                e.deferred = None
+                return e
+            except OSError as err:
+                eid = new_error_id()
+                log.error("could not store deferred slice %r [error id %s]", e.slice_id, eid, exc_info=err)
+                e.code = grpc.StatusCode.RESOURCE_EXHAUSTED
+                e.message = f"{e.deferred.reason}; and the slice could not be stored for later (error id {eid})"
+                e.deferred = None
+                return e
         self.metrics.deferred.inc()
-        return _Entry(sid, t0, deferred=scorer_pb2.Deferred(reason=why, queued=n))
+        self.metrics.item(e.method, "DEFERRED", time.monotonic() - e.t0)
+        return scorer_pb2.ScoreResponse(slice_id=e.slice_id, deferred=e.deferred)
 
     def _resolve(self, e: _Entry, context: grpc.ServicerContext) -> _Entry | scorer_pb2.ScoreResponse | None:
         """Wait for an entry's record; returns the response, or the entry turned into an error."""
         if e.deferred is not None:
-            self.metrics.item(e.method, "DEFERRED", time.monotonic() - e.t0)
-            return scorer_pb2.ScoreResponse(slice_id=e.slice_id, deferred=e.deferred)
+            return self._resolve_deferred(e, context)
         if e.future is None:
             return e
         while True:

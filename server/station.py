@@ -250,5 +250,8 @@ class Station:
         return SwapResult(new_id, previous, t1 - t0, t2 - t1, dict(info))
 
     def close(self, drain: bool = True, timeout: float | None = None) -> bool:
-        """Stop the batcher (scoring what is queued when ``drain``)."""
-        return self.batcher.close(drain=drain, timeout=timeout)
+        """Stop the batcher (scoring what is queued when ``drain``) and finish deferred-queue writes."""
+        done = self.batcher.close(drain=drain, timeout=timeout)
+        if self.deferred is not None:
+            self.deferred.close()
+        return done
