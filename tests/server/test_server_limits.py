@@ -29,6 +29,17 @@ def _blocking(stop: threading.Event) -> Iterator[Any]:
     yield  # pragma: no cover
 
 
+def _eventually(check: Any, timeout: float = 15.0) -> bool:
+    """Poll ``check()`` until true (bounded): slots are released by grpc's termination callbacks, which may
+    run a moment after the client saw the status."""
+    t0 = time.monotonic()
+    while not check():
+        if time.monotonic() - t0 > timeout:
+            return False
+        time.sleep(0.05)
+    return True
+
+
 def _health(address: str) -> str:
     with grpc.insecure_channel(address) as ch:
         resp = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
@@ -62,7 +73,7 @@ def test_idle_streams_from_one_peer_leave_health_and_scoring_open() -> None:
     channels: list[grpc.Channel] = []
     try:
         channels, calls = _open_idle_streams(srv.address, 40, stop)
-        time.sleep(1.0)  # all 40 reached the server
+        assert _eventually(lambda: srv.limiter.snapshot()["scoring"] == srv.config.max_streams_per_peer)
         assert _health(srv.address) == "SERVING"
         with ScorerClient(srv.address, insecure=True) as c:  # a fresh client, same address
             rec = c.score_one("fresh", np.zeros((SIZE, SIZE), np.uint8), timeout=20)
@@ -75,7 +86,7 @@ def test_idle_streams_from_one_peer_leave_health_and_scoring_open() -> None:
         assert len(refused) == 40 - srv.config.max_streams_per_peer, outcomes
         assert all("max_streams_per_peer" in d for d in refused)
         assert len(idle) == srv.config.max_streams_per_peer and all("idle" in d for d in idle), outcomes
-        assert srv.limiter.snapshot() == {"scoring": 0, "aux_streams": 0, "per_peer": {}}
+        assert _eventually(lambda: srv.limiter.snapshot() == {"scoring": 0, "aux_streams": 0, "per_peer": {}})
         text = srv.metrics.text()
         assert 'gsal_scorer_errors_total{code="DEADLINE_EXCEEDED",method="Score",reason="idle"} 16.0' in text
         assert 'gsal_scorer_refused_total{limit="max_streams_per_peer"} 24.0' in text
@@ -92,8 +103,7 @@ def test_scoring_limit_refuses_at_once_and_health_stays_serving() -> None:
     channels: list[grpc.Channel] = []
     try:
         channels, calls = _open_idle_streams(srv.address, 3, stop)
-        time.sleep(0.5)
-        assert srv.limiter.snapshot()["scoring"] == 3
+        assert _eventually(lambda: srv.limiter.snapshot()["scoring"] == 3)
         with ScorerClient(srv.address, insecure=True) as c:
             t0 = time.monotonic()
             try:
@@ -106,6 +116,7 @@ def test_scoring_limit_refuses_at_once_and_health_stays_serving() -> None:
         assert _health(srv.address) == "SERVING"
         stop.set()  # the clients half-close: their streams end normally and free the slots
         assert all(code == "OK" for code, _ in _outcomes(calls))
+        assert _eventually(lambda: srv.limiter.snapshot()["scoring"] == 0)
         with ScorerClient(srv.address, insecure=True) as c:
             assert c.score_one("after", np.zeros((SIZE, SIZE), np.uint8), timeout=20).image_id == "after"
     finally:
@@ -122,8 +133,7 @@ def test_idle_reflection_streams_are_capped_and_do_not_block_health() -> None:
     try:
         stub = reflection_pb2_grpc.ServerReflectionStub(ch)
         calls = [stub.ServerReflectionInfo(_blocking(stop), timeout=60) for _ in range(6)]
-        time.sleep(0.5)
-        assert srv.limiter.snapshot()["aux_streams"] == 2
+        assert _eventually(lambda: srv.limiter.snapshot()["aux_streams"] == 2)
         assert _health(srv.address) == "SERVING"
         stop.set()
         codes = [code for code, _ in _outcomes(calls)]
