@@ -120,9 +120,12 @@ def decode_pb_slice(msg: common_pb2.Slice, limits: SliceLimits = DEFAULT_LIMITS)
 
     if msg.encoding not in PB_TO_ENCODING:
         name = common_pb2.Encoding.Name(msg.encoding) if msg.encoding in common_pb2.Encoding.values() else msg.encoding
-        raise SliceError("encoding", f"encoding {name} is not one of {sorted(common_pb2.Encoding.keys())[1:]}")
+        valid = [common_pb2.Encoding.Name(v) for v in ENCODING_TO_PB.values()]
+        raise SliceError("encoding", f"encoding {name} is not one of {valid}")
     if msg.dtype not in PB_TO_DTYPE and msg.dtype != common_pb2.DTYPE_UNSPECIFIED:
-        raise SliceError("dtype", f"unknown dtype enum value {msg.dtype}")
+        valid = [common_pb2.DType.Name(v) for v in DTYPE_TO_PB.values()]
+        raise SliceError("dtype", f"unknown dtype enum value {msg.dtype}; expected one of {valid} (or unset for "
+                         "PNG/TIFF)")
     return decode_slice(
         msg.data,
         list(msg.shape) or None,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -24,6 +25,15 @@ class ItemFailed(GSALError, RuntimeError):
     def __init__(self, slice_id: str, code_name: str, field: str, message: str) -> None:
         super().__init__(f"{slice_id}: {code_name} {message}")
         self.slice_id, self.code_name, self.field, self.message = slice_id, code_name, field, message
+
+
+@dataclass(frozen=True)
+class ItemDeferred:
+    """A slice the station stored unscored (``--overflow defer``); it is scored later by a drain."""
+
+    slice_id: str
+    reason: str
+    queued: int
 
 
 class ScorerClient(ChannelClient):
@@ -67,8 +77,9 @@ class ScorerClient(ChannelClient):
         items: Iterable[tuple[str, np.ndarray] | tuple[str, np.ndarray, Mapping[str, str]]],
         encoding: str = "raw",
         timeout: float | None = None,
-    ) -> Iterator[ScoreRecord | ItemFailed]:
-        """Stream ``(id, array[, meta])`` items; yields a record or an :class:`ItemFailed` per item, in order."""
+    ) -> Iterator[ScoreRecord | ItemFailed | ItemDeferred]:
+        """Stream ``(id, array[, meta])`` items; yields a record, an :class:`ItemFailed` or (from a station
+        with ``--overflow defer``) an :class:`ItemDeferred` per item, in order."""
 
         def reqs() -> Iterator[scorer_pb2.ScoreRequest]:
             for it in items:
@@ -105,9 +116,11 @@ class ScorerClient(ChannelClient):
         grpc.channel_ready_future(self.channel).result(timeout=timeout)
 
 
-def to_result(resp: scorer_pb2.ScoreResponse) -> ScoreRecord | ItemFailed:
-    """A ``ScoreResponse`` as a library record, or :class:`ItemFailed`."""
+def to_result(resp: scorer_pb2.ScoreResponse) -> ScoreRecord | ItemFailed | ItemDeferred:
+    """A ``ScoreResponse`` as a library record, :class:`ItemFailed` or :class:`ItemDeferred`."""
     if resp.HasField("error"):
         e = resp.error
         return ItemFailed(resp.slice_id, e.code_name, e.field, e.message)
+    if resp.HasField("deferred"):
+        return ItemDeferred(resp.slice_id, resp.deferred.reason, int(resp.deferred.queued))
     return record_from_pb(resp.record)

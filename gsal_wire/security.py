@@ -1,6 +1,12 @@
 """TLS / mutual TLS credentials and bearer-token authorisation (station and trainer servers, their clients).
 
 Tokens travel as ``authorization: Bearer <token>`` metadata and are compared in constant time.
+Parsing (RFC 6750 section 2.1 / RFC 9110 section 11.1): the scheme ``Bearer`` is matched case-insensitively
+(``bearer`` and ``BEARER`` are the same scheme), followed by exactly one space; the token is everything after
+that space, taken as is: nothing is stripped, so ``Bearer tok `` (trailing space) or ``Bearer  tok`` (two
+spaces) carry a different token and are refused. A call with more than one ``authorization`` entry is refused.
+Both sides are hashed with SHA-256 before ``hmac.compare_digest``, so the time taken depends neither on
+the token's content nor on its length.
 ``LoadBundle`` needs the admin token (and is refused outright when none is configured); the scoring
 RPCs need the scoring token when one is configured (the admin token is accepted there too).
 Health checking and reflection stay open so stock probes work.
@@ -8,6 +14,7 @@ Health checking and reflection stay open so stock probes work.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import logging
 from collections.abc import Callable, Iterable
@@ -96,17 +103,28 @@ def bearer(token: str) -> tuple[tuple[str, str]]:
     return ((AUTH_HEADER, f"Bearer {token}"),)
 
 
-def _token_of(metadata: Iterable[tuple[str, str | bytes]] | None) -> str | None:
-    for k, v in metadata or ():
-        if k.lower() == AUTH_HEADER:
-            v = v.decode() if isinstance(v, bytes) else v
-            scheme, _, tok = v.partition(" ")
-            return tok.strip() if scheme.lower() == "bearer" else None
-    return None
+def token_of(metadata: Iterable[tuple[str, str | bytes]] | None) -> str | None:
+    """The bearer token of a call's metadata (see the module docstring for the exact rules), or None."""
+    values = [v for k, v in metadata or () if k.lower() == AUTH_HEADER]
+    if len(values) != 1:
+        return None
+    v = values[0]
+    if isinstance(v, bytes):
+        try:
+            v = v.decode("ascii")
+        except UnicodeDecodeError:
+            return None
+    scheme, sep, tok = v.partition(" ")
+    return tok if sep and tok and scheme.lower() == "bearer" else None
 
 
-def _matches(given: str | None, expected: str | None) -> bool:
-    return given is not None and expected is not None and hmac.compare_digest(given.encode(), expected.encode())
+def token_matches(given: str | None, expected: str | None) -> bool:
+    """Constant-time comparison (SHA-256 of both sides, then ``hmac.compare_digest``); False when either is None."""
+    if given is None or expected is None:
+        return False
+    a = hashlib.sha256(given.encode("utf-8", "surrogateescape")).digest()
+    b = hashlib.sha256(expected.encode("utf-8", "surrogateescape")).digest()
+    return hmac.compare_digest(a, b)
 
 
 def _denying_handler(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, msg: str) -> grpc.RpcMethodHandler:
@@ -144,13 +162,13 @@ class AuthInterceptor(grpc.ServerInterceptor):
         if method in self.admin_methods:
             if self.admin_token is None:
                 return grpc.StatusCode.PERMISSION_DENIED, f"{method} is disabled: the server has no admin token"
-            if not _matches(token, self.admin_token):
+            if not token_matches(token, self.admin_token):
                 return grpc.StatusCode.UNAUTHENTICATED, f"{method} needs the admin bearer token (authorization)"
             return None
         if (
             self.score_token is not None
             and method.startswith(self.scoring_prefixes)
-            and not (_matches(token, self.score_token) or _matches(token, self.admin_token))
+            and not (token_matches(token, self.score_token) or token_matches(token, self.admin_token))
         ):
             return grpc.StatusCode.UNAUTHENTICATED, f"{method} needs the scoring bearer token (authorization)"
         return None
@@ -163,7 +181,7 @@ class AuthInterceptor(grpc.ServerInterceptor):
         if handler is None:
             return None
         method = handler_call_details.method
-        denied = self._check(method, _token_of(handler_call_details.invocation_metadata))
+        denied = self._check(method, token_of(handler_call_details.invocation_metadata))
         if denied is None:
             return handler
         code, msg = denied

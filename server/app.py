@@ -15,6 +15,8 @@ from gsal_wire.pb import SCORER_SERVICE, scorer_pb2_grpc
 from gsal_wire.security import AuthInterceptor, server_credentials
 from server.config import ServerConfig
 from server.forwarder import RecordForwarder, dialable_address
+from server.internal_errors import InternalErrorInterceptor
+from server.limits import CallLimiter, CallLimits
 from server.metrics import ServerMetrics
 from server.servicer import ScorerServicer
 from server.station import ScorerFactory, Station, SwapResult
@@ -50,18 +52,25 @@ class StationServer:
             scoring_prefixes=(f"/{SCORER_SERVICE}/",),
             admin_token=config.admin_token,
             score_token=config.score_token,
-            on_deny=lambda method, code: self.metrics.rpc_error(method.rsplit("/", 1)[-1], code.name),
+            on_deny=lambda method, code: self.metrics.rpc_error(method.rsplit("/", 1)[-1], code.name, "auth"),
+        )
+        self.limiter = CallLimiter(
+            CallLimits(config.max_scoring_rpcs, config.max_aux_streams, config.max_streams_per_peer),
+            scoring_methods={f"/{SCORER_SERVICE}/Score", f"/{SCORER_SERVICE}/ScoreOne"},
+            on_refuse=self._on_refuse,
         )
         options: list[tuple[str, Any]] = [
             ("grpc.max_receive_message_length", config.max_message_bytes),
             ("grpc.max_send_message_length", config.max_message_bytes),
             ("grpc.so_reuseport", 0),  # a port in use must fail, not be shared silently
         ]
+        # auth first (an unauthenticated call never takes a slot), then the limits, then the catch-all
+        threads = config.handler_threads
         self._server = grpc.server(
-            ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix="gsal-grpc"),
-            interceptors=[auth],
+            ThreadPoolExecutor(max_workers=threads, thread_name_prefix="gsal-grpc"),
+            interceptors=[auth, self.limiter, InternalErrorInterceptor()],
             options=options,
-            maximum_concurrent_rpcs=config.max_concurrent_rpcs or config.max_workers,
+            maximum_concurrent_rpcs=config.max_concurrent_rpcs or 4 * threads,
         )
         scorer_pb2_grpc.add_ScorerServicer_to_server(ScorerServicer(self.station), self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
@@ -69,6 +78,10 @@ class StationServer:
         self.port: int | None = None
         self.metrics_port: int | None = None
         self._stopped = False
+
+    def _on_refuse(self, method: str, limit: str) -> None:
+        self.metrics.refused.labels(limit=limit).inc()
+        self.metrics.rpc_error(method.rsplit("/", 1)[-1], "RESOURCE_EXHAUSTED", "limit")
 
     def _set_serving(self, serving: bool) -> None:
         st = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING

@@ -15,6 +15,7 @@ calls ``score``, which is what ``GSALScorer`` requires (not thread-safe).
 from __future__ import annotations
 
 import logging
+import secrets
 import threading
 import time
 from collections import deque
@@ -75,9 +76,21 @@ class BatcherClosedError(BatcherError):
 
 
 class ScoringFailedError(BatcherError):
-    """The scorer raised for this item (the message says why)."""
+    """The scorer raised for this item. The message is generic plus an error id; the engine's own text
+    and the traceback are logged on the station under that id, never sent to the client."""
 
     code = "INTERNAL"
+
+
+def new_error_id() -> str:
+    """A short random id that ties a generic client-facing error to its logged traceback."""
+    return secrets.token_hex(6)
+
+
+def _scoring_failed(image_ids: Sequence[str], e: BaseException) -> ScoringFailedError:
+    eid = new_error_id()
+    log.error("scoring failed [error id %s] for %s", eid, ", ".join(map(repr, image_ids)), exc_info=e)
+    return ScoringFailedError(f"scoring failed (error id {eid}; the station log has the details)")
 
 
 class ScorerSlot(Generic[S]):
@@ -227,11 +240,11 @@ class DynamicBatcher:
                 return
             try:
                 self._execute(batch)
-            except Exception:  # never let the worker die; _execute resolves futures itself
-                log.exception("batcher: unexpected error")
+            except Exception as e:  # noqa: BLE001 - never let the worker die; _execute resolves futures itself
+                err = _scoring_failed([it.image_id for it in batch], e)
                 for it in batch:
                     if not it.future.done():
-                        it.future.set_exception(ScoringFailedError("internal batcher error"))
+                        it.future.set_exception(err)
             finally:
                 with self._cv:
                     self._busy = 0
@@ -257,15 +270,14 @@ class DynamicBatcher:
         except Exception as e:  # noqa: BLE001 - any scorer failure becomes a per-item error
             failed = True
             if len(live) == 1:
-                log.warning("scoring %r failed: %s", live[0].image_id, e)
-                live[0].future.set_exception(ScoringFailedError(f"scoring failed: {type(e).__name__}: {e}"))
+                live[0].future.set_exception(_scoring_failed([live[0].image_id], e))
             else:  # isolate the culprit: score one by one so good items still succeed
-                log.warning("batch of %d failed (%s); retrying items one by one", len(live), e)
+                log.warning("batch of %d failed (%s); retrying items one by one", len(live), type(e).__name__)
                 for it in live:
                     try:
                         it.future.set_result(self._score(scorer, [it])[0])
                     except Exception as e1:  # noqa: BLE001 - per-item error, others go on
-                        it.future.set_exception(ScoringFailedError(f"scoring failed: {type(e1).__name__}: {e1}"))
+                        it.future.set_exception(_scoring_failed([it.image_id], e1))
         else:
             for it, rec in zip(live, records):
                 it.future.set_result(rec)

@@ -59,7 +59,27 @@ def serve(
     queue_size: int = typer.Option(256, "--queue-size", help="queued slices before RESOURCE_EXHAUSTED"),
     max_message_mb: int = typer.Option(65, "--max-message-mb", help="gRPC max message size (MiB)"),
     max_slice_mb: int = typer.Option(64, "--max-slice-mb", help="largest accepted slice payload (MiB)"),
-    workers: int = typer.Option(32, "--workers", help="gRPC handler threads (one per open stream)"),
+    workers: int = typer.Option(32, "--workers", min=1, help="most scoring calls in flight (Score streams + "
+                                "ScoreOne), all clients; beyond: RESOURCE_EXHAUSTED at once"),
+    max_streams_per_peer: int = typer.Option(16, "--max-streams-per-peer", min=1, help="streams one client "
+                                             "address may hold open (Score, reflection, health Watch)"),
+    max_aux_streams: int = typer.Option(8, "--max-aux-streams", min=1, help="open non-scoring streams "
+                                        "(reflection, health Watch), all clients"),
+    stream_idle_timeout_s: float = typer.Option(30.0, "--stream-idle-timeout-s", min=0.01, help="end a Score "
+                                                "stream (DEADLINE_EXCEEDED) that sent nothing and has nothing "
+                                                "outstanding for this long"),
+    min_side: int = typer.Option(8, "--min-side", min=1, help="shortest accepted slice side (pixels)"),
+    max_aspect: float = typer.Option(64.0, "--max-aspect", min=1.0, help="largest accepted long side / short "
+                                     "side of a slice (the detector's resize needs it bounded)"),
+    overflow: str = typer.Option("reject", "--overflow", help="when the scoring queue is full: reject "
+                                 "(RESOURCE_EXHAUSTED) or defer (store the slice in --data-dir, answer 'deferred', "
+                                 "score it later with `station drain-deferred`)"),
+    data_dir: Path | None = typer.Option(None, "--data-dir", help="the station's data folder (the deferred "
+                                         "queue lives in DATA_DIR/deferred); needed by --overflow defer"),
+    deferred_max_items: int = typer.Option(100_000, "--deferred-max-items", min=1, help="deferred slices kept "
+                                           "on disk; beyond: RESOURCE_EXHAUSTED"),
+    deferred_max_gb: float = typer.Option(8.0, "--deferred-max-gb", min=0.001, help="deferred bytes kept on disk "
+                                          "(GiB); beyond: RESOURCE_EXHAUSTED"),
     grace_s: float = typer.Option(10.0, "--grace-s", help="shutdown: seconds for in-flight work to drain"),
     metrics_port: int | None = typer.Option(None, "--metrics-port", help="Prometheus endpoint on 127.0.0.1"),
     threads: int | None = typer.Option(None, "--threads", help="intra-op threads for the engines (torch and ORT)"),
@@ -113,12 +133,18 @@ def serve(
         cfg = ServerConfig(
             host=host, port=port, station_id=station_id, max_batch_size=max_batch, max_queue_delay_ms=max_delay_ms,
             queue_size=queue_size, max_message_bytes=max_message_mb * MiB, max_slice_bytes=max_slice_mb * MiB,
-            max_workers=workers, grace_s=grace_s, tls=tls, insecure=insecure, metrics_port=metrics_port,
+            max_scoring_rpcs=workers, max_streams_per_peer=max_streams_per_peer, max_aux_streams=max_aux_streams,
+            stream_idle_timeout_s=stream_idle_timeout_s, min_side=min_side, max_aspect=max_aspect,
+            overflow=overflow, data_dir=data_dir, deferred_max_items=deferred_max_items,
+            deferred_max_bytes=max(MiB, int(deferred_max_gb * 1024 * MiB)),
+            grace_s=grace_s, tls=tls, insecure=insecure, metrics_port=metrics_port,
             admin_token=read_secret_file(admin_token_file, "--admin-token-file") if admin_token_file else None,
             score_token=read_secret_file(score_token_file, "--score-token-file") if score_token_file else None,
             trainer=link,
         )
-    except (ValidationError, GSALError) as e:
+    except ValidationError as e:
+        raise _fail(_validation_text(e)) from None
+    except GSALError as e:
         raise _fail(str(e)) from None
     if threads:
         import torch
@@ -173,6 +199,18 @@ def serve(
     if watcher is not None:
         watcher.stop()
     srv.stop()
+
+
+def _validation_text(e: Exception) -> str:
+    """A pydantic error as ``field: message`` lines, never with the input (it holds the tokens)."""
+    errors = getattr(e, "errors", None)
+    if not callable(errors):
+        return str(e)
+    lines = []
+    for err in errors(include_input=False, include_url=False):
+        loc = ".".join(str(x) for x in err.get("loc", ())) or "config"
+        lines.append(f"{loc}: {err.get('msg', '')}")
+    return "; ".join(lines)
 
 
 def _client(server: str, ca: Path | None, client_cert: Path | None, client_key: Path | None,
@@ -274,7 +312,7 @@ def _score_station(server: str, images: Path, files: list[Path], out: Path | Non
     from gsal_edge.errors import GSALError
     from gsal_wire.convert import make_pb_slice
     from gsal_wire.pb import scorer_pb2
-    from gsal_wire.scorer_client import ItemFailed, to_result
+    from gsal_wire.scorer_client import ItemDeferred, ItemFailed, to_result
 
     client = _client(server, ca, client_cert, client_key, token_file, None, insecure, server_name)
 
@@ -291,7 +329,7 @@ def _score_station(server: str, images: Path, files: list[Path], out: Path | Non
             )
 
     fh = sys.stdout if out is None else out.with_suffix(out.suffix + ".tmp").open("w", encoding="utf-8")
-    n_ok = n_err = 0
+    n_ok = n_err = n_deferred = 0
     t0 = time.perf_counter()
     try:
         with Progress(TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
@@ -302,11 +340,14 @@ def _score_station(server: str, images: Path, files: list[Path], out: Path | Non
                 if isinstance(res, ItemFailed):
                     n_err += 1
                     prog.console.print(f"[red]{res.slice_id}: {res.code_name} ({res.field or '-'}) {res.message}")
+                elif isinstance(res, ItemDeferred):
+                    n_deferred += 1
+                    prog.console.print(f"[yellow]{res.slice_id}: deferred ({res.reason})")
                 else:
                     assert isinstance(res, ScoreRecord)
                     fh.write(res.to_json() + "\n")
                     n_ok += 1
-                done = n_ok + n_err
+                done = n_ok + n_err + n_deferred
                 prog.update(task, advance=1, rate=f"{done / max(time.perf_counter() - t0, 1e-9):.1f} slices/s")
     except grpc.RpcError as e:
         raise _fail(f"{server}: {e.code().name}: {e.details()}", 1) from None
@@ -316,6 +357,9 @@ def _score_station(server: str, images: Path, files: list[Path], out: Path | Non
             fh.close()
     if out is not None:
         out.with_suffix(out.suffix + ".tmp").replace(out)
+    if n_deferred:
+        typer.echo(f"{n_deferred} slices deferred by the station (scored later by `station drain-deferred`)",
+                   err=True)
     _summary(n_ok, n_err, len(files), time.perf_counter() - t0, out)
 
 
@@ -436,6 +480,50 @@ def load_bundle(
         raise _fail(f"{server}: {e.code().name}: {e.details()}", 1) from None
     finally:
         c.close()
+
+
+@app.command("drain-deferred")
+def drain_deferred_cmd(
+    data_dir: Path = typer.Option(..., "--data-dir", help="the station's --data-dir (its deferred slices are in "
+                                  "DATA_DIR/deferred)"),
+    server: str = _server_opt, ca: Path | None = _station.ca, client_cert: Path | None = _station.client_cert,
+    client_key: Path | None = _station.client_key,
+    token_file: Path | None = typer.Option(None, "--token-file", help="scoring bearer token"),
+    insecure: bool = _station.insecure, server_name: str | None = _station.server_name,
+    out: Path | None = typer.Option(None, "--out", help="append the records of the drained slices here (JSONL)"),
+    window: int = typer.Option(8, "--window", min=1, help="deferred slices in flight at once"),
+    max_seconds: float | None = typer.Option(None, "--max-seconds", min=0.0, help="stop after this long even if "
+                                             "slices are left (run again later); default: until empty"),
+    backoff_s: float = typer.Option(0.5, "--backoff-s", min=0.0, help="wait between passes while the station "
+                                    "is busy"),
+) -> None:
+    """Score the slices a station deferred (--overflow defer): stream them, oldest first, to the running
+    station (which forwards the records to its trainer as usual); each is deleted once its record came back.
+    Exit code 1 when slices were rejected or are left."""
+    from tqdm import tqdm
+
+    from server.deferred import DeferredQueue
+    from server.drain import drain_deferred
+
+    if not (data_dir / "deferred").is_dir():
+        raise _fail(f"--data-dir: {data_dir} has no deferred/ folder (was the station run with --overflow defer?)")
+    queue = DeferredQueue(data_dir)
+    c = _client(server, ca, client_cert, client_key, token_file, None, insecure, server_name)
+    fh = None if out is None else out.open("a", encoding="utf-8")
+    bar = tqdm(total=len(queue), desc="drain-deferred", unit="slice", file=sys.stderr, dynamic_ncols=True)
+    try:
+        rep = drain_deferred(queue, c, fh, window=window, max_seconds=max_seconds, backoff_s=backoff_s,
+                             on_item=lambda _sid, outcome: bar.update(1) if outcome in ("scored", "rejected")
+                             else None)
+    finally:
+        bar.close()
+        c.close()
+        if fh is not None:
+            fh.close()
+    typer.echo(json.dumps({"scored": rep.scored, "rejected": rep.rejected, "failed": rep.failed,
+                           "left": rep.left, "seconds": round(rep.seconds, 2)}))
+    if rep.rejected or rep.left:
+        raise typer.Exit(1)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from gsal_edge.config_files import FrozenModel
 from gsal_edge.data.slices import SliceLimits
@@ -12,7 +13,6 @@ from gsal_wire import STATION_ID_RE, MiB
 from gsal_wire.security import TLSConfig
 
 __all__ = ["MiB", "ServerConfig", "TLSConfig", "TrainerLink"]
-
 
 
 class TrainerLink(FrozenModel):
@@ -51,7 +51,12 @@ class TrainerLink(FrozenModel):
 
 
 class ServerConfig(FrozenModel):
-    """Station scorer configuration. Defaults suit one CPU station; see ``docs`` in each field."""
+    """Station scorer configuration. Defaults suit one CPU station; see ``docs`` in each field.
+
+    Validation errors never echo the input (``hide_input_in_errors``): the input holds the tokens.
+    """
+
+    model_config = ConfigDict(hide_input_in_errors=True)
 
     host: str = Field("127.0.0.1", description="address to bind; 127.0.0.1 unless you mean to expose it")
     port: int = Field(0, ge=0, le=65535, description="0 picks a free port")
@@ -69,16 +74,44 @@ class ServerConfig(FrozenModel):
         None, gt=0, description="per-item budget when neither the call nor the item sets one"
     )
 
-    # transport
+    # overflow: what a slice gets when the scoring queue is full
+    overflow: Literal["reject", "defer"] = Field(
+        "reject", description="reject: RESOURCE_EXHAUSTED; defer: store the slice in data_dir/deferred, answer "
+        "`deferred`, score it later (gsal-edge station drain-deferred)"
+    )
+    data_dir: Path | None = Field(None, description="the station's data folder (deferred queue); needed for defer")
+    deferred_max_items: int = Field(100_000, ge=1, description="deferred slices kept on disk; beyond: refused")
+    deferred_max_bytes: int = Field(8 * 1024 * MiB, ge=MiB, description="deferred bytes on disk; beyond: refused")
+
+    # transport and connection limits (see server/limits.py)
     max_message_bytes: int = Field(65 * MiB, ge=1024, description="gRPC max receive/send message size")
-    max_workers: int = Field(32, ge=2, description="gRPC handler threads (each open stream holds one)")
-    max_concurrent_rpcs: int | None = Field(None, ge=1, description="beyond: RESOURCE_EXHAUSTED (default max_workers)")
+    max_scoring_rpcs: int = Field(
+        32, ge=1, description="Score streams + ScoreOne calls in flight, all peers; beyond: RESOURCE_EXHAUSTED"
+    )
+    max_streams_per_peer: int = Field(
+        16, ge=1, description="streams (Score, reflection, health Watch) one client address may hold open"
+    )
+    max_aux_streams: int = Field(8, ge=1, description="open non-scoring streams (reflection, health Watch), all peers")
+    reserved_workers: int = Field(
+        4, ge=1, description="handler threads kept free of streams for health checks, GetModelInfo, LoadBundle"
+    )
+    stream_idle_timeout_s: float = Field(
+        30.0, gt=0, description="a Score stream with nothing sent and nothing outstanding for this long is ended"
+    )
+    max_workers: int | None = Field(
+        None, ge=2, description="gRPC handler threads (default max_scoring_rpcs + max_aux_streams + reserved_workers)"
+    )
+    max_concurrent_rpcs: int | None = Field(
+        None, ge=1, description="grpc's own cap on RPCs in flight, a safety net (default 4 x handler threads)"
+    )
     grace_s: float = Field(10.0, ge=0, description="graceful shutdown: time for in-flight work to drain")
 
     # slice validation
     max_side: int = Field(8192, ge=1)
     max_pixels: int = Field(4096 * 4096, ge=1)
     max_slice_bytes: int = Field(64 * MiB, ge=1)
+    min_side: int = Field(8, ge=1, description="shortest accepted side (pixels)")
+    max_aspect: float = Field(64.0, ge=1, description="longest accepted side / shortest side")
 
     # security
     tls: TLSConfig | None = None
@@ -106,8 +139,15 @@ class ServerConfig(FrozenModel):
             )
         for name in ("admin_token", "score_token"):
             tok = getattr(self, name)
-            if tok is not None and (len(tok) < 16 or tok.strip() != tok):
-                raise ValueError(f"{name} must be at least 16 characters without surrounding whitespace")
+            if tok is not None and not (len(tok) >= 16 and tok.isascii() and tok.isprintable() and " " not in tok):
+                raise ValueError(f"{name} must be at least 16 printable ASCII characters without spaces")
+        if self.max_workers is not None and self.max_workers < self.handler_threads_needed:
+            raise ValueError(
+                f"max_workers ({self.max_workers}) must be at least max_scoring_rpcs + max_aux_streams + "
+                f"reserved_workers ({self.handler_threads_needed}), or health checks can starve"
+            )
+        if self.overflow == "defer" and self.data_dir is None:
+            raise ValueError("overflow='defer' needs data_dir (the deferred slices are kept there on disk)")
         if self.trainer is not None and self.station_id != self.trainer.station_id:
             raise ValueError(
                 f"trainer.station_id {self.trainer.station_id!r} must equal station_id {self.station_id!r}"
@@ -116,6 +156,17 @@ class ServerConfig(FrozenModel):
         return self
 
     @property
+    def handler_threads_needed(self) -> int:
+        """Threads that keep a free one for health checks however many streams are open."""
+        return self.max_scoring_rpcs + self.max_aux_streams + self.reserved_workers
+
+    @property
+    def handler_threads(self) -> int:
+        """gRPC handler threads of the server."""
+        return self.max_workers or self.handler_threads_needed
+
+    @property
     def slice_limits(self) -> SliceLimits:
         """The slice validation limits as the library type."""
-        return SliceLimits(max_side=self.max_side, max_pixels=self.max_pixels, max_bytes=self.max_slice_bytes)
+        return SliceLimits(max_side=self.max_side, max_pixels=self.max_pixels, max_bytes=self.max_slice_bytes,
+                           min_side=self.min_side, max_aspect=self.max_aspect)

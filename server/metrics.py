@@ -31,8 +31,13 @@ class ServerMetrics:
         r, ns = self.registry, namespace
         self.requests = Counter(f"{ns}_requests", "RPCs started", ["method"], registry=r)
         self.items = Counter(f"{ns}_items", "slices answered, by outcome code", ["method", "code"], registry=r)
-        self.errors = Counter(f"{ns}_errors", "failed slices and failed RPCs, by gRPC code", ["method", "code"],
-                              registry=r)
+        self.errors = Counter(f"{ns}_errors", "failed slices and failed RPCs, by gRPC code and reason "
+                              "(answered: an item answered with an error; stream_deadline / client_cancelled: "
+                              "admitted items dropped when their stream ended; auth, limit, idle, rpc: whole RPCs)",
+                              ["method", "code", "reason"], registry=r)
+        self.deferred = Counter(f"{ns}_deferred", "slices acknowledged as deferred (stored unscored)", registry=r)
+        self.deferred_depth = Gauge(f"{ns}_deferred_depth", "deferred slices waiting on disk", registry=r)
+        self.refused = Counter(f"{ns}_refused", "RPCs refused by a connection limit", ["limit"], registry=r)
         self.latency = Histogram(f"{ns}_latency_seconds", "per-slice latency, receipt to answer", ["method"],
                                  buckets=LATENCY_BUCKETS, registry=r)
         self.batch_size = Histogram(f"{ns}_batch_size", "slices per scorer call", buckets=BATCH_BUCKETS, registry=r)
@@ -49,6 +54,10 @@ class ServerMetrics:
         """Read the queue depth from ``fn`` at scrape time."""
         self.queue_depth.set_function(fn)
 
+    def bind_deferred_depth(self, fn: Callable[[], float]) -> None:
+        """Read the number of deferred slices on disk from ``fn`` at scrape time."""
+        self.deferred_depth.set_function(fn)
+
     def on_batch(self, st: BatchStats) -> None:
         self.batch_size.observe(st.size)
         self.batch_seconds.observe(st.seconds)
@@ -56,17 +65,17 @@ class ServerMetrics:
     def on_drop(self, reason: str) -> None:
         self.dropped.labels(reason=reason).inc()
 
-    def item(self, method: str, code: str, seconds: float | None) -> None:
-        """One slice answered with status ``code`` (``OK`` or a gRPC code name)."""
+    def item(self, method: str, code: str, seconds: float | None, reason: str = "answered") -> None:
+        """One slice answered (or dropped, see ``reason``) with status ``code`` (``OK`` or a gRPC code name)."""
         self.items.labels(method=method, code=code).inc()
-        if code != "OK":
-            self.errors.labels(method=method, code=code).inc()
+        if code not in ("OK", "DEFERRED"):
+            self.errors.labels(method=method, code=code, reason=reason).inc()
         if seconds is not None:
             self.latency.labels(method=method).observe(seconds)
 
-    def rpc_error(self, method: str, code: str) -> None:
-        """A whole RPC failed with ``code`` (e.g. an auth refusal)."""
-        self.errors.labels(method=method, code=code).inc()
+    def rpc_error(self, method: str, code: str, reason: str = "rpc") -> None:
+        """A whole RPC failed with ``code`` (e.g. an auth refusal: ``reason="auth"``)."""
+        self.errors.labels(method=method, code=code, reason=reason).inc()
 
     def set_bundle(self, bundle_id: str) -> None:
         self.bundle.info({"bundle_id": bundle_id})

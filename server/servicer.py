@@ -24,7 +24,8 @@ import grpc
 from gsal_edge.data.slices import SliceError, check_slice_id
 from gsal_wire.convert import decode_pb_slice, item_error, record_to_pb, slice_meta
 from gsal_wire.pb import scorer_pb2, scorer_pb2_grpc
-from server.batcher import BatcherError
+from server.batcher import BatcherError, QueueFullError, new_error_id
+from server.deferred import DeferredQueueFull
 from server.forwarder import ReceivedSlice
 from server.station import Station, SwapError
 
@@ -44,6 +45,9 @@ class _Entry:
     code: grpc.StatusCode = grpc.StatusCode.OK
     field: str = ""
     message: str = ""
+    deferred: scorer_pb2.Deferred | None = None  # stored unscored (overflow="defer")
+    method: str = "Score"
+    deferred_write: Future | None = None  # the deferred queue's write of this slice
 
 
 _END = object()
@@ -73,9 +77,11 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServicer):
         return min(cands) if cands else None
 
     def _admit(
-        self, req: scorer_pb2.ScoreRequest, seen: OrderedDict[str, None] | None, call_deadline: float | None
+        self, req: scorer_pb2.ScoreRequest, seen: OrderedDict[str, None] | None, call_deadline: float | None,
+        stream_full: int = 0,
     ) -> _Entry:
-        """Validate, decode and queue one request; never raises."""
+        """Validate, decode and queue one request (or defer it: ``overflow="defer"`` and the scoring queue
+        full, or ``stream_full`` items already outstanding on this stream); never raises."""
         t0 = time.monotonic()
         sid = req.slice.id
         try:
@@ -92,14 +98,51 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServicer):
         except SliceError as e:
             return _Entry(sid, t0, code=grpc.StatusCode.INVALID_ARGUMENT, field=e.field, message=str(e))
         try:
+            if stream_full:
+                raise QueueFullError(f"{stream_full} slices outstanding on this stream (4 x max_inflight_per_stream)")
             received = ReceivedSlice.from_pb(req.slice) if self.station.forwarding else None
             fut = self.station.submit(arr, sid, slice_meta(req.slice), self._deadline(call_deadline, req, t0), received)
         except BatcherError as e:
+            if isinstance(e, QueueFullError) and self.station.deferred is not None and not req.no_defer:
+                return self._defer(req, t0, str(e))
             return _Entry(sid, t0, code=_code(e.code), message=str(e))
         return _Entry(sid, t0, future=fut)
 
+    def _defer(self, req: scorer_pb2.ScoreRequest, t0: float, why: str) -> _Entry:
+        """Have the slice stored in the deferred queue (on its writer thread: the reader goes on reading);
+        the answer, ``deferred`` once the entry is durable, is made in :meth:`_resolve`."""
+        assert self.station.deferred is not None
+        fut = self.station.deferred.put_async(req.slice.SerializeToString())
+        return _Entry(req.slice.id, t0, deferred=scorer_pb2.Deferred(reason=why), deferred_write=fut)
+
+    def _resolve_deferred(self, e: _Entry, context: grpc.ServicerContext) -> _Entry | scorer_pb2.ScoreResponse | None:
+        assert e.deferred is not None and e.deferred_write is not None
+        while True:
+            try:
+                e.deferred.queued = e.deferred_write.result(timeout=_POLL_S)
+                break
+            except FutureTimeout:
+                if not context.is_active():
+                    return None  # the write goes on; the slice is drained later like any deferred one
+            except DeferredQueueFull as err:
+                e.code, e.message = grpc.StatusCode.RESOURCE_EXHAUSTED, f"{e.deferred.reason}; and {err}"
+                e.deferred = None
+                return e
+            except OSError as err:
+                eid = new_error_id()
+                log.error("could not store deferred slice %r [error id %s]", e.slice_id, eid, exc_info=err)
+                e.code = grpc.StatusCode.RESOURCE_EXHAUSTED
+                e.message = f"{e.deferred.reason}; and the slice could not be stored for later (error id {eid})"
+                e.deferred = None
+                return e
+        self.metrics.deferred.inc()
+        self.metrics.item(e.method, "DEFERRED", time.monotonic() - e.t0)
+        return scorer_pb2.ScoreResponse(slice_id=e.slice_id, deferred=e.deferred)
+
     def _resolve(self, e: _Entry, context: grpc.ServicerContext) -> _Entry | scorer_pb2.ScoreResponse | None:
         """Wait for an entry's record; returns the response, or the entry turned into an error."""
+        if e.deferred is not None:
+            return self._resolve_deferred(e, context)
         if e.future is None:
             return e
         while True:
@@ -113,9 +156,23 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServicer):
             except BatcherError as err:
                 e.code, e.message = _code(err.code), str(err)
                 return e
-            except Exception as err:  # noqa: BLE001  # pragma: no cover - the batcher wraps scorer errors already
-                e.code, e.message = grpc.StatusCode.INTERNAL, f"{type(err).__name__}: {err}"
+            except Exception as err:  # pragma: no cover - the batcher wraps scorer errors already
+                eid = new_error_id()
+                log.error("internal error [error id %s] answering %r", eid, e.slice_id, exc_info=err)
+                e.code, e.message = grpc.StatusCode.INTERNAL, f"internal error (error id {eid}; see the station log)"
                 return e
+
+    def _dropped(self, e: _Entry, context: grpc.ServicerContext) -> None:
+        """An admitted item whose stream ended before its answer was sent: cancel it and count it
+        (``DEADLINE_EXCEEDED``/``stream_deadline`` when the call's deadline passed, else
+        ``CANCELLED``/``client_cancelled``)."""
+        if e.future is not None:
+            e.future.cancel()
+        left = context.time_remaining()
+        if left is not None and left <= 0:
+            self.metrics.item("Score", "DEADLINE_EXCEEDED", None, reason="stream_deadline")
+        else:
+            self.metrics.item("Score", "CANCELLED", None, reason="client_cancelled")
 
     @staticmethod
     def _call_deadline(context: grpc.ServicerContext) -> float | None:
@@ -127,9 +184,18 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServicer):
         self, request_iterator: Iterator[scorer_pb2.ScoreRequest], context: grpc.ServicerContext
     ) -> Iterator[scorer_pb2.ScoreResponse]:
         self.metrics.requests.labels(method="Score").inc()
-        pending: queue.Queue[object] = queue.Queue(maxsize=self.cfg.max_inflight_per_stream)
+        # overflow="defer": the reader must keep reading the line's stream, so answers may queue further ahead
+        # (8 x max_inflight_per_stream); a stream with 4 x max_inflight_per_stream slices outstanding has its
+        # next ones deferred; below that the scoring queue's own limit decides (as in reject mode)
+        defer_mode = self.station.deferred is not None
+        max_inflight = self.cfg.max_inflight_per_stream * (4 if defer_mode else 1)
+        pending: queue.Queue[object] = queue.Queue(maxsize=max_inflight * (2 if defer_mode else 1))
+        outstanding = [0]  # entries of this stream with a future not yet answered (defer mode)
+        count_lock = threading.Lock()
         stop = threading.Event()
         call_deadline = self._call_deadline(context)
+        idle_s = self.cfg.stream_idle_timeout_s
+        last_rx = [time.monotonic()]  # when the last request arrived (the reader updates it)
 
         def put(x: object) -> bool:
             while not stop.is_set():
@@ -144,10 +210,14 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServicer):
             seen: OrderedDict[str, None] = OrderedDict()
             try:
                 for req in request_iterator:
-                    entry = self._admit(req, seen, call_deadline)
+                    last_rx[0] = time.monotonic()
+                    full = outstanding[0] if defer_mode and outstanding[0] >= max_inflight else 0
+                    entry = self._admit(req, seen, call_deadline, stream_full=full)
+                    if entry.future is not None:
+                        with count_lock:
+                            outstanding[0] += 1
                     if not put(entry):
-                        if entry.future is not None:
-                            entry.future.cancel()
+                        self._dropped(entry, context)
                         return
             except Exception as e:  # noqa: BLE001 - the client went away mid-stream
                 log.debug("Score stream reader ended: %s", e)
@@ -162,12 +232,23 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServicer):
                 except queue.Empty:
                     if not context.is_active():
                         return
+                    if time.monotonic() - last_rx[0] > idle_s:  # nothing sent, nothing outstanding
+                        self.metrics.rpc_error("Score", "DEADLINE_EXCEEDED", "idle")
+                        context.abort(
+                            grpc.StatusCode.DEADLINE_EXCEEDED,
+                            f"stream idle: no request for {idle_s:g} s and nothing outstanding "
+                            "(stream_idle_timeout_s); open a new stream when there is work",
+                        )
                     continue
                 if x is _END:
                     return
                 assert isinstance(x, _Entry)
                 out = self._resolve(x, context)
+                if x.future is not None:
+                    with count_lock:
+                        outstanding[0] -= 1
                 if out is None:
+                    self._dropped(x, context)
                     return
                 if isinstance(out, _Entry):
                     self.metrics.item("Score", out.code.name, time.monotonic() - out.t0)
@@ -175,7 +256,8 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServicer):
                         slice_id=out.slice_id, error=item_error(out.code, out.field, out.message)
                     )
                 else:
-                    self.metrics.item("Score", "OK", time.monotonic() - x.t0)
+                    if out.WhichOneof("result") == "record":
+                        self.metrics.item("Score", "OK", time.monotonic() - x.t0)
                     yield out
         finally:
             stop.set()
@@ -184,22 +266,28 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServicer):
                     x = pending.get_nowait()
                 except queue.Empty:
                     break
-                if isinstance(x, _Entry) and x.future is not None:
-                    x.future.cancel()
+                if isinstance(x, _Entry):
+                    self._dropped(x, context)
 
     def ScoreOne(self, request: scorer_pb2.ScoreRequest, context: grpc.ServicerContext) -> scorer_pb2.ScoreResponse:
         self.metrics.requests.labels(method="ScoreOne").inc()
         entry = self._admit(request, None, self._call_deadline(context))
+        entry.method = "ScoreOne"
         out = self._resolve(entry, context)
-        if out is None:  # the client cancelled
-            self.metrics.item("ScoreOne", "CANCELLED", None)
+        if out is None:  # the client cancelled, or the call's deadline passed
+            left = context.time_remaining()
+            if left is not None and left <= 0:
+                self.metrics.item("ScoreOne", "DEADLINE_EXCEEDED", None, reason="stream_deadline")
+            else:
+                self.metrics.item("ScoreOne", "CANCELLED", None, reason="client_cancelled")
             context.abort(grpc.StatusCode.CANCELLED, "client cancelled")
         if isinstance(out, _Entry):
             self.metrics.item("ScoreOne", out.code.name, time.monotonic() - out.t0)
             if out.field:
                 context.set_trailing_metadata(((FIELD_METADATA_KEY, out.field),))
             context.abort(out.code, out.message)
-        self.metrics.item("ScoreOne", "OK", time.monotonic() - entry.t0)
+        if out.WhichOneof("result") == "record":  # type: ignore[union-attr]
+            self.metrics.item("ScoreOne", "OK", time.monotonic() - entry.t0)
         return out  # type: ignore[return-value]
 
     def GetModelInfo(

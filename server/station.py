@@ -24,8 +24,9 @@ import numpy as np
 from gsal_edge.acquisition.records import ScoreRecord
 from gsal_edge.errors import GSALError
 from gsal_edge.scoring.offline import stamp_station
-from server.batcher import BatchScorer, DynamicBatcher, ScorerSlot
+from server.batcher import BatchScorer, DynamicBatcher, ScorerSlot, new_error_id
 from server.config import ServerConfig
+from server.deferred import DeferredQueue
 from server.metrics import ServerMetrics
 
 if TYPE_CHECKING:  # the station core stays free of gRPC imports
@@ -98,6 +99,19 @@ def default_scorer_factory(
     return factory
 
 
+def _client_text(e: Exception) -> str:
+    """What a client may read of a bundle-loading failure: our own errors (hash, signature, manifest)
+    say what is wrong; anything else (an engine's text) is logged under an error id and not sent."""
+    from gsal_edge.scoring.runtime.base import EngineError
+
+    if isinstance(e, GSALError) and not isinstance(e, EngineError):
+        log.warning("bundle rejected: %s", e)
+        return f"{type(e).__name__}: {e}"
+    eid = new_error_id()
+    log.error("bundle rejected [error id %s]", eid, exc_info=e)
+    return f"{type(e).__name__} (error id {eid}; the station log has the details)"
+
+
 def _info_of(scorer: BatchScorer) -> dict[str, Any]:
     info_fn = getattr(scorer, "info", None)
     info = dict(info_fn()) if callable(info_fn) else {}
@@ -133,6 +147,13 @@ class Station:
             on_drop=self.metrics.on_drop,
         )
         self.metrics.bind_queue_depth(lambda: float(self.batcher.depth))
+        self.deferred: DeferredQueue | None = None  # overflow="defer": slices stored for later scoring
+        if config.overflow == "defer":
+            assert config.data_dir is not None  # enforced by ServerConfig
+            self.deferred = DeferredQueue(config.data_dir, config.deferred_max_items, config.deferred_max_bytes)
+            dq = self.deferred
+            self.metrics.bind_deferred_depth(lambda: float(len(dq)))
+            log.info("overflow: defer to %s (%d slices waiting)", dq.dir, len(dq))
 
     # ---- scoring ---------------------------------------------------------------------------------
     @property
@@ -200,8 +221,7 @@ class Station:
                 raise SwapError("NOT_FOUND", f"path: {e}") from e
             except Exception as e:  # BundleError (hash/signature) and anything the loader raises
                 self.metrics.swaps.labels(result="rejected").inc()
-                log.warning("bundle %s rejected: %s", spec, e)
-                raise SwapError("FAILED_PRECONDITION", f"bundle {spec!r} rejected: {type(e).__name__}: {e}") from e
+                raise SwapError("FAILED_PRECONDITION", f"bundle {spec!r} rejected: {_client_text(e)}") from e
             t1 = time.perf_counter()
             new_id = str(scorer.bundle_id)
             if expected_bundle_id and new_id != expected_bundle_id:
@@ -215,10 +235,9 @@ class Station:
                 if callable(warm):
                     warm()
                 info = _info_of(scorer)
-            except Exception as e:  # noqa: BLE001 - any warm-up failure rejects the bundle
+            except Exception as e:
                 self.metrics.swaps.labels(result="warmup_failed").inc()
-                log.warning("bundle %s failed warm-up: %s", spec, e)
-                raise SwapError("FAILED_PRECONDITION", f"bundle {new_id!r} failed warm-up: {type(e).__name__}: {e}")
+                raise SwapError("FAILED_PRECONDITION", f"bundle {new_id!r} failed warm-up: {_client_text(e)}") from e
             t2 = time.perf_counter()
             info.update(station_id=self.config.station_id or "", max_batch_size=self.config.max_batch_size)
             self._info = info
@@ -231,5 +250,8 @@ class Station:
         return SwapResult(new_id, previous, t1 - t0, t2 - t1, dict(info))
 
     def close(self, drain: bool = True, timeout: float | None = None) -> bool:
-        """Stop the batcher (scoring what is queued when ``drain``)."""
-        return self.batcher.close(drain=drain, timeout=timeout)
+        """Stop the batcher (scoring what is queued when ``drain``) and finish deferred-queue writes."""
+        done = self.batcher.close(drain=drain, timeout=timeout)
+        if self.deferred is not None:
+            self.deferred.close()
+        return done

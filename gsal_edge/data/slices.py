@@ -40,16 +40,22 @@ class SliceError(GSALError, ValueError):
 
 @dataclass(frozen=True)
 class SliceLimits:
-    """What a station accepts. Defaults fit a 4096 x 4096 float32 slice (64 MiB)."""
+    """What a station accepts. Defaults fit a 4096 x 4096 float32 slice (64 MiB).
+
+    ``min_side`` and ``max_aspect`` bound the shapes the scoring preprocessing can handle: the detector
+    resizes a slice so its long side fits the model, and a slice thinner than 1 / ``max_aspect`` would be
+    resized to zero rows (4 x 4096 does exactly that). 64:1 leaves a wide margin below that point.
+    """
 
     max_side: int = 8192  # pixels along either axis
     max_pixels: int = 4096 * 4096
     max_bytes: int = 64 * 1024 * 1024  # encoded payload size
-    min_side: int = 1
+    min_side: int = 1  # the station asks for more (ServerConfig.min_side, 8)
     max_id_length: int = 256
+    max_aspect: float = 64.0  # longer side / shorter side
 
     def __post_init__(self) -> None:
-        for name in ("max_side", "max_pixels", "max_bytes", "min_side", "max_id_length"):
+        for name in ("max_side", "max_pixels", "max_bytes", "min_side", "max_id_length", "max_aspect"):
             if getattr(self, name) < 1:
                 raise ValueError(f"SliceLimits.{name} must be >= 1, got {getattr(self, name)}")
 
@@ -91,12 +97,27 @@ def _check_shape(shape: Sequence[int] | None, limits: SliceLimits, required: boo
 
 def _check_dims(h: int, w: int, limits: SliceLimits, field: str) -> tuple[int, int]:
     if h < limits.min_side or w < limits.min_side:
-        raise SliceError(field, f"shape [{h}, {w}] is empty or below the minimum side {limits.min_side}")
+        raise SliceError(field, f"shape [{h}, {w}] is empty or below the minimum side of {limits.min_side} pixels")
     if h > limits.max_side or w > limits.max_side:
         raise SliceError(field, f"shape [{h}, {w}] exceeds the maximum side {limits.max_side}")
     if h * w > limits.max_pixels:
         raise SliceError(field, f"shape [{h}, {w}] has {h * w} pixels, more than the limit {limits.max_pixels}")
+    if max(h, w) > limits.max_aspect * min(h, w):
+        raise SliceError(
+            field, f"shape [{h}, {w}] has aspect ratio {max(h, w) / min(h, w):g}:1, more than the limit "
+            f"{limits.max_aspect:g}:1 the scoring preprocessing handles",
+        )
     return h, w
+
+
+_ADDRESS_RE = re.compile(r"<[^<>]*? at 0x[0-9a-fA-F]+>|0x[0-9a-fA-F]{6,}")
+
+
+def _reason(e: Exception) -> str:
+    """A decoder exception as a short text for clients: its type and message, object reprs and heap
+    addresses (``<_io.BytesIO object at 0x7f...>``) removed."""
+    text = _ADDRESS_RE.sub("", str(e)).replace("  ", " ").strip(" :")
+    return f"{type(e).__name__}: {text}"[:200] if text else type(e).__name__
 
 
 def _check_finite(arr: np.ndarray) -> None:
@@ -131,7 +152,7 @@ def _decode_png(data: bytes, limits: SliceLimits) -> np.ndarray:
     except SliceError:
         raise
     except Exception as e:  # noqa: BLE001 - PIL raises many types for corrupt files
-        raise SliceError("data", f"bytes are not a decodable PNG ({type(e).__name__}: {e})") from None
+        raise SliceError("data", f"bytes are not a decodable PNG ({_reason(e)})") from None
     arr = np.asarray(img)
     if img.mode == "L":
         return arr.astype(np.uint8, copy=False)
@@ -159,7 +180,7 @@ def _decode_tiff(data: bytes, limits: SliceLimits) -> np.ndarray:
     except SliceError:
         raise
     except Exception as e:  # noqa: BLE001 - tifffile raises many types for corrupt files
-        raise SliceError("data", f"bytes are not a decodable TIFF ({type(e).__name__}: {e})") from None
+        raise SliceError("data", f"bytes are not a decodable TIFF ({_reason(e)})") from None
     return np.ascontiguousarray(arr, dtype=dt.newbyteorder("="))
 
 

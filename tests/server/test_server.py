@@ -313,7 +313,7 @@ def test_metrics_endpoint(client: ScorerClient, served: tuple[StationServer, Ins
         return float(m.group(1))
 
     assert val(r'gsal_scorer_items_total\{code="OK",method="Score"\}') >= 3
-    assert val(r'gsal_scorer_errors_total\{code="INVALID_ARGUMENT",method="ScoreOne"\}') >= 1
+    assert val(r'gsal_scorer_errors_total\{code="INVALID_ARGUMENT",method="ScoreOne",reason="answered"\}') >= 1
     assert val(r'gsal_scorer_requests_total\{method="Score"\}') >= 1
     assert val(r"gsal_scorer_batch_size_count") >= 1
     assert val(r'gsal_scorer_latency_seconds_count\{method="Score"\}') >= 3
