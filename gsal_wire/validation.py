@@ -53,8 +53,9 @@ __all__ = [
 
 
 def _shown(text: str, n: int = 40) -> str:
-    """A short, safe excerpt of a possibly huge or hostile value for an error message."""
-    return repr(text[:n]) + ("..." if len(text) > n else "")
+    """A short, safe excerpt of a possibly huge or hostile value for an error message: printable ASCII
+    only (``ascii()``), so it can also travel in gRPC metadata."""
+    return ascii(text[:n]) + ("..." if len(text) > n else "")
 
 
 def check_name(name: str, field: str) -> str:
@@ -75,11 +76,11 @@ def check_text_map(values: Mapping[str, str], field: str) -> None:
     for k, v in values.items():
         check_name(k, f"{field}[{_shown(str(k), 20)}]")
         if not isinstance(v, str):
-            raise SliceError(f"{field}[{k!r}]", f"value must be a string, got {type(v).__name__}")
+            raise SliceError(f"{field}[{_shown(str(k), 20)}]", f"value must be a string, got {type(v).__name__}")
         if len(v) > MAX_VALUE_CHARS:
-            raise SliceError(f"{field}[{k!r}]", f"value has {len(v)} characters, more than {MAX_VALUE_CHARS}")
+            raise SliceError(f"{field}[{_shown(str(k), 20)}]", f"value has {len(v)} characters, more than {MAX_VALUE_CHARS}")
         if not v.isprintable():
-            raise SliceError(f"{field}[{k!r}]", f"value {_shown(v)} contains control or non-printable characters")
+            raise SliceError(f"{field}[{_shown(str(k), 20)}]", f"value {_shown(v)} contains control or non-printable characters")
 
 
 def check_slice_fields(msg: common_pb2.Slice, limits: SliceLimits = DEFAULT_LIMITS, *,

@@ -21,9 +21,10 @@ from dataclasses import dataclass
 
 import grpc
 
-from gsal_edge.data.slices import SliceError, check_slice_id
+from gsal_edge.data.slices import SliceError
 from gsal_wire.convert import decode_pb_slice, item_error, record_to_pb, slice_meta
 from gsal_wire.pb import scorer_pb2, scorer_pb2_grpc
+from gsal_wire.validation import check_slice_fields
 from server.batcher import BatcherError, QueueFullError, new_error_id
 from server.deferred import DeferredQueueFull
 from server.forwarder import ReceivedSlice
@@ -87,7 +88,7 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServicer):
         try:
             if not req.HasField("slice"):
                 raise SliceError("slice", "request has no slice")
-            check_slice_id(sid, self.limits)
+            check_slice_fields(req.slice, self.limits)  # one validation, shared with the trainer
             if seen is not None:
                 if sid in seen:
                     raise SliceError("id", f"duplicate slice id {sid!r} in this stream")
@@ -284,7 +285,8 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServicer):
         if isinstance(out, _Entry):
             self.metrics.item("ScoreOne", out.code.name, time.monotonic() - out.t0)
             if out.field:
-                context.set_trailing_metadata(((FIELD_METADATA_KEY, out.field),))
+                # metadata values must be printable ASCII: escape anything else a client put in a field name
+                context.set_trailing_metadata(((FIELD_METADATA_KEY, ascii(out.field)[1:-1][:200]),))
             context.abort(out.code, out.message)
         if out.WhichOneof("result") == "record":  # type: ignore[union-attr]
             self.metrics.item("ScoreOne", "OK", time.monotonic() - entry.t0)
