@@ -26,16 +26,16 @@ WRONG = "wrong-SECRET-token-0123456789"
 def test_token_comparison_is_constant_time() -> None:
     """Every comparison with a configured token goes through hmac.compare_digest (no ==, !=, startswith)."""
     tree = ast.parse(inspect.getsource(security))
-    matches = next(n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name == "_matches")
+    matches = next(n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name == "token_matches")
     calls = [ast.unparse(c.func) for c in ast.walk(matches) if isinstance(c, ast.Call)]
     assert "hmac.compare_digest" in calls
     check = next(n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name == "_check")
-    for node in ast.walk(check):  # the authorisation decision compares tokens only through _matches
+    for node in ast.walk(check):  # the authorisation decision compares tokens only through token_matches
         if isinstance(node, ast.Compare):
             text = ast.unparse(node)
             assert "token" not in text or " is None" in text or " is not None" in text, text
-    assert security._matches(SCORE, SCORE) and not security._matches(SCORE, SCORE[:-1] + "x")
-    assert not security._matches(None, SCORE) and not security._matches(SCORE, None)
+    assert security.token_matches(SCORE, SCORE) and not security.token_matches(SCORE, SCORE[:-1] + "x")
+    assert not security.token_matches(None, SCORE) and not security.token_matches(SCORE, None)
 
 
 def test_tokens_never_logged_nor_in_config_repr(caplog: pytest.LogCaptureFixture) -> None:
