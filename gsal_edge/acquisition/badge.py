@@ -31,8 +31,8 @@ import numpy as np
 
 from gsal_edge.acquisition.box_outputs import BoxHeadOutputs
 
-__all__ = ["BadgeConfig", "badge_image_embeddings", "d2_probabilities", "gradient_embeddings", "kmeans_pp_seeds",
-           "pool_embeddings"]
+__all__ = ["BadgeConfig", "badge_image_embeddings", "d2_probabilities", "driving_proposal", "gradient_embeddings",
+           "kmeans_pp_seeds", "pool_embeddings"]
 
 Pooling = Literal["max_norm", "mean"]
 
@@ -86,6 +86,16 @@ def badge_image_embeddings(images: tuple[BoxHeadOutputs, ...] | list[BoxHeadOutp
         if keep.size:
             out[i] = pool_embeddings(gradient_embeddings(b.probs[keep], b.feats[keep]), cfg.pooling)
     return out
+
+
+def driving_proposal(b: BoxHeadOutputs, cfg: BadgeConfig) -> int | None:
+    """Row of ``b`` whose gradient embedding has the largest norm among the proposals BADGE reads
+    (the pooled embedding itself under ``max_norm``); None without proposals."""
+    keep = np.flatnonzero(b.scores > cfg.min_score)[: cfg.top_k]
+    if keep.size == 0:
+        return None
+    g = gradient_embeddings(b.probs[keep], b.feats[keep])
+    return int(keep[int(np.argmax(np.einsum("ij,ij->i", g, g)))])
 
 
 def d2_probabilities(x: np.ndarray, chosen: list[int]) -> np.ndarray:

@@ -113,7 +113,8 @@ def ccms_distances(images: tuple[BoxHeadOutputs, ...] | list[BoxHeadOutputs], sc
     for i, b in enumerate(images):
         keep = np.flatnonzero(b.scores > score_thr)
         f = np.asarray(b.feats[keep], dtype=np.float64)
-        feats.append(f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12))
+        # unit rows in float32: the [n_a, N] cosine products dominate the cost; 1e-7 is plenty for a distance
+        feats.append((f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)).astype(np.float32))
         labels.append(b.labels[keep])
         scores.append(np.asarray(b.scores[keep], dtype=np.float64))
         owner.append(np.full(keep.size, i))
@@ -124,7 +125,7 @@ def ccms_distances(images: tuple[BoxHeadOutputs, ...] | list[BoxHeadOutputs], sc
         starts = np.flatnonzero(np.r_[True, O[1:] != O[:-1]])  # detections are grouped by image
         img_of_start = O[starts]
         for a in np.flatnonzero(has):
-            dist = 1.0 - feats[a] @ F.T  # [n_a, N]
+            dist = 1.0 - (feats[a] @ F.T).astype(np.float64)  # [n_a, N]
             dist[labels[a][:, None] != L[None, :]] = 2.0
             nearest = np.minimum.reduceat(dist, starts, axis=1)  # [n_a, images with detections]
             s = scores[a]

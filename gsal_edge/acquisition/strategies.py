@@ -59,7 +59,7 @@ from typing import Any
 
 import numpy as np
 
-from gsal_edge.acquisition.badge import BadgeConfig, badge_image_embeddings, kmeans_pp_seeds
+from gsal_edge.acquisition.badge import BadgeConfig, badge_image_embeddings, driving_proposal, kmeans_pp_seeds
 from gsal_edge.acquisition.box_outputs import BoxRequest, PoolBoxFeatures
 from gsal_edge.acquisition.concept_graph import BACKGROUND, UNKNOWN, ConceptGraph
 from gsal_edge.acquisition.config import GSALConfig
@@ -371,11 +371,9 @@ class BadgeStrategy(Strategy):
                                    "score": float(dd), "score_name": "squared norm (first pick)" if r == 1 else
                                    "D^2 to the nearest earlier pick", "embedding_norm": float(norms[i]),
                                    "n_proposals": len(b), "pooling": self.cfg.pooling}
-            if len(b):
-                k = min(len(b), self.cfg.top_k)
-                g_norm = np.linalg.norm(b.probs[:k] - np.eye(b.probs.shape[1])[b.probs[:k].argmax(1)], axis=1) \
-                    * np.linalg.norm(b.feats[:k], axis=1)
-                rat["driving_proposal"] = _proposal(b, int(np.argmax(g_norm)), classes)
+            j = driving_proposal(b, self.cfg)
+            if j is not None:
+                rat["driving_proposal"] = _proposal(b, j, classes)
             text = (f"picked by badge: largest gradient embedding (norm {norms[i]:.4g})" if r == 1 else
                     f"picked by badge: k-means++ draw, D^2 {dd:.4g} to the nearest earlier pick (rank {r})")
             picks.append(Pick(str(pool.image_ids[i]), r, float(dd), rat, text))

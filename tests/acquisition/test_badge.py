@@ -9,6 +9,7 @@ from gsal_edge.acquisition.badge import (
     BadgeConfig,
     badge_image_embeddings,
     d2_probabilities,
+    driving_proposal,
     gradient_embeddings,
     kmeans_pp_seeds,
     pool_embeddings,
@@ -67,6 +68,7 @@ def test_image_embeddings_use_top_k_and_empty_images_are_zero() -> None:
     assert np.allclose(e1[0], 0) and np.allclose(e1[1], 0)   # top-1 is the sure proposal
     e2 = badge_image_embeddings([img], BadgeConfig(top_k=2), 2, 2)
     assert np.allclose(e2[0], gradient_embeddings(np.array([unsure]), np.array([[2.0, 0.0]]))[0], atol=1e-6)
+    assert driving_proposal(img, BadgeConfig(top_k=2)) == 1 and driving_proposal(empty, BadgeConfig()) is None
     with pytest.raises(ValueError, match="pooling"):
         BadgeConfig(pooling="sum")  # type: ignore[arg-type]
 

@@ -74,7 +74,7 @@ def test_k_centre_greedy_and_k_medoids_pick_one_per_cluster_not_duplicates() -> 
     for seed in range(20):
         init = k_centre_greedy_init(d, 3, np.random.default_rng(seed))
         med = k_medoids(d, 3, np.random.default_rng(seed))
-        groups = lambda idx: sorted({0 if pts[i] < 1 else 1 if pts[i] < 6 else 2 for i in idx})  # noqa: E731
+        groups = lambda idx: sorted({0 if pts[i] < 1 else 1 if pts[i] < 6 else 2 for i in idx})
         assert groups(init) == [0, 1, 2] and groups(med) == [0, 1, 2]
         assert len(set(med.tolist())) == 3
 

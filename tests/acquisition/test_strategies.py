@@ -213,7 +213,7 @@ def _box_pool(n: int = 20, seed: int = 0, d: int = 4, n_cls: int = 2):
 @pytest.mark.parametrize("name", ["badge", "ppal"])
 def test_box_feature_strategies_same_interface(name: str) -> None:
     pool, feats = _box_pool()
-    run = lambda seed: get_strategy(name).select(pool, {}, G, GSALConfig(), 5, np.random.default_rng(seed),  # noqa: E731
+    run = lambda seed: get_strategy(name).select(pool, {}, G, GSALConfig(), 5, np.random.default_rng(seed),
                                                  box_features=feats)
     a, b = run(3), run(3)
     assert a.strategy == name and [p.rank for p in a.picks] == [1, 2, 3, 4, 5] and len(set(a.image_ids)) == 5
