@@ -55,6 +55,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
+from dataclasses import asdict
 from typing import Any
 
 import numpy as np
@@ -377,8 +378,8 @@ class BadgeStrategy(Strategy):
             text = (f"picked by badge: largest gradient embedding (norm {norms[i]:.4g})" if r == 1 else
                     f"picked by badge: k-means++ draw, D^2 {dd:.4g} to the nearest earlier pick (rank {r})")
             picks.append(Pick(str(pool.image_ids[i]), r, float(dd), rat, text))
-        return Selection(self.name, picks, {"n_images": pool.n_images, "top_k": self.cfg.top_k,
-                                            "pooling": self.cfg.pooling, "embedding_dim": int(emb.shape[1])})
+        return Selection(self.name, picks, {"n_images": pool.n_images, "config": asdict(self.cfg),
+                                            "embedding_dim": int(emb.shape[1])})
 
 
 class PPALStrategy(Strategy):
@@ -424,7 +425,8 @@ class PPALStrategy(Strategy):
             picks.append(Pick(str(pool.image_ids[i]), r, float(u[i]), rat,
                               f"picked by ppal: a CCMS medoid among the {n_cand} most difficulty-weighted uncertain "
                               f"images (DCUS {u[i]:.4g}, rank {rat['dcus_rank']} there)"))
-        return Selection(self.name, picks, {"n_images": pool.n_images, "n_candidates": int(n_cand),
+        return Selection(self.name, picks, {"n_images": pool.n_images, "config": asdict(self.cfg),
+                                            "n_candidates": int(n_cand),
                                             "class_quality": {c: float(q) for c, q in zip(bf.classes, quality)},
                                             "class_weights": {c: float(x) for c, x in zip(bf.classes, w)}})
 
