@@ -21,35 +21,67 @@ Names (``available_strategies()``):
 - ``uniform_by_label``: per-class quotas by predicted labels (round-robin over classes, seeded random
   order within a class), no diffusion.
 
-BADGE is left out: it needs, per image, the gradient embedding (p - onehot(y_hat)) (x) h of the
-detector's classification head (h = penultimate RoI features, p = class probabilities). A score record
-carries neither h nor the class-probability vectors (only an image embedding and scalar
-uncertainties), so no sound gradient embedding can be formed from records.
+- ``badge`` (:mod:`gsal_edge.acquisition.badge`): k-means++ seeding on per-image gradient embeddings
+  (p - onehot(y_hat)) (x) h of the box predictor's class-score layer, the max-norm one of the top-k
+  proposals by detector score. ``ppal`` (:mod:`gsal_edge.acquisition.ppal`): difficulty-calibrated
+  uncertainty pre-selection, then k-medoids on category-conditioned matching distances. Both read the
+  round detector's box-head outputs (``needs_box_features``, ``box_request``), handed to ``select`` as
+  ``box_features`` (a score record carries neither h nor the per-proposal class-probability vectors).
+
+Not implemented (details in docs/baselines.md):
+
+- MI-AOD (Yuan et al., CVPR 2021) is a different detector and training, not a selection rule on a
+  trained one: two adversarial instance classifiers on the detection head, trained with a max-min
+  prediction-discrepancy objective that also uses the unlabeled images, plus a multiple-instance
+  image-classification branch that re-weights instance uncertainty. Here it would need a second
+  classifier head on the RoI head and a new training loop in ``gsal_edge.models.detector_training``, so
+  its rows would no longer compare selection rules on the same detector.
+- NORIS (2023; only its abstract could be read here) needs no detector change: per the abstract it scores how training on a sample would lower
+  the informativeness of similar samples, measured with features of the detected object regions, and
+  picks samples that are informative and far from other informative ones. It is feasible on this
+  detector (the box-head features of ``badge``/``ppal`` are the object features it needs), but the exact
+  informativeness-update rule is in the paper's body, which was not available to us; a rule written
+  from the abstract would be our own method under NORIS's name, so it is left out rather than guessed.
 
 Each strategy declares what its inputs need (as baal's heuristics do), so a runner computes only that:
 ``needs_scores`` (the scorer's records: E_rec, V_den, proposals, uncertainties), ``needs_embeddings``
-(whole-slice CLIP embeddings of the pool and of the labeled images) and ``needs_mc_dropout`` (the
-records' ``uncertainty["mc_dropout"]``, from T stochastic detector passes per image).
+(whole-slice CLIP embeddings of the pool and of the labeled images), ``needs_mc_dropout`` (the
+records' ``uncertainty["mc_dropout"]``, from T stochastic detector passes per image) and
+``needs_box_features`` (the round detector's box-head outputs per candidate, and for PPAL the labeled
+set's per-class detection quality; False unless a strategy sets it).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
+from dataclasses import asdict
 from typing import Any
 
 import numpy as np
 
+from gsal_edge.acquisition.badge import BadgeConfig, badge_image_embeddings, driving_proposal, kmeans_pp_seeds
+from gsal_edge.acquisition.box_outputs import BoxRequest, PoolBoxFeatures
 from gsal_edge.acquisition.concept_graph import BACKGROUND, UNKNOWN, ConceptGraph
 from gsal_edge.acquisition.config import GSALConfig
+from gsal_edge.acquisition.ppal import (
+    PPALConfig,
+    binary_entropy,
+    ccms_distances,
+    dcus_uncertainty,
+    difficulty_weights,
+    k_medoids,
+)
 from gsal_edge.acquisition.score_pool import FusionError, ScorePool
 from gsal_edge.acquisition.selection import Pick, Selection, gsal_select, top_b
 from gsal_edge.acquisition.uncertainty import rank_sign
 
 __all__ = [
     "STRATEGIES",
+    "BadgeStrategy",
     "CoresetStrategy",
     "GSALStrategy",
+    "PPALStrategy",
     "RandomStrategy",
     "Strategy",
     "UncertaintyStrategy",
@@ -70,6 +102,10 @@ class Strategy(ABC):
     needs_scores: bool  # reads the score records (E_rec, V_den, proposals, uncertainties)
     needs_embeddings: bool  # reads whole-slice CLIP embeddings of the pool and of the labeled images
     needs_mc_dropout: bool  # reads uncertainty["mc_dropout"] (T stochastic detector passes per image)
+    # reads the round detector's box-head outputs (``select(..., box_features=...)``), as ``box_request``
+    # asks; a default, so strategies that never read the detector's internals need not say so
+    needs_box_features: bool = False
+    box_request: BoxRequest | None = None
 
     @abstractmethod
     def select(self, pool: ScorePool, counts: Counts, graph: ConceptGraph, config: GSALConfig, budget: int,
@@ -292,6 +328,109 @@ class UniformByLabelStrategy(Strategy):
         return Selection(self.name, picks, {"n_images": n, "n_classes": len(queues), "label_source": source})
 
 
+def _box_features(name: str, pool: ScorePool, box_features: PoolBoxFeatures | None) -> Any:
+    if box_features is None:
+        raise FusionError(f"strategy {name!r} needs the round detector's box-head outputs (box_features); "
+                          "the benchmark computes them when the strategy declares needs_box_features")
+    try:
+        return box_features.aligned_to(pool.image_ids)
+    except ValueError as e:
+        raise FusionError(f"strategy {name!r}: {e}") from None
+
+
+def _proposal(b: Any, j: int, classes: tuple[str, ...]) -> dict[str, Any]:
+    lab = int(b.labels[j])
+    return {"box": [round(float(v), 1) for v in b.boxes[j]], "label": classes[lab - 1] if 0 < lab <= len(classes)
+            else str(lab), "score": float(b.scores[j])}
+
+
+class BadgeStrategy(Strategy):
+    """BADGE: k-means++ seeding on pooled gradient embeddings of the box predictor (see badge.py)."""
+
+    name = "badge"
+    needs_scores, needs_embeddings, needs_mc_dropout = False, False, False
+    needs_box_features = True
+
+    def __init__(self, cfg: BadgeConfig | None = None):
+        self.cfg = cfg or BadgeConfig()
+        self.box_request = BoxRequest(self.cfg.top_k, self.cfg.min_score)
+
+    def select(self, pool: ScorePool, counts: Counts, graph: ConceptGraph, config: GSALConfig, budget: int,
+               rng: np.random.Generator, labeled_embeddings: np.ndarray | None = None,
+               box_features: PoolBoxFeatures | None = None) -> Selection:
+        if pool.n_images == 0:
+            return Selection(self.name, [], {"n_images": 0})
+        imgs = _box_features(self.name, pool, box_features)
+        classes = box_features.classes  # type: ignore[union-attr]
+        emb = badge_image_embeddings(imgs, self.cfg, len(classes), imgs[0].feats.shape[1])
+        idx, d2 = kmeans_pp_seeds(emb, budget, rng)
+        norms = np.linalg.norm(emb, axis=1)
+        picks = []
+        for r, (i, dd) in enumerate(zip(idx.tolist(), d2.tolist()), 1):
+            b = imgs[i]
+            rat: dict[str, Any] = {"rank": r, "image_id": str(pool.image_ids[i]), "strategy": self.name,
+                                   "score": float(dd), "score_name": "squared norm (first pick)" if r == 1 else
+                                   "D^2 to the nearest earlier pick", "embedding_norm": float(norms[i]),
+                                   "n_proposals": len(b), "pooling": self.cfg.pooling}
+            j = driving_proposal(b, self.cfg)
+            if j is not None:
+                rat["driving_proposal"] = _proposal(b, j, classes)
+            text = (f"picked by badge: largest gradient embedding (norm {norms[i]:.4g})" if r == 1 else
+                    f"picked by badge: k-means++ draw, D^2 {dd:.4g} to the nearest earlier pick (rank {r})")
+            picks.append(Pick(str(pool.image_ids[i]), r, float(dd), rat, text))
+        return Selection(self.name, picks, {"n_images": pool.n_images, "config": asdict(self.cfg),
+                                            "embedding_dim": int(emb.shape[1])})
+
+
+class PPALStrategy(Strategy):
+    """PPAL: DCUS pre-selection, then k-medoids on CCMS distances (see ppal.py)."""
+
+    name = "ppal"
+    needs_scores, needs_embeddings, needs_mc_dropout = False, False, False
+    needs_box_features = True
+
+    def __init__(self, cfg: PPALConfig | None = None):
+        self.cfg = cfg or PPALConfig()
+        self.box_request = BoxRequest(self.cfg.max_dets, self.cfg.score_thr, self.cfg.quality_xi)
+
+    def select(self, pool: ScorePool, counts: Counts, graph: ConceptGraph, config: GSALConfig, budget: int,
+               rng: np.random.Generator, labeled_embeddings: np.ndarray | None = None,
+               box_features: PoolBoxFeatures | None = None) -> Selection:
+        if pool.n_images == 0:
+            return Selection(self.name, [], {"n_images": 0})
+        imgs = _box_features(self.name, pool, box_features)
+        bf: PoolBoxFeatures = box_features  # type: ignore[assignment]
+        n_cls = len(bf.classes)
+        quality = np.zeros(n_cls) if bf.class_quality is None else np.asarray(bf.class_quality, dtype=np.float64)
+        if quality.shape != (n_cls,):
+            raise FusionError(f"strategy 'ppal': class quality has shape {quality.shape}, expected ({n_cls},)")
+        w = difficulty_weights(quality, self.cfg.class_weight_ub, self.cfg.class_weight_alpha)
+        u = dcus_uncertainty(imgs, w, self.cfg.score_thr)
+        budget = min(budget, pool.n_images)
+        n_cand = min(pool.n_images, max(budget, int(np.ceil(self.cfg.expand_ratio * budget))))
+        cand = top_b(u, pool.image_ids, n_cand)
+        d = ccms_distances([imgs[i] for i in cand], self.cfg.score_thr, self.cfg.empty_distance)
+        med = cand[k_medoids(d, budget, rng, self.cfg.kmedoids_iters)]
+        order = med[np.lexsort((pool.image_ids[med], -u[med]))]
+        picks = []
+        for r, i in enumerate(order.tolist(), 1):
+            b = imgs[i]
+            rat: dict[str, Any] = {"rank": r, "image_id": str(pool.image_ids[i]), "strategy": self.name,
+                                   "score": float(u[i]), "score_name": "DCUS uncertainty",
+                                   "dcus_rank": int(np.flatnonzero(cand == i)[0]) + 1, "n_candidates": int(n_cand)}
+            keep = np.flatnonzero(b.scores >= self.cfg.score_thr)
+            if keep.size:
+                contrib = w[b.labels[keep] - 1] * binary_entropy(b.scores[keep])
+                rat["driving_proposal"] = _proposal(b, int(keep[int(np.argmax(contrib))]), bf.classes)
+            picks.append(Pick(str(pool.image_ids[i]), r, float(u[i]), rat,
+                              f"picked by ppal: a CCMS medoid among the {n_cand} most difficulty-weighted uncertain "
+                              f"images (DCUS {u[i]:.4g}, rank {rat['dcus_rank']} there)"))
+        return Selection(self.name, picks, {"n_images": pool.n_images, "config": asdict(self.cfg),
+                                            "n_candidates": int(n_cand),
+                                            "class_quality": {c: float(q) for c, q in zip(bf.classes, quality)},
+                                            "class_weights": {c: float(x) for c, x in zip(bf.classes, w)}})
+
+
 STRATEGIES: dict[str, Callable[[], Strategy]] = {
     "gsal": lambda: GSALStrategy("gsal"),
     "full": lambda: GSALStrategy("full", {"levels": ("fine", "coarse", "abstract")}),
@@ -308,6 +447,8 @@ STRATEGIES: dict[str, Callable[[], Strategy]] = {
     "mc_dropout": lambda: UncertaintyStrategy("mc_dropout", "mc_dropout", needs_mc_dropout=True),
     "coreset": CoresetStrategy,
     "uniform_by_label": UniformByLabelStrategy,
+    "badge": BadgeStrategy,
+    "ppal": PPALStrategy,
 }
 
 

@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from gsal_edge.acquisition.box_outputs import BoxRequest
 from gsal_edge.acquisition.concept_graph import BACKGROUND, ConceptGraph
 from gsal_edge.acquisition.config import GSALConfig
 from gsal_edge.acquisition.strategies import Strategy
@@ -36,19 +37,26 @@ class RoundInputs:
     ``pool``: ``"ids"`` (image ids only), ``"embeddings"`` (ids and whole-slice CLIP embeddings: they do not
     depend on the round's detector, so they are computed once per image instead of re-scoring the pool) or
     ``"records"`` (the scorer's records of every candidate); ``labeled_embeddings``: the labeled images'
-    whole-slice embeddings too; ``mc_dropout``: T stochastic detector passes per candidate."""
+    whole-slice embeddings too; ``mc_dropout``: T stochastic detector passes per candidate;
+    ``box_features``: the round detector's box-head outputs per candidate (BADGE, PPAL), as requested."""
 
     pool: Literal["ids", "embeddings", "records"]
     labeled_embeddings: bool
     mc_dropout: bool
+    box_features: BoxRequest | None = None
 
     @classmethod
     def of(cls, strategy: Strategy) -> RoundInputs:
         if strategy.needs_mc_dropout and not strategy.needs_scores:
             raise BenchError(f"strategy {strategy.name!r} declares needs_mc_dropout without needs_scores: "
                              "the MC-dropout value is added to the score records")
+        box = None
+        if getattr(strategy, "needs_box_features", False):
+            box = getattr(strategy, "box_request", None)
+            if box is None:
+                raise BenchError(f"strategy {strategy.name!r} declares needs_box_features without a box_request")
         pool = "records" if strategy.needs_scores else "embeddings" if strategy.needs_embeddings else "ids"
-        return cls(pool, bool(strategy.needs_embeddings), bool(strategy.needs_mc_dropout))
+        return cls(pool, bool(strategy.needs_embeddings), bool(strategy.needs_mc_dropout), box)
 
 
 def ids_only_pool(ids: list[str], embeddings: np.ndarray | None = None) -> Any:
@@ -204,6 +212,33 @@ class PoolScoring:
         for rec in records:
             rec.uncertainty["mc_dropout"] = mc_dropout_uncertainty(
                 model, self.unit(rec.image_id), T=self.cfg.mc_dropout_T, seed=int(seed) * 1000 + r)
+
+    def box_features(self, model: Any, request: BoxRequest, ids: list[str], labeled: list[str]) -> Any:
+        """The round detector's box-head outputs of ``ids`` (:class:`PoolBoxFeatures`); with
+        ``request.quality_xi`` also the per-class detection quality on the ``labeled`` images (PPAL)."""
+        from gsal_edge.acquisition.box_outputs import PoolBoxFeatures
+        from gsal_edge.acquisition.ppal import class_quality
+        from gsal_edge.models.box_head_features import box_head_outputs, class_quality_sums
+
+        classes = tuple(model.classes)
+        outs = box_head_outputs(model, [self.unit(i) for i in ids], request.top_k, request.min_score,
+                                batch_size=self.cfg.score_batch)
+        quality = None
+        if request.quality_xi is not None:
+            label_of = {c: j + 1 for j, c in enumerate(classes)}
+            agnostic = bool(model.config.class_agnostic)
+            boxes, labels = [], []
+            for i in labeled:
+                anns = self.by_id[i].annotations
+                boxes.append(np.array([a.box for a in anns], dtype=np.float64).reshape(-1, 4))
+                try:
+                    labels.append(np.array([1 if agnostic else label_of[a.category] for a in anns], np.int64))
+                except KeyError as e:
+                    raise BenchError(f"image {i}: class {e.args[0]!r} is not one of the detector's {classes}") from None
+            sums, n = class_quality_sums(model, [self.unit(i) for i in labeled], boxes, labels, request.quality_xi,
+                                         batch_size=self.cfg.score_batch)
+            quality = class_quality(sums, n)
+        return PoolBoxFeatures(tuple(ids), tuple(outs), classes, quality)
 
     def counts(self, gcfg: GSALConfig, scorer: Any | None, labeled: list[str]) -> dict[str, int]:
         """Coverage n(v) of the fine nodes (spec §3): truth in typed mode, CLIP concepts of boxes in binary."""

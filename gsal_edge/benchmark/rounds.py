@@ -219,12 +219,13 @@ class Benchmark:
         rec["n_candidates"] = len(unlabeled)
         needs = RoundInputs.of(strategy)
         pool, scorer = self._round_pool(needs, gcfg, model, labeled, unlabeled, seed, r, rec, times)
+        box_kw = self._box_features(needs, model, labeled, unlabeled, times)
         t1 = time.perf_counter()
         counts = (self.scoring.counts(gcfg, scorer, labeled)
                   if scorer is not None or gcfg.label_mode == "typed" else None)
         lab_emb = self.scoring.image_embeddings(labeled) if needs.labeled_embeddings else None
         rng = np.random.default_rng([int(seed), r, int(sha(spec.key, 8), 16)])
-        sel = strategy.select(pool, counts or {}, self.graph, gcfg, b, rng, labeled_embeddings=lab_emb)
+        sel = strategy.select(pool, counts or {}, self.graph, gcfg, b, rng, labeled_embeddings=lab_emb, **box_kw)
         times["select"] = time.perf_counter() - t1
         if len(sel.picks) != min(b, len(unlabeled)):
             raise BenchError(f"strategy {spec.key!r} picked {len(sel.picks)} images, expected {b}")
@@ -274,6 +275,17 @@ class Benchmark:
             self.scoring.add_mc_dropout(records, model, seed, r)
             times["score"] += time.perf_counter() - t_mc
         return ScorePool.from_records(records), scorer
+
+    def _box_features(self, needs: RoundInputs, model: Any, labeled: list[str], unlabeled: list[str],
+                      times: dict[str, Any]) -> dict[str, Any]:
+        """``{"box_features": ...}`` for a strategy that reads the detector's box head (its time counts as
+        scoring), else ``{}`` (strategies that do not declare it are called as before)."""
+        if needs.box_features is None:
+            return {}
+        t0 = time.perf_counter()
+        feats = self.scoring.box_features(model, needs.box_features, unlabeled, labeled)
+        times["score"] += time.perf_counter() - t0
+        return {"box_features": feats}
 
     def _pick_record(self, p: Any) -> dict[str, Any]:
         e = self.by_id[p.image_id]

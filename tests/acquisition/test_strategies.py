@@ -33,7 +33,8 @@ def make_pool(n: int = 30, seed: int = 0) -> ScorePool:
 
 def test_registry_has_every_strategy() -> None:
     assert EXPECTED <= set(available_strategies())
-    assert "badge" not in available_strategies()  # no gradient embedding in a score record (see module doc)
+    assert {"badge", "ppal"} <= set(available_strategies())
+    assert not {"mi_aod", "noris"} & set(available_strategies())  # not implemented (module doc, docs/baselines.md)
     with pytest.raises(KeyError, match="unknown strategy 'nope'; available: .*random"):
         get_strategy("nope")
 
@@ -149,9 +150,10 @@ def test_every_strategy_declares_what_it_reads() -> None:
             assert isinstance(getattr(s, a, None), bool), f"strategy {name!r} does not declare {a}"
         declared[name] = tuple(getattr(s, a) for a in REQUIREMENTS)
     # what the benchmark hard-coded by name before the declarations
-    assert {n for n, d in declared.items() if not d[0]} == {"random", "coreset"}
+    assert {n for n, d in declared.items() if not d[0]} == {"random", "coreset", "badge", "ppal"}
     assert {n for n, d in declared.items() if d[1]} == {"coreset"}
     assert {n for n, d in declared.items() if d[2]} == {"mc_dropout"}
+    assert {n for n in available_strategies() if get_strategy(n).needs_box_features} == {"badge", "ppal"}
 
 
 def test_benchmark_rounds_follow_the_declarations() -> None:
@@ -171,6 +173,9 @@ def test_benchmark_rounds_follow_the_declarations() -> None:
     assert RoundInputs.of(ScoredRandom()) == RoundInputs("records", True, True)
     assert RoundInputs.of(get_strategy("random")) == RoundInputs("ids", False, False)
     assert RoundInputs.of(get_strategy("coreset")) == RoundInputs("embeddings", True, False)
+    badge, ppal = RoundInputs.of(get_strategy("badge")), RoundInputs.of(get_strategy("ppal"))
+    assert badge.pool == ppal.pool == "ids" and badge.box_features is not None and ppal.box_features is not None
+    assert badge.box_features.quality_xi is None and ppal.box_features.quality_xi == 0.6  # only PPAL reads q_c
 
     class Inconsistent(Strategy):
         name = "inconsistent"
@@ -181,3 +186,71 @@ def test_benchmark_rounds_follow_the_declarations() -> None:
 
     with pytest.raises(BenchError, match="needs_mc_dropout without needs_scores"):
         RoundInputs.of(Inconsistent())
+
+
+# ----------------------------------------------------------------------------- BADGE and PPAL
+
+
+def _box_pool(n: int = 20, seed: int = 0, d: int = 4, n_cls: int = 2):
+    from gsal_edge.acquisition.box_outputs import BoxHeadOutputs, PoolBoxFeatures
+
+    rng = np.random.default_rng(seed)
+    ids = [f"img{i:02d}" for i in range(n)]
+    imgs = []
+    for i in range(n):
+        k = i % 4
+        logits = rng.normal(size=(k, n_cls + 1)) * 2
+        p = (np.exp(logits) / np.exp(logits).sum(1, keepdims=True)).astype(np.float32)
+        sc = p[:, 1:].max(1)
+        o = np.argsort(-sc)
+        imgs.append(BoxHeadOutputs(np.abs(rng.normal(size=(k, d))).astype(np.float32)[o], p[o], sc[o],
+                                   (p[:, 1:].argmax(1) + 1)[o], rng.uniform(0, 50, size=(k, 4)).astype(np.float32)[o]))
+    pool = ScorePool.from_records([ScoreRecord(i, 0.0, 0.0) for i in ids])
+    feats = PoolBoxFeatures(tuple(reversed(ids)), tuple(reversed(imgs)), ("void", "crack"), np.array([0.8, 0.1]))
+    return pool, feats
+
+
+@pytest.mark.parametrize("name", ["badge", "ppal"])
+def test_box_feature_strategies_same_interface(name: str) -> None:
+    pool, feats = _box_pool()
+    run = lambda seed: get_strategy(name).select(pool, {}, G, GSALConfig(), 5, np.random.default_rng(seed),
+                                                 box_features=feats)
+    a, b = run(3), run(3)
+    assert a.strategy == name and [p.rank for p in a.picks] == [1, 2, 3, 4, 5] and len(set(a.image_ids)) == 5
+    assert a.to_json() == b.to_json()
+    assert all(p.sentence.startswith(f"picked by {name}") for p in a.picks)
+    assert any("driving_proposal" in p.rationale for p in a.picks)
+    with pytest.raises(FusionError, match="box-head outputs"):
+        get_strategy(name).select(pool, {}, G, GSALConfig(), 2, np.random.default_rng(0))
+    empty = get_strategy(name).select(ScorePool.from_records([]), {}, G, GSALConfig(), 3, np.random.default_rng(0),
+                                      box_features=feats)
+    assert empty.picks == []
+
+
+def test_badge_strategy_is_kmeans_pp_on_the_aligned_embeddings() -> None:
+    from gsal_edge.acquisition.badge import BadgeConfig, badge_image_embeddings, kmeans_pp_seeds
+
+    pool, feats = _box_pool()
+    sel = get_strategy("badge").select(pool, {}, G, GSALConfig(), 6, np.random.default_rng(5), box_features=feats)
+    imgs = feats.aligned_to(pool.image_ids)  # features were stored in reverse order: alignment is by id
+    emb = badge_image_embeddings(imgs, BadgeConfig(), 2, 4)
+    idx, _ = kmeans_pp_seeds(emb, 6, np.random.default_rng(5))
+    assert sel.image_ids == [str(pool.image_ids[i]) for i in idx]
+    # the first pick is the image whose gradient embedding is largest; images without proposals have none
+    assert sel.picks[0].rationale["embedding_norm"] == pytest.approx(float(np.linalg.norm(emb, axis=1).max()))
+
+
+def test_ppal_strategy_preselects_by_dcus_then_diversifies() -> None:
+    from gsal_edge.acquisition.ppal import dcus_uncertainty, difficulty_weights
+
+    pool, feats = _box_pool(40, seed=2)
+    b = 3
+    sel = get_strategy("ppal").select(pool, {}, G, GSALConfig(), b, np.random.default_rng(0), box_features=feats)
+    imgs = feats.aligned_to(pool.image_ids)
+    u = dcus_uncertainty(imgs, difficulty_weights(np.array([0.8, 0.1])), 0.05)
+    top = {str(pool.image_ids[i]) for i in np.argsort(-u, kind="stable")[: 4 * b]}
+    assert set(sel.image_ids) <= top                                 # the candidate pool is the 4b most uncertain
+    assert sel.info["n_candidates"] == 4 * b
+    assert sel.info["class_weights"]["crack"] > sel.info["class_weights"]["void"]  # lower quality, larger weight
+    scores = [p.acquisition for p in sel.picks]
+    assert scores == sorted(scores, reverse=True)                    # ordered by DCUS uncertainty
