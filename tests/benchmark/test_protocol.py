@@ -187,3 +187,54 @@ def test_train_defaults_regenerates_a_pool_made_with_another_seed(tmp_path: Path
     assert (pool / "annotations.json").read_text() != old and "seed 4242" in said[0]
     ensure_generated_pool(pool, 3, 4242, said.append)  # up to date: nothing regenerated
     assert len(said) == 1
+
+
+# ------------------------------------------------------------------------------- tiny end to end
+def test_tiny_run_thresholds_on_validation_macro_f1_pool_prior_and_cost(tmp_path: Path) -> None:
+    from gsal_edge.benchmark.rounds import Benchmark
+    from gsal_edge.benchmark.training import DetectorRounds
+    from gsal_edge.models.detector import load_checkpoint
+    from gsal_edge.models.tiny_models import write_tiny_models
+
+    models = tmp_path / "models"
+    write_tiny_models(models)
+    cache = tmp_path / "priors"
+    cfg = load_preset("tiny", {"models": {"dir": str(models), "prior_source": "pool", "prior_overrides": TINY_PRIOR,
+                                          "prior_cache_dir": str(cache)},
+                               "data": {"cache_dir": str(tmp_path / "data")}, "threads": 1,
+                               "strategies": ["gsal", "entropy", "random"]})
+    said: list[str] = []
+    run = tmp_path / "run"
+    bench = Benchmark(cfg, run, progress=False, say=said.append)
+    bench.run()
+    split = json.loads((run / "split.json").read_text())
+    val, pool, test = set(split["val"]), set(split["pool"]), set(split["test"])
+    assert val and not val & pool and not val & test
+    info = json.loads((run / "run.json").read_text())
+    assert info["val_size"] == len(val) and info["pool_size"] == len(pool)
+    # the prior was trained on exactly the pool: never a validation or test slice
+    prior = Path(info["models"]["prior"])
+    assert prior.is_relative_to(cache.resolve())
+    assert set(json.loads((prior.parent / "pool_ids.json").read_text())) == pool
+    assert json.loads((prior / "gsal_prior.json").read_text())["train"]["images"] == len(pool)
+    for slug in ("gsal", "entropy", "random"):
+        st = json.loads((run / "results" / slug / "seed-0.json").read_text())
+        assert not set(st["labeled"]) & val
+        for rec in st["rounds"]:
+            m = rec["metrics"]
+            assert m["threshold_source"] == "validation" and "f1_macro" in m
+            assert m["validation"]["n_images"] == len(val)
+            assert m["threshold"] == m["validation"]["thresholds"]["overall"]
+            assert m["f1_oracle"] >= m["f1"] - 1e-12  # the best threshold on test is an upper bound
+    report = (run / "report.md").read_text()
+    assert "## macro F1@0.5 on the held-out test split" in report and "validation split" in report
+    assert "## Round cost relative to entropy" in report
+    cost = report.split("## Round cost relative to entropy")[1]
+    assert "| gsal |" in cost.split("##")[0]
+    assert any(line.startswith("round cost gsal / entropy: ") for line in said)
+    # the legacy option scores the same detector at the best threshold on the test split: the recorded oracle
+    r0 = json.loads((run / "results" / "gsal" / "seed-0.json").read_text())["rounds"][0]["metrics"]
+    model, _ = load_checkpoint(next((run / "shared" / "seed-0").glob("typed-*/detector.pt")))
+    legacy = DetectorRounds(cfg.model_copy(update={"f1_threshold": "test_oracle"}), bench.dataset,
+                            bench.test_ids, run, "cpu").evaluate(model)
+    assert legacy["f1"] == pytest.approx(r0["f1_oracle"]) and legacy["threshold_source"] == "test_oracle"
