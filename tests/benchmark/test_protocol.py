@@ -238,3 +238,15 @@ def test_tiny_run_thresholds_on_validation_macro_f1_pool_prior_and_cost(tmp_path
     legacy = DetectorRounds(cfg.model_copy(update={"f1_threshold": "test_oracle"}), bench.dataset,
                             bench.test_ids, run, "cpu").evaluate(model)
     assert legacy["f1"] == pytest.approx(r0["f1_oracle"]) and legacy["threshold_source"] == "test_oracle"
+
+
+def test_cli_prior_source_is_validated(tmp_path: Path) -> None:
+    import typer
+    from typer.testing import CliRunner
+
+    from gsal_cli.commands.bench import bench
+
+    app = typer.Typer()
+    app.command()(bench)
+    res = CliRunner().invoke(app, ["--preset", "tiny", "--out", str(tmp_path / "r"), "--prior-source", "test"])
+    assert res.exit_code == 2 and "prior_source" in res.output
