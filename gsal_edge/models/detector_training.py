@@ -38,7 +38,7 @@ from gsal_edge.data.image_io import load_image
 from gsal_edge.data.preprocessing import to_unit_float
 from gsal_edge.errors import GSALError
 from gsal_edge.models import distributed
-from gsal_edge.models.detection_metrics import FixedThresholds, detection_metrics, ground_truth
+from gsal_edge.models.detection_metrics import detection_metrics, ground_truth
 from gsal_edge.models.detector import (
     CTFasterRCNN,
     Prediction,
@@ -478,12 +478,13 @@ def predict_dataset(model: CTFasterRCNN, dataset: DetectionDataset, *, window: t
 def evaluate_detector(model: CTFasterRCNN, dataset: DetectionDataset, image_ids: Sequence[str] | None = None, *,
                       classes: list[str] | None = None, window: tuple[float, float] | None = None,
                       batch_size: int = 8, iou_thr: float = 0.5, progress: bool = False,
-                      device: str = "cpu", score_threshold: FixedThresholds | float | None = None) -> dict[str, Any]:
+                      device: str = "cpu", score_threshold: Any = None) -> dict[str, Any]:
     """F1@IoU (best threshold), mAP@50 and COCO AP, overall and per class (see :mod:`gsal_edge.models.detection_metrics`).
 
     ``classes`` are the model's classes in label order (default: the model's, else the data set's);
-    a class-agnostic model is scored against all annotations as one class. ``score_threshold``: F1 at
-    thresholds fixed beforehand (e.g. on a validation split) instead of the best one on these images.
+    a class-agnostic model is scored against all annotations as one class. ``score_threshold`` (a
+    ``detection_metrics.FixedThresholds`` or one float): F1 at thresholds fixed beforehand (e.g. on a
+    validation split) instead of the best one on these images.
     """
     ds = dataset.subset(image_ids) if image_ids is not None else dataset
     classes = list(classes or getattr(model, "classes", None) or dataset.classes)
