@@ -4,6 +4,7 @@
                     [--strategies gsal,entropy,random,gsal[proposal_mode=crop]] [--seeds 3]
                     [--init 0.01 --step 0.01 --budget 0.10] [--detector cpu] [--models DIR]
                     [--set name=value ...] [--sweep gamma=0.25,0.5,1.0 ...] [--config FIELDS.yaml]
+                    [--prior-source files|pool]
     gsal-edge bench --out RUN_DIR            # resume a killed run with its stored config
     gsal-edge bench --report-only RUN_DIR    # rewrite RUN_DIR/report.md and the PNGs
 
@@ -64,6 +65,9 @@ def bench(
                                                          "[default: artifacts/models, from `models train-defaults`]")] = None,
     prior: Annotated[Path | None, typer.Option(help="diffusion prior folder")] = None,
     clip: Annotated[Path | None, typer.Option(help="CLIP folder (gsal_clip.json)")] = None,
+    prior_source: Annotated[str | None, typer.Option(help="files (the prior folder: --models/--prior) | pool "
+                                                          "(train the prior on this run's unlabeled pool only, "
+                                                          "cached by content hash)")] = None,
     graph: Annotated[str | None, typer.Option(help="concept graph name or file")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="GSAL parameter name=value (repeatable)")] = None,
     sweep: Annotated[list[str] | None, typer.Option(help="one-at-a-time sweep name=v1,v2,... (repeatable); "
@@ -107,6 +111,10 @@ def bench(
             ov.setdefault("models", {})["prior"] = str(prior)
         if clip is not None:
             ov.setdefault("models", {})["clip"] = str(clip)
+        if prior_source is not None:
+            ov.setdefault("models", {})["prior_source"] = prior_source
+        if prior is not None and prior_source is None:  # an explicit --prior folder beats a preset's `pool`
+            ov["models"]["prior_source"] = "files"
         if set_:  # appended to the preset's (or --config's) GSAL overrides; later ones win
             ov["gsal"] = list(ov.get("gsal", load_preset(preset).gsal)) + list(set_)
         if sweep:

@@ -62,6 +62,11 @@ class DataConfig(StrictModel):
     format: Literal["auto", "coco", "voc", "yolo"] = "auto"
     synthetic: SyntheticData = Field(default_factory=SyntheticData)
     test_fraction: float = Field(0.2, gt=0, lt=1, description="held-out test share (stratified, seeded)")
+    val_fraction: float = Field(
+        0.1, ge=0, lt=1, description="labeled validation share of all images, drawn from what the test split "
+                                     "leaves (stratified, seeded by split_seed), never in the pool: "
+                                     "evaluation-only labels, the same for every strategy; each round's F1 "
+                                     "score thresholds are chosen on it and applied to the test split")
     split_seed: int = 0
     max_images: int | None = Field(None, ge=4, description="use a seeded subset of this many images")
     window: tuple[float, float] | str | None = Field(
@@ -71,6 +76,12 @@ class DataConfig(StrictModel):
                           "to [lo, hi] when the run starts (run.json, detector checkpoints and bundles carry it)")
     cache_dir: str = Field("artifacts/bench_data", description="generated data sets, by content hash")
 
+    @model_validator(mode="after")
+    def _fractions(self) -> DataConfig:
+        if self.test_fraction + self.val_fraction >= 0.9:
+            raise ValueError(f"test_fraction {self.test_fraction} + val_fraction {self.val_fraction} leave "
+                             "less than 10% of the images for the pool")
+        return self
 
     @field_validator("window", mode="before")
     @classmethod
@@ -87,6 +98,19 @@ class BenchModels(StrictModel):
                             "artifacts/models, where `gsal-edge models train-defaults` writes")
     prior: str | None = Field(None, description="diffusers/SD prior folder (overrides dir/prior)")
     clip: str | None = Field(None, description="CLIP folder with gsal_clip.json (overrides dir/clip)")
+    prior_source: Literal["files", "pool"] = Field(
+        "files", description="files: the prior folder above (e.g. the embedded default); pool: train one on "
+                             "this run's unlabeled POOL slices only (never validation or test) with the "
+                             "`models train-diffusion` code, cached by content hash of the pool images and "
+                             "the training config under prior_cache_dir")
+    prior_config: str | None = Field(None, description="prior_source=pool: a models config YAML whose "
+                                                      "`diffusion` section is used (default: the packaged "
+                                                      "configs/models_default.yaml)")
+    prior_overrides: dict[str, Any] = Field(default_factory=dict, description="prior_source=pool: "
+                                            "DiffusionTrainConfig fields merged over that section, e.g. "
+                                            "{vae: {steps: 40}}")
+    prior_cache_dir: str = Field("artifacts/bench_priors", description="prior_source=pool: trained priors, "
+                                                                        "by content hash")
 
 
 class BenchConfig(StrictModel):
@@ -117,6 +141,10 @@ class BenchConfig(StrictModel):
     gsal: list[str] = Field(default_factory=list, description="GSALConfig name=value overrides (all strategies)")
     rare_fraction: float = Field(0.2, gt=0, le=1, description="rare = bottom share of classes by instances")
     rare_classes: list[str] | None = None
+    f1_threshold: Literal["validation", "test_oracle"] = Field(
+        "validation", description="validation: F1 score thresholds chosen on the labeled validation split, "
+                                  "applied to the test split; test_oracle (legacy, optimistic): the best "
+                                  "threshold on the test split itself (also recorded as f1_oracle either way)")
     threads: int = Field(1, ge=1)
     device: str = Field("cpu", description="where the detector trains and is evaluated and the pool is scored: "
                                            "cpu | cuda[:N] | auto (cuda when torch sees a GPU); on CUDA the "
@@ -138,6 +166,8 @@ class BenchConfig(StrictModel):
     def _check(self) -> BenchConfig:
         if self.init > self.budget + 1e-9:
             raise ValueError(f"init {self.init} exceeds budget {self.budget}")
+        if self.f1_threshold == "validation" and self.data.val_fraction <= 0:
+            raise ValueError("f1_threshold=validation needs data.val_fraction > 0 (or f1_threshold=test_oracle)")
         for name, values in self.sweep.items():
             if name not in SWEEPABLE:
                 raise ValueError(f"sweep: {name!r} is not sweepable; choose from {', '.join(SWEEPABLE)}")

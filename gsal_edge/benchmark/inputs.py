@@ -1,5 +1,6 @@
 """What a run reads: its data set (a path, or a generated set cached by content hash), the map of data
-classes onto graph nodes, and the fixed diffusion prior and CLIP with their fingerprints."""
+classes onto graph nodes, and the fixed diffusion prior (a folder, or trained on the run's pool) and CLIP with
+their fingerprints."""
 
 from __future__ import annotations
 
@@ -115,17 +116,31 @@ class FixedModels:
     clip_fp: str
 
 
-def load_fixed_models(m: BenchModels) -> FixedModels:
-    """Find the prior and CLIP folders of ``m`` (default: ``artifacts/models``) and load them."""
+def load_fixed_models(m: BenchModels, dataset: DetectionDataset | None = None, pool_ids: Sequence[str] = (),
+                      window: Sequence[float] | None = None, threads: int = 1, progress: bool = True,
+                      say: Any = print) -> FixedModels:
+    """Find the prior and CLIP folders of ``m`` (default: ``artifacts/models``) and load them.
+
+    ``m.prior_source == "pool"``: the prior is trained on ``pool_ids`` of ``dataset`` only (cached, see
+    :mod:`gsal_edge.benchmark.pool_prior`) instead of read from a folder."""
     from gsal_edge.models.clip_model import ClipModel
     from gsal_edge.models.diffusion_prior import DiffusionPrior
 
     root = Path(m.dir) if m.dir else DEFAULT_MODELS_DIR
-    # the embedded defaults (`gsal-edge models train-defaults`) write diffusion/ and clip/; --models DIR
-    # may also hold prior/ (the export layout)
-    prior = Path(m.prior) if m.prior else next((root / d for d in ("prior", "diffusion") if (root / d).is_dir()),
-                                               None)
     clip = Path(m.clip) if m.clip else root / "clip"
+    if m.prior_source == "pool":
+        if m.prior:
+            raise BenchError(f"models.prior {m.prior!r} and prior_source=pool: choose one")
+        if dataset is None:
+            raise BenchError("models.prior_source=pool needs the run's data set and pool")
+        from gsal_edge.benchmark.pool_prior import train_pool_prior
+
+        prior: Path | None = train_pool_prior(m, dataset, pool_ids, window, threads, progress, say)
+    else:
+        # the embedded defaults (`gsal-edge models train-defaults`) write diffusion/ and clip/; --models DIR
+        # may also hold prior/ (the export layout)
+        prior = Path(m.prior) if m.prior else next((root / d for d in ("prior", "diffusion") if (root / d).is_dir()),
+                                                   None)
     if prior is None or not clip.is_dir():
         raise BenchError(f"no diffusion prior / CLIP in {root} (expected prior/ or diffusion/, and clip/): run "
                          "`gsal-edge models train-defaults` (writes artifacts/models), or pass --models DIR, "

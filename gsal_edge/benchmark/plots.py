@@ -66,10 +66,10 @@ def _plot_bands(run: RunData, panels: list[tuple[str, str]], title: str, path: P
 
 
 def plot_curves(run: RunData, out: Path) -> Path:
-    """F1, mAP@50 and AP vs labeled share: mean per strategy with a ±1 std band."""
+    """Micro and macro F1, mAP@50 and AP vs labeled share: mean per strategy with a ±1 std band."""
     return _plot_bands(run, [(f"metrics.{key}", label) for key, label in METRICS],
                        f"learning curves (mean ± std over {len(run.seeds)} seed(s))", out / "learning_curves.png",
-                       15, panel_titles=True)
+                       4.8 * len(METRICS), panel_titles=True)
 
 
 def plot_rare(run: RunData, out: Path) -> Path:

@@ -3,7 +3,8 @@
 ``write_report(RUN_DIR)`` reads ``run.json`` and ``results/*/seed-*.json`` and writes
 
 - ``report.md``: the paper's Table 1/2 layout (strategy x labeled share, mean ± std over seeds) for
-  F1@0.5, mAP@50 and COCO AP; rare-class retrieval; labeled instances per class; per-class AP at the
+  micro and macro F1@0.5 (at the score thresholds chosen on the labeled validation split), mAP@50 and
+  COCO AP; the round cost of each strategy relative to entropy's; rare-class retrieval; labeled instances per class; per-class AP at the
   last budget; wall time per round (train / eval / score / select); sensitivity sweeps; the label mode;
 - ``learning_curves.png`` (mean lines with ±1 std bands), ``rare_retrieval.png``,
   ``sensitivity.png`` (F1 vs each swept parameter, when a sweep ran), ``instances_f1.png`` (F1 vs the
@@ -17,6 +18,7 @@ how many did when that is fewer than all.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +38,7 @@ from gsal_edge.benchmark.run_data import (
     load_run,
     pct,
     record_field,
+    round_cost_ratios,
     sensitivity_rows,
 )
 
@@ -88,6 +91,27 @@ def _retrain_text(cfg: dict[str, Any]) -> str:
                 f"a seed), then each round fine-tuned from that strategy's previous-round detector on all its labels "
                 f"(~{cfg.get('finetune_iters')} iterations)")
     return f"retrained from scratch each round (~{cfg.get('train_iters')} iterations)"
+
+
+def _threshold_text(info: dict[str, Any], cfg: dict[str, Any]) -> str:
+    if cfg.get("f1_threshold", "validation") == "test_oracle" or not info.get("val_size"):
+        return ("- F1 score threshold: **the best on the test split itself** (legacy `f1_threshold: test_oracle`, "
+                "optimistic); micro F1 pools every detection, macro F1 averages the classes present in the test "
+                "split")
+    return (f"- F1 score thresholds chosen each round on the labeled validation split ({info['val_size']} images, "
+            f"evaluation-only labels, disjoint from pool and test, fixed by the split seed, the same for every "
+            f"strategy) and applied unchanged on the test split: micro F1 at the pooled threshold (the "
+            f"frequent class dominates it), macro F1 = mean over the classes present in the test split, each at "
+            f"its own validation threshold")
+
+
+def _cost_rows(run: RunData, base: str = "entropy") -> list[list[str]]:
+    def x(v: float) -> str:
+        return "–" if math.isnan(v) else f"{v:.2f}x"
+
+    return [[s, str(int(c["rounds"])), f"{c['round_wall']:.1f}", x(c["ratio"]),
+             f"{1000 * c['score_per_slice']:.1f}", x(c["score_ratio"])]
+            for s, c in round_cost_ratios(run, base).items()]
 
 
 def check_driver(pick: dict[str, Any], class_to_concept: dict[str, str], rare_concepts: set[str],
@@ -174,7 +198,8 @@ def write_report(run_dir: str | Path) -> Path:
     counts = ", ".join(f"{c} {n}" for c, n in info.get("pool_class_counts", {}).items())
     lines += [
         (f"- preset `{cfg.get('preset')}`; data: {info['data'].get('path') or 'synthetic (generated)'} "
-         f"({info['data']['n_images']} images: pool {info['pool_size']}, held-out test {info['test_size']}); "
+         f"({info['data']['n_images']} images: pool {info['pool_size']}, validation {info.get('val_size', 0)}, "
+         f"held-out test {info['test_size']}); "
          f"graph `{info.get('graph')}`"),
         f"- label mode: {', '.join(mode_set)}{per_mode}",
         (f"- detector `{cfg.get('detector')}` {_retrain_text(cfg)}; {len(run.seeds)} seed(s) {run.seeds}; "
@@ -184,7 +209,8 @@ def write_report(run_dir: str | Path) -> Path:
         (f"- candidates per round: {'the whole unlabeled pool' if not cfg.get('candidates') else str(cfg['candidates']) + ' unlabeled images drawn at random (seeded by seed and round), the same rule for every strategy'}"),
         (f"- rare classes (bottom {pct(cfg.get('rare_fraction', 0.2))} by pool instances, or configured): "
          f"{', '.join(info.get('rare_classes', []))}; pool instances per class: {counts}"),
-        (f"- prior `{info['models']['prior']}` ({info['models']['prior_fingerprint']}), "
+        _threshold_text(info, cfg),
+        (f"- prior ({(cfg.get('models') or {}).get('prior_source', 'files')}) `{info['models']['prior']}` ({info['models']['prior_fingerprint']}), "
          f"CLIP `{info['models']['clip']}`; git {git.get('commit') or 'unknown'}"
          f"{' (local changes)' if git.get('dirty') else ''}; torch {info['versions'].get('torch')}, "
          f"threads {info.get('threads')}"),
@@ -269,6 +295,16 @@ def write_report(run_dir: str | Path) -> Path:
                "image-level diffusion scores come from a cache after their first computation; core-set reads only "
                "cached whole-slice embeddings), select = fusion + selection."), "",
               _md_table(["strategy", "train", "eval", "score", "select", "rounds"], rows), ""]
+    cost = _cost_rows(run)
+    if cost:
+        lines += ["## Round cost relative to entropy", "",
+                  ("Whole-round wall = detector training + scoring the round's candidates + selection, summed over "
+                   "the rounds a strategy and entropy both finished with a selection at the same seed and round "
+                   "(same candidates), as a ratio of sums; scoring per slice = score seconds per candidate. Same "
+                   "backend and threads within a run; round 0's shared training and cached records count at their "
+                   "first computation's time for every strategy."), "",
+                  _md_table(["strategy", "rounds", "round wall (s, mean)", "round cost / entropy",
+                             "scoring per slice (ms)", "scoring per slice / entropy"], cost), ""]
     sens = sensitivity_rows(run)
     if sens:
         lines += [f"## Sensitivity (one at a time, F1@0.5 at {pct(run.budgets[-1])})", ""]

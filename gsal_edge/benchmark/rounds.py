@@ -35,6 +35,7 @@ from gsal_edge.benchmark.split import (
     initial_set,
     labeled_summary,
     pool_test_split,
+    validation_split,
 )
 from gsal_edge.benchmark.state import (
     BENCH_PACKAGES,
@@ -84,6 +85,8 @@ class Benchmark:
         self.class_to_concept = class_map(self.dataset, self.graph, self.cfg.class_map)
         self.test_ids, self.pool_ids = pool_test_split(self.dataset, self.cfg.data.test_fraction,
                                                        self.cfg.data.split_seed)
+        self.val_ids, self.pool_ids = validation_split(self.dataset, self.pool_ids, self.cfg.data.val_fraction,
+                                                       self.cfg.data.test_fraction, self.cfg.data.split_seed)
         self.cfg.data.window = data_window(self.cfg.data, self.dataset, self.pool_ids)  # 'auto' -> (lo, hi)
         self.budgets, self.sizes = budget_schedule(len(self.pool_ids), self.cfg.init, self.cfg.step, self.cfg.budget)
         self.pool_class_counts = class_counts(self.dataset, self.pool_ids)
@@ -95,13 +98,15 @@ class Benchmark:
                 raise BenchError(f"strategy {s.key!r}: label_mode=binary has no class labels to build "
                                  f"{g.assigner} prototypes from; use assigner=text")
         self.init_sets = {seed: initial_set(self.pool_ids, self.sizes[0], seed) for seed in self.cfg.seeds}
-        self.models = m = load_fixed_models(self.cfg.models)
+        self.models = m = load_fixed_models(self.cfg.models, self.dataset, self.pool_ids, self.cfg.data.window,
+                                            self.cfg.threads, self.progress, self.say)
         self.prior_dir, self.clip_dir, self.prior, self.clip = m.prior_dir, m.clip_dir, m.prior, m.clip
         self.prior_fp, self.clip_fp = m.prior_fp, m.clip_fp
         self.diffusion_cache = DiffusionCache(self.run_dir / "cache" / f"diffusion-{self.prior_fp}.npz")
         self.scoring = PoolScoring(self.cfg, self.dataset, self.class_to_concept, self.graph, m, self.pool_ids,
                                    self.diffusion_cache, self.device, self.progress)
-        self.detectors = DetectorRounds(self.cfg, self.dataset, self.test_ids, self.run_dir, self.device)
+        self.detectors = DetectorRounds(self.cfg, self.dataset, self.test_ids, self.run_dir, self.device,
+                                        self.val_ids)
         self._write_run_json()
         self._prepared = True
 
@@ -109,6 +114,8 @@ class Benchmark:
         """``split.json`` and ``run.json`` of a new folder; for an existing one, check it may resume."""
         path = self.run_dir / "run.json"
         split = {"test": self.test_ids, "pool": self.pool_ids, "init": {str(s): v for s, v in self.init_sets.items()}}
+        if self.val_ids:
+            split["val"] = self.val_ids
         if path.is_file():
             check_resumable(self.run_dir, self.cfg.to_dict(), split, self.prior_fp, self.prior_dir)
             return
@@ -131,6 +138,7 @@ class Benchmark:
             "labeled_sizes": self.sizes,
             "pool_size": len(self.pool_ids),
             "test_size": len(self.test_ids),
+            "val_size": len(self.val_ids),
             "classes": list(self.dataset.classes),
             "class_to_concept": self.class_to_concept,
             "pool_class_counts": self.pool_class_counts,
@@ -202,7 +210,8 @@ class Benchmark:
                 model_path(self.run_dir, spec, seed, r - 1).unlink(missing_ok=True)
             m = rec["metrics"]
             self.say(f"[{spec.key} seed {seed}] round {r + 1}/{n_rounds} labeled {len(labeled)} "
-                     f"F1 {_f(m.get('f1'))} mAP50 {_f(m.get('map50'))} AP {_f(m.get('ap'))} "
+                     f"F1 {_f(m.get('f1'))} macro {_f(m.get('f1_macro'))} mAP50 {_f(m.get('map50'))} "
+                     f"AP {_f(m.get('ap'))} "
                      f"rare {rec['rare']['n_covered']}/{rec['rare']['n_rare']} | train {times['train']:.1f}s "
                      f"eval {times['eval']:.1f}s score {times['score']:.1f}s select {times['select']:.2f}s"
                      + (" (round 0 shared)" if shared else ""))
@@ -303,8 +312,11 @@ class Benchmark:
                 self.run_pair(spec, seed)
         self.say(f"all rounds done in {time.perf_counter() - t0:.0f}s this session; writing the report")
         from gsal_edge.benchmark.report import write_report
+        from gsal_edge.benchmark.run_data import cost_ratio_lines, load_run
 
         write_report(self.run_dir)
+        for line in cost_ratio_lines(load_run(self.run_dir)):
+            self.say(line)
 
 
 def _f(v: Any) -> str:

@@ -14,15 +14,20 @@ import numpy as np
 __all__ = [
     "METRICS",
     "RunData",
+    "cost_ratio_lines",
     "instances_f1_correlation",
     "instances_f1_points",
     "load_run",
     "pct",
     "record_field",
+    "round_cost_ratios",
     "sensitivity_rows",
 ]
 
-METRICS = (("f1", "F1@0.5"), ("map50", "mAP@50"), ("ap", "COCO AP"))
+# record key, label: micro F1 pools every detection (the frequent class dominates it), macro F1 averages the
+# classes present in the test split; both at the score thresholds chosen on the validation split
+METRICS = (("f1", "F1@0.5 (micro)"), ("f1_macro", "macro F1@0.5"), ("map50", "mAP@50"), ("ap", "COCO AP"))
+COST_PARTS = ("train", "score", "select")  # a round's acquisition cost (eval is the benchmark's own)
 
 
 @dataclass
@@ -157,3 +162,56 @@ def instances_f1_correlation(run: RunData) -> dict[str, float] | None:
         return None
     return {"n": float(len(keep)), "pearson": float(np.corrcoef(x, y)[0, 1]),
             "spearman": float(np.corrcoef(_ranks(x), _ranks(y))[0, 1])}
+
+
+def _total(recs: dict[tuple[int, int], dict[str, Any]], keys: list[tuple[int, int]], parts: tuple[str, ...]) -> float:
+    return float(sum(recs[k]["times"].get(p, 0.0) for k in keys for p in parts))
+
+
+def _per_slice(recs: dict[tuple[int, int], dict[str, Any]], keys: list[tuple[int, int]]) -> float:
+    """Score seconds per candidate over the rounds ``keys``."""
+    n = sum(int(recs[k].get("n_candidates") or 0) for k in keys)
+    return _total(recs, keys, ("score",)) / n if n else math.nan
+
+
+def round_cost_ratios(run: RunData, base: str = "entropy") -> dict[str, dict[str, float]]:
+    """Per strategy: its whole-round wall (train + score + select) relative to ``base``'s over the rounds
+    both finished with a selection, at the same seed and round (so the same candidate count), as a ratio of
+    sums; and the per-slice scoring cost ratio (score seconds per candidate). ``{}`` without ``base``."""
+    if base not in run.results:
+        return {}
+
+    def selection_rounds(s: str) -> dict[tuple[int, int], dict[str, Any]]:
+        return {(seed, r["round"]): r for seed, rounds in run.results[s].items() for r in rounds
+                if "picks" in r and "times" in r}
+
+    ref = selection_rounds(base)
+    out: dict[str, dict[str, float]] = {}
+    for s in run.strategies:
+        mine = selection_rounds(s)
+        keys = sorted(k for k in mine if k in ref and mine[k].get("n_candidates") == ref[k].get("n_candidates"))
+        if not keys:
+            continue
+
+        wall, wall_ref = _total(mine, keys, COST_PARTS), _total(ref, keys, COST_PARTS)
+        ps, ps_ref = _per_slice(mine, keys), _per_slice(ref, keys)
+        out[s] = {"rounds": float(len(keys)), "round_wall": wall / len(keys), "base_round_wall": wall_ref / len(keys),
+                  "ratio": wall / wall_ref if wall_ref > 0 else math.nan,
+                  "score_per_slice": ps, "base_score_per_slice": ps_ref,
+                  "score_ratio": ps / ps_ref if ps_ref > 0 else math.nan}
+    return out
+
+
+def cost_ratio_lines(run: RunData, base: str = "entropy") -> list[str]:
+    """One line per strategy: its round cost relative to ``base`` (printed at the end of every run)."""
+    ratios = round_cost_ratios(run, base)
+    if not ratios:
+        return [f"round cost ratio: no {base} rounds in this run to compare with"]
+
+    def x(v: float) -> str:
+        return "n/a" if math.isnan(v) else f"{v:.2f}x"
+
+    return [f"round cost {s} / {base}: {x(c['ratio'])} (train + score + select, {c['round_wall']:.1f}s vs "
+            f"{c['base_round_wall']:.1f}s per round, {int(c['rounds'])} rounds, same candidates); scoring per "
+            f"slice {x(c['score_ratio'])} ({1000 * c['score_per_slice']:.1f} vs {1000 * c['base_score_per_slice']:.1f} ms)"
+            for s, c in ratios.items() if s != base]

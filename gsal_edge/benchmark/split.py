@@ -12,7 +12,7 @@ from gsal_edge.benchmark.config import BenchError
 from gsal_edge.data.dataset import DetectionDataset
 
 __all__ = ["budget_schedule", "candidate_ids", "choose_rare_classes", "class_counts", "initial_set", "labeled_summary",
-           "pool_test_split", "rare_classes", "subsample"]
+           "pool_test_split", "rare_classes", "subsample", "validation_split"]
 
 
 def subsample(ds: DetectionDataset, max_images: int | None, split_seed: int) -> DetectionDataset:
@@ -30,6 +30,26 @@ def pool_test_split(ds: DetectionDataset, test_fraction: float, split_seed: int)
 
     pool, test = split_ids(ds, test_fraction, split_seed)
     return sorted(test), sorted(pool)
+
+
+def validation_split(ds: DetectionDataset, rest_ids: list[str], val_fraction: float, test_fraction: float,
+                     split_seed: int) -> tuple[list[str], list[str]]:
+    """(validation ids, pool ids), each sorted: ``val_fraction`` of ALL images drawn from ``rest_ids`` (what the
+    test split left), stratified like the test split and seeded by ``split_seed`` alone, so it is the same for
+    every strategy and AL seed. Its labels are for evaluation only (the F1 thresholds); it is never in the pool."""
+    if val_fraction <= 0:
+        return [], sorted(rest_ids)
+    from gsal_edge.models.detector_training import split_ids
+
+    share = val_fraction / (1.0 - test_fraction)  # of what the test split left
+    if not 0 < share < 1:
+        raise BenchError(f"data.val_fraction {val_fraction} with test_fraction {test_fraction}: nothing left "
+                         "for the pool")
+    pool, val = split_ids(ds.subset(set(rest_ids)), share, int(split_seed) + 1)
+    if not val:
+        raise BenchError(f"data.val_fraction {val_fraction}: the validation split of {len(rest_ids)} images "
+                         "is empty; raise it or use more images")
+    return sorted(val), sorted(pool)
 
 
 def initial_set(pool_ids: list[str], size: int, seed: int) -> list[str]:

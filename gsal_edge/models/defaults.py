@@ -23,6 +23,7 @@ from gsal_edge.models.diffusion_training import DiffusionTrainConfig
 
 DEFAULT_MODELS_CONFIG = CONFIGS_DIR / "models_default.yaml"
 DEFAULTS_RECORD = "defaults.json"
+POOL_RECORD = "pool.json"  # the generated pool's {n, seed}: another seed or size regenerates it
 # modules whose code shapes the trained weights (part of the cache key)
 _CODE_MODULES = ("models.diffusion_training", "models.clip_training", "models.diffusion_prior", "models.clip_model",
                  "data.model_inputs", "acquisition.diffusion_difficulty", "data.synthetic.config", "data.synthetic.render",
@@ -37,7 +38,7 @@ class DefaultsConfig(StrictModel):
     """``configs/models_default.yaml``: both embedded defaults and how train-defaults builds them."""
 
     pool_slices: int = Field(600, ge=1, description="slices generated when no --data is given")
-    pool_seed: int = 0
+    pool_seed: int = Field(4242, description="generator seed of that pool: no benchmark preset's data seed")
     long_factor: float = Field(4.0, ge=1.0, description="--long multiplies every step count by this")
     parallel: bool = True
     diffusion: DiffusionTrainConfig = DiffusionTrainConfig()
@@ -96,6 +97,27 @@ def defaults_key(cfg: DefaultsConfig, data_fingerprint: str) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
+def ensure_generated_pool(data: Path, n: int, seed: int, echo: Any = print) -> Path:
+    """The generated unlabeled pool of ``n`` slices with generator ``seed`` in ``data`` (POOL_RECORD says
+    which); regenerated when missing or made with another seed or size (a pool without the record was
+    made before it existed, with seed 0)."""
+    made = {"n": n, "seed": seed}
+    record = data / POOL_RECORD
+    if (data / "annotations.json").is_file() and record.is_file() and json.loads(record.read_text()) == made:
+        return data
+    import shutil
+
+    from gsal_edge.data.synthetic.config import SynthConfig
+    from gsal_edge.data.synthetic.generator import generate_dataset
+
+    if data.exists():
+        shutil.rmtree(data)
+    echo(f"no --data: generating {n} unlabeled pool slices (seed {seed}) into {data}")
+    generate_dataset(data, n, seed, SynthConfig(), progress=True)
+    record.write_text(json.dumps(made))
+    return data
+
+
 # -------------------------------------------------------------------- workers (top level: picklable)
 def _diffusion_job(data: str, out: str, cfg_json: dict[str, Any], restart: bool, position: int,
                    code: str) -> dict[str, Any]:
@@ -128,12 +150,7 @@ def train_defaults(out: Path, data: Path | None = None, cfg: DefaultsConfig | No
     t0 = time.perf_counter()
     if data is None:
         data = out / "pool"
-        if not (data / "annotations.json").is_file():
-            from gsal_edge.data.synthetic.config import SynthConfig
-            from gsal_edge.data.synthetic.generator import generate_dataset
-
-            echo(f"no --data: generating {cfg.pool_slices} unlabeled pool slices into {data}")
-            generate_dataset(data, cfg.pool_slices, cfg.pool_seed, SynthConfig(), progress=True)
+        ensure_generated_pool(data, cfg.pool_slices, cfg.pool_seed, echo)
     paths = list_images(data)
     code = code_version()
     key = defaults_key(cfg, data_fingerprint(paths, data))

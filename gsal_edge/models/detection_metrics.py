@@ -13,6 +13,13 @@ shared threshold (micro); ``per_class[c]["f1"]`` uses each class's own best thre
 averages the per-class values over classes with ground truth. A class without ground truth has
 F1 = NaN (undefined), and is left out of every mean.
 
+Those best-threshold values are chosen on the split they score (optimistic). With ``thresholds``
+(:class:`FixedThresholds`, e.g. chosen on a labeled validation split by :meth:`FixedThresholds.from_metrics`)
+:func:`detection_metrics` instead keeps the detections with score >= the fixed threshold: ``f1`` (micro,
+pooled) at the shared threshold, ``per_class[c]["f1"]`` at class c's threshold, ``f1_macro`` their mean over
+the classes with ground truth in the scored split; the best-threshold values stay as ``f1_oracle`` and
+``f1_macro_oracle``.
+
 AP: the COCO API (faster-coco-eval), area "all", 100 detections per image; ``map50`` and ``ap``
 average the per-class values over classes with ground truth.
 """
@@ -29,6 +36,30 @@ from typing import Any, Protocol
 import numpy as np
 
 from gsal_edge.data.dataset import DetectionDataset
+
+
+@dataclass(frozen=True)
+class FixedThresholds:
+    """Score thresholds fixed before a split is scored: ``overall`` for the pooled (micro) F1 and one per
+    class name for the per-class (macro) F1 (a class not in ``per_class`` uses ``overall``).
+    ``inf`` keeps no detection."""
+
+    overall: float
+    per_class: dict[str, float]
+
+    def for_class(self, name: str) -> float:
+        return float(self.per_class.get(name, self.overall))
+
+    @classmethod
+    def from_metrics(cls, m: dict[str, Any]) -> FixedThresholds:
+        """The best thresholds of :func:`detection_metrics`'s output ``m`` (run on the validation split):
+        pooled for ``overall``; per class where that class has ground truth there, else the pooled one."""
+        overall = float(m["threshold"])
+        per = {c: float(v["threshold"]) for c, v in m.get("per_class", {}).items() if v.get("n_gt", 0) > 0}
+        return cls(overall, per)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"overall": self.overall, "per_class": dict(self.per_class)}
 
 
 class DetectionsLike(Protocol):
@@ -136,9 +167,9 @@ def _check_pairs(gts: Sequence[ImageBoxes], preds: Sequence[DetectionsLike]) -> 
         raise ValueError(f"{len(gts)} ground-truth images but {len(preds)} predictions")
 
 
-def f1_scores(gts: Sequence[ImageBoxes], preds: Sequence[DetectionsLike], num_classes: int,
-              iou_thr: float = 0.5) -> dict[str, Any]:
-    """F1 at the best threshold: overall (pooled, one threshold), per class (label 1..C), macro."""
+def _class_matches(gts: Sequence[ImageBoxes], preds: Sequence[DetectionsLike], num_classes: int,
+                   iou_thr: float) -> dict[int, tuple[np.ndarray, np.ndarray, int]]:
+    """Per label 1..C: (scores, TP flags) of every detection of that class over all images, and its GT count."""
     _check_pairs(gts, preds)
     per_scores: dict[int, list[np.ndarray]] = {c: [] for c in range(1, num_classes + 1)}
     per_tp: dict[int, list[np.ndarray]] = {c: [] for c in range(1, num_classes + 1)}
@@ -156,16 +187,53 @@ def f1_scores(gts: Sequence[ImageBoxes], preds: Sequence[DetectionsLike], num_cl
                 sc = np.asarray(p.scores, dtype=np.float64)[pm]
                 per_scores[c].append(sc)
                 per_tp[c].append(match_image(np.asarray(g.boxes)[gm], np.asarray(p.boxes)[pm], sc, iou_thr))
-    per_class = {}
-    for c in range(1, num_classes + 1):
-        sc = np.concatenate(per_scores[c]) if per_scores[c] else np.zeros(0)
-        tp = np.concatenate(per_tp[c]) if per_tp[c] else np.zeros(0, dtype=bool)
-        per_class[c] = {**best_f1(sc, tp, n_gt[c]), "n_gt": n_gt[c]}
-    all_sc = np.concatenate([x for c in per_scores for x in per_scores[c]] or [np.zeros(0)])
-    all_tp = np.concatenate([x for c in per_tp for x in per_tp[c]] or [np.zeros(0, dtype=bool)])
-    overall = best_f1(all_sc, all_tp, sum(n_gt.values()))
+    return {c: (np.concatenate(per_scores[c]) if per_scores[c] else np.zeros(0),
+                np.concatenate(per_tp[c]) if per_tp[c] else np.zeros(0, dtype=bool), n_gt[c])
+            for c in range(1, num_classes + 1)}
+
+
+def _pooled(matches: dict[int, tuple[np.ndarray, np.ndarray, int]]) -> tuple[np.ndarray, np.ndarray, int]:
+    sc = np.concatenate([m[0] for m in matches.values()] or [np.zeros(0)])
+    tp = np.concatenate([m[1] for m in matches.values()] or [np.zeros(0, dtype=bool)])
+    return sc, tp, sum(m[2] for m in matches.values())
+
+
+def f1_at(scores: np.ndarray, tp: np.ndarray, n_gt: int, threshold: float) -> dict[str, float]:
+    """F1, precision, recall, tp, fp, fn keeping the detections with score >= ``threshold`` (fixed
+    beforehand, e.g. on a validation split). F1 is NaN when ``n_gt`` is 0; precision is 0 when none is kept."""
+    keep = np.asarray(scores, dtype=np.float64) >= threshold
+    t = np.asarray(tp, dtype=bool)[keep]
+    n_tp, n_fp = float(t.sum()), float((~t).sum())
+    if n_gt == 0:
+        return {"f1": math.nan, "threshold": float(threshold), "precision": math.nan, "recall": math.nan,
+                "tp": 0.0, "fp": n_fp, "fn": 0.0}
+    return {"f1": 2 * n_tp / (2 * n_tp + n_fp + (n_gt - n_tp)), "threshold": float(threshold),
+            "precision": n_tp / (n_tp + n_fp) if n_tp + n_fp else 0.0, "recall": n_tp / n_gt,
+            "tp": n_tp, "fp": n_fp, "fn": float(n_gt - n_tp)}
+
+
+def _macro(per_class: dict[Any, dict[str, Any]]) -> float:
     vals = [v["f1"] for v in per_class.values() if v["n_gt"] > 0]
-    return {"overall": overall, "per_class": per_class, "f1_macro": float(np.mean(vals)) if vals else math.nan}
+    return float(np.mean(vals)) if vals else math.nan
+
+
+def f1_scores(gts: Sequence[ImageBoxes], preds: Sequence[DetectionsLike], num_classes: int,
+              iou_thr: float = 0.5) -> dict[str, Any]:
+    """F1 at the best threshold: overall (pooled, one threshold), per class (label 1..C), macro."""
+    matches = _class_matches(gts, preds, num_classes, iou_thr)
+    per_class = {c: {**best_f1(sc, tp, n), "n_gt": n} for c, (sc, tp, n) in matches.items()}
+    return {"overall": best_f1(*_pooled(matches)), "per_class": per_class, "f1_macro": _macro(per_class)}
+
+
+def f1_fixed(gts: Sequence[ImageBoxes], preds: Sequence[DetectionsLike], classes: list[str],
+             thresholds: FixedThresholds, iou_thr: float = 0.5) -> dict[str, Any]:
+    """F1 at thresholds fixed beforehand: overall (pooled, ``thresholds.overall``: micro), per class (label
+    1..C at ``thresholds.for_class(name)``) and ``f1_macro`` (their mean over classes with ground truth here)."""
+    matches = _class_matches(gts, preds, len(classes), iou_thr)
+    per_class = {c: {**f1_at(sc, tp, n, thresholds.for_class(classes[c - 1])), "n_gt": n}
+                 for c, (sc, tp, n) in matches.items()}
+    return {"overall": f1_at(*_pooled(matches), thresholds.overall), "per_class": per_class,
+            "f1_macro": _macro(per_class)}
 
 
 def coco_ap(gts: Sequence[ImageBoxes], preds: Sequence[DetectionsLike], num_classes: int,
@@ -219,17 +287,35 @@ def _quiet(*args: Any, **kwargs: Any) -> None:
 
 
 def detection_metrics(gts: Sequence[ImageBoxes], preds: Sequence[DetectionsLike], classes: list[str],
-                      iou_thr: float = 0.5, image_sizes: Sequence[tuple[int, int]] | None = None) -> dict[str, Any]:
+                      iou_thr: float = 0.5, image_sizes: Sequence[tuple[int, int]] | None = None,
+                      thresholds: FixedThresholds | float | None = None) -> dict[str, Any]:
     """All metrics as one JSON-friendly dict: f1 (+ threshold, precision, recall), f1_macro, map50, ap,
-    and ``per_class[name]`` = {f1, threshold, precision, recall, ap50, ap, n_gt}."""
-    f1 = f1_scores(gts, preds, len(classes), iou_thr)
+    and ``per_class[name]`` = {f1, threshold, precision, recall, ap50, ap, n_gt}.
+
+    Without ``thresholds`` the F1 values use the best threshold on these very images. With fixed
+    ``thresholds`` (a float: one for every class) they use those, ``threshold_source`` is ``"fixed"`` and the
+    best-threshold values are kept as ``f1_oracle``, ``f1_macro_oracle`` and ``per_class[name]["f1_oracle"]``."""
+    best = f1_scores(gts, preds, len(classes), iou_thr)
+    fixed = None
+    if thresholds is not None:
+        if not isinstance(thresholds, FixedThresholds):
+            thresholds = FixedThresholds(float(thresholds), {})
+        fixed = f1_fixed(gts, preds, classes, thresholds, iou_thr)
+    f1 = fixed or best
     ap = coco_ap(gts, preds, len(classes), image_sizes)
     per_class = {}
     for i, name in enumerate(classes):
         fc, ac = f1["per_class"][i + 1], ap["per_class"][i + 1]
         per_class[name] = {"f1": fc["f1"], "threshold": fc["threshold"], "precision": fc["precision"],
                            "recall": fc["recall"], "ap50": ac["ap50"], "ap": ac["ap"], "n_gt": fc["n_gt"]}
+        if fixed is not None:
+            per_class[name]["f1_oracle"] = best["per_class"][i + 1]["f1"]
     o = f1["overall"]
-    return {"f1": o["f1"], "threshold": o["threshold"], "precision": o["precision"], "recall": o["recall"],
-            "f1_macro": f1["f1_macro"], "map50": ap["map50"], "ap": ap["ap"], "n_images": len(gts),
-            "n_gt": int(sum(v["n_gt"] for v in per_class.values())), "per_class": per_class}
+    out = {"f1": o["f1"], "threshold": o["threshold"], "precision": o["precision"], "recall": o["recall"],
+           "f1_macro": f1["f1_macro"], "map50": ap["map50"], "ap": ap["ap"], "n_images": len(gts),
+           "n_gt": int(sum(v["n_gt"] for v in per_class.values())), "per_class": per_class,
+           "threshold_source": "best" if fixed is None else "fixed"}
+    if fixed is not None:
+        out["f1_oracle"] = best["overall"]["f1"]
+        out["f1_macro_oracle"] = best["f1_macro"]
+    return out

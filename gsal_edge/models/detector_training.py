@@ -478,15 +478,18 @@ def predict_dataset(model: CTFasterRCNN, dataset: DetectionDataset, *, window: t
 def evaluate_detector(model: CTFasterRCNN, dataset: DetectionDataset, image_ids: Sequence[str] | None = None, *,
                       classes: list[str] | None = None, window: tuple[float, float] | None = None,
                       batch_size: int = 8, iou_thr: float = 0.5, progress: bool = False,
-                      device: str = "cpu") -> dict[str, Any]:
+                      device: str = "cpu", score_threshold: Any = None) -> dict[str, Any]:
     """F1@IoU (best threshold), mAP@50 and COCO AP, overall and per class (see :mod:`gsal_edge.models.detection_metrics`).
 
     ``classes`` are the model's classes in label order (default: the model's, else the data set's);
-    a class-agnostic model is scored against all annotations as one class.
+    a class-agnostic model is scored against all annotations as one class. ``score_threshold`` (a
+    ``detection_metrics.FixedThresholds`` or one float): F1 at thresholds fixed beforehand (e.g. on a
+    validation split) instead of the best one on these images.
     """
     ds = dataset.subset(image_ids) if image_ids is not None else dataset
     classes = list(classes or getattr(model, "classes", None) or dataset.classes)
     agnostic = model.config.class_agnostic or classes == [AGNOSTIC_CLASS]
     gts = ground_truth(ds, classes, agnostic=agnostic)
     preds = predict_dataset(model, ds, window=window, batch_size=batch_size, progress=progress, device=device)
-    return detection_metrics(gts, preds, classes, iou_thr, [(e.height, e.width) for e in ds.images])
+    return detection_metrics(gts, preds, classes, iou_thr, [(e.height, e.width) for e in ds.images],
+                             thresholds=score_threshold)

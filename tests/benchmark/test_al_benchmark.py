@@ -161,20 +161,21 @@ def test_tiny_end_to_end_report(tiny_models: Path, data_cache: Path, tmp_path: P
     info = json.loads((run / "run.json").read_text())
     assert info["strategies"] == ["gsal", "random"]
     assert info["versions"]["torch"] and "commit" in info["git"]
-    assert info["config"]["seeds"] == [0] and info["labeled_sizes"] == [7, 11]
+    assert info["config"]["seeds"] == [0] and info["labeled_sizes"] == [6, 9]
     split = json.loads((run / "split.json").read_text())
     assert not set(split["test"]) & set(split["pool"])
+    assert split["val"] and not set(split["val"]) & (set(split["pool"]) | set(split["test"]))
     g, r = _state(run, "gsal"), _state(run, "random")
     for st in (g, r):
         assert st["finished"] and [x["round"] for x in st["rounds"]] == [0, 1]
-        assert len(st["labeled"]) == 11 and len(set(st["labeled"])) == 11
+        assert len(st["labeled"]) == 9 and len(set(st["labeled"])) == 9
         assert set(st["labeled"]) <= set(split["pool"])
-        assert st["labeled"][:7] == split["init"]["0"]
+        assert st["labeled"][:6] == split["init"]["0"]
         picks = st["rounds"][0]["picks"]
-        assert len(picks) == 4 and all(p["sentence"] for p in picks)
+        assert len(picks) == 3 and all(p["sentence"] for p in picks)
         assert not {p["image_id"] for p in picks} & set(split["init"]["0"])
         rec = st["rounds"][1]
-        assert set(rec["metrics"]) >= {"f1", "map50", "ap", "per_class"}
+        assert set(rec["metrics"]) >= {"f1", "f1_macro", "map50", "ap", "per_class", "validation"}
         assert set(rec["times"]) >= {"train", "eval", "score", "select"}
         assert sum(rec["instances_per_class"].values()) == rec["instances"]
     # same initial labeled set -> round 0 trained once and shared
@@ -298,7 +299,7 @@ def test_dataset_formats_and_binary_mode(fmt: str, tiny_models: Path, data_cache
     info = json.loads((run / "run.json").read_text())
     assert info["data"]["path"] == str(data_path) and info["data"]["n_images"] == len(src.images)
     assert sorted(info["classes"]) == sorted(src.classes)
-    assert info["pool_size"] + info["test_size"] == len(src.images)
+    assert info["pool_size"] + info["val_size"] + info["test_size"] == len(src.images)
     st = _state(run, expand_strategies(BenchConfig(strategies=strategies))[0].slug)
     assert st["finished"] and len(st["labeled"]) == info["labeled_sizes"][-1]
     if fmt == "yolo":  # binary: class-agnostic detector, counts from CLIP concepts of the labeled boxes

@@ -52,8 +52,8 @@ def _shrunk_dev_a(models: Path, cache: Path, **over: object) -> object:
     tiny = _cfg(models, cache)
     data = {**dev.data.model_dump(), "cache_dir": str(cache),
             "synthetic": {**dev.data.synthetic.model_dump(), "n": 40}}
-    return load_preset("dev-a", {"data": data, "models": {"dir": str(models)}, "strategies": ["gsal", "random"],
-                                 "seeds": [0], "init": tiny.init, "step": tiny.step, "budget": tiny.budget,
+    return load_preset("dev-a", {"data": data, "models": {"dir": str(models), "prior_source": "files"},
+                                 "strategies": ["gsal", "random"], "seeds": [0], "init": tiny.init, "step": tiny.step, "budget": tiny.budget,
                                  "detector": "tiny", "detector_overrides": {}, "train_iters": tiny.train_iters,
                                  "retrain": "scratch", "candidates": None, "gsal": tiny.gsal, "threads": 1,
                                  "score_batch": 16, "gallery_picks": 2, "rare_fraction": 0.5, **over})
