@@ -106,6 +106,10 @@ def serve(
     advertise_address: str | None = typer.Option(
         None, "--advertise-address", help="host:port the trainer dials to reach this station (deploys, health "
         "checks); told to the trainer with every forwarded record (default: the bound address)"),
+    malloc_arena_max: int = typer.Option(
+        2, "--malloc-arena-max", min=0, envvar="GSAL_MALLOC_ARENA_MAX", help="cap glibc malloc arenas of this "
+        "process (keeps RSS flat under load, see server/malloc_arenas.py); 0: glibc default; an existing "
+        "MALLOC_ARENA_MAX wins"),
 ) -> None:
     """Serve GSAL scoring over gRPC until SIGINT/SIGTERM, then drain and stop.
 
@@ -113,6 +117,9 @@ def serve(
     backoff while it is down; a queue of --trainer-queue records, spooled to disk with --data-dir and replayed
     at the next start; flushed on shutdown within --grace-s).
     """
+    from server.malloc_arenas import limit_malloc_arenas
+
+    arenas = limit_malloc_arenas(malloc_arena_max)  # first: before any thread of this process exists
     from pydantic import ValidationError
 
     from gsal_edge.errors import GSALError
@@ -124,6 +131,7 @@ def serve(
 
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log.info("%s", arenas)
     try:
         tls = server_tls(tls_cert, tls_key, client_ca, require_client_cert)
         link = None
