@@ -508,3 +508,41 @@ def render(res: Path, gpu_res: Path, plot_dir: Path, report_dir: Path, loadavg: 
     body += selection + ingest + section_others(res)
     text = "\n".join(lines + body)
     return text.replace("](bench/plots/", f"]({rel}/")
+
+
+_SPLICE = {  # re-measurable part -> (section heading prefix, headline prefix, JSON file, section renderer)
+    "server": ("## 3. ", "- gRPC stream vs in-process", "server.json", section_server),
+    "ingest": ("## 6. ", "- Ingest into the SQLite pool store", "ingest.json", section_ingest),
+}
+
+
+def splice(text: str, parts: set[str], res: Path, plot_dir: Path, report_dir: Path) -> str:
+    """``text`` (an existing BENCHMARKS.md) with the sections and headline lines of ``parts`` (server,
+    ingest) re-rendered from the JSON under ``res``, and a line under the header saying what was re-measured
+    when, at which commit and load; every other row is left as it was measured."""
+    lines = text.split("\n")
+    heads: dict[str, Any] = {}
+    for part in sorted(parts):
+        sec_prefix, _, fname, fn = _SPLICE[part]
+        data = _read(res / fname)
+        new, h = fn(data)
+        heads.update(h)
+        start = next(i for i, ln in enumerate(lines) if ln.startswith(sec_prefix))
+        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+        lines[start:end] = new
+        if part == "server":
+            plots(None, data, {}, plot_dir)
+    fresh = _headlines(heads)
+    for part in sorted(parts):
+        prefix = _SPLICE[part][1]
+        new_line = next(ln for ln in fresh if ln.startswith(prefix))
+        idx = next((i for i, ln in enumerate(lines) if ln.startswith(prefix)), None)
+        if idx is not None:
+            lines[idx] = new_line
+    note = (f"**Re-measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, commit "
+            f"`{_git('rev-parse', '--short', 'HEAD')}`: {', '.join(sorted(parts))} only** (sections and headline "
+            f"lines; load average {load_loadavg()} when re-rendered); every other row is from the run above.")
+    at = next(i for i, ln in enumerate(lines) if ln.startswith("## Headlines"))
+    lines[at:at] = [note, ""]
+    rel = os.path.relpath(plot_dir, report_dir)
+    return "\n".join(lines).replace("](bench/plots/", f"]({rel}/")

@@ -3,6 +3,7 @@
     python bench/make_benchmarks_md.py                    # run every CPU bench (~10-15 min on 2 cores), render
     python bench/make_benchmarks_md.py --no-run           # render from the JSON already in --results
     python bench/make_benchmarks_md.py --only runtime,server
+    python bench/make_benchmarks_md.py --only server,ingest --splice   # re-measure two rows, keep the rest
 
 Each bench writes JSON under ``--results`` (default artifacts/bench/); the renderer (bench/benchmarks_md.py)
 reads only those files, so a GPU machine's results (bench/gpu_check.sh -> artifacts/gpu_check/) or other
@@ -146,13 +147,24 @@ def main(argv: list[str] | None = None) -> int:
                     help="bench/gpu_check.sh's output folder (its bench_runtime.json fills the GPU rows)")
     ap.add_argument("--out", type=Path, default=REPO / "BENCHMARKS.md", help="the Markdown report")
     ap.add_argument("--plots", type=Path, default=REPO / "bench" / "plots", help="where the PNG plots go")
+    ap.add_argument("--splice", action="store_true",
+                    help="with --only server and/or ingest: replace only those sections and headline lines of the "
+                    "existing --out, saying when and under what load they were re-measured")
     args = ap.parse_args(argv)
-    from benchmarks_md import render
+    from benchmarks_md import render, splice
 
     only = set(args.only.split(",")) if args.only else None
+    if args.splice and not (only and only <= {"server", "ingest"} and args.out.is_file()):
+        ap.error("--splice needs --only server[,ingest] and an existing --out")
     if args.run:
         print(f"make bench: results -> {args.results}", flush=True)
         run_all(only, args.results, sys.executable)
+    if args.splice:
+        assert only is not None
+        args.out.write_text(splice(args.out.read_text(encoding="utf-8"), only, args.results, args.plots,
+                                   args.out.parent), encoding="utf-8")
+        print(f"re-rendered {', '.join(sorted(only))} in {args.out}")
+        return 0
     st = json.loads((args.results / "run_status.json").read_text()) if (args.results / "run_status.json").is_file() else {}
     text = render(args.results, args.gpu_results, args.plots, args.out.parent,
                   {"before": st.get("loadavg_before", "n/a"), "after": st.get("loadavg_after", "n/a")})

@@ -172,3 +172,22 @@ def test_server_rows_say_untrained_and_interleaved_and_pg_ingest_is_rendered(tmp
     (res / "server.json").write_text(json.dumps(sv))
     text = render(res, tmp_path / "g", tmp_path / "plots", tmp_path)
     assert "untrained" not in text and "trained bundle sha256:ab" in text
+
+
+def test_splice_replaces_only_the_remeasured_sections(tmp_path: Path) -> None:
+    from benchmarks_md import splice
+
+    res = tmp_path / "results"
+    write_fixtures(res, True)
+    old = render(res, tmp_path / "g", tmp_path / "plots", tmp_path)
+    new_res = tmp_path / "new"
+    new_res.mkdir()
+    (new_res / "ingest.json").write_text(json.dumps({"rows": [{"backend": "sqlite", "batch": 512, "records": 2000,
+                                                               "insert_per_s": 1234.0}], "pg_not_measured": "no pg"}))
+    text = splice(old, {"ingest"}, new_res, tmp_path / "plots", tmp_path)
+    assert "**1,234 records/s**" in text and "4,321" not in text  # section 6 and its headline line re-rendered
+    assert "PostgreSQL: not measured: no pg" in text
+    assert "ingest only**" in text.split("## Headlines")[0]  # says what was re-measured
+    keep = [ln for ln in old.split("\n") if not any(w in ln for w in ("## 6.", "Ingest", "sqlite", "PostgreSQL"))]
+    for ln in keep:  # every other row is unchanged
+        assert ln in text, ln
