@@ -322,9 +322,11 @@ def section_ingest(ing: dict[str, Any] | None) -> tuple[list[str], dict[str, Any
     if not ing:
         return lines + ["not measured: artifacts/bench/ingest.json missing", ""], head
     rows = ing.get("rows") or ing.get("cells") or []
+    has_pg = any(r.get("backend") == "postgresql" for r in rows)
     lines += [(f"Source: `{ing.get('source', 'python bench/bench_ingest.py')}` (records with 4 proposals and an image "
-              "reference, one durable commit per batch: SQLite WAL synchronous=FULL, PostgreSQL "
-              "synchronous_commit=on; the two backends interleaved cell by cell)."), ""]
+              "reference, one durable commit per batch: SQLite WAL synchronous=FULL"
+              + (", PostgreSQL synchronous_commit=on; the two backends interleaved cell by cell)." if has_pg else
+                 "; SQLite alone in this run).")), ""]
     tab = []
     by = {(r.get("backend", "sqlite"), r.get("batch")): r for r in rows}
     for r in rows:
@@ -340,7 +342,6 @@ def section_ingest(ing: dict[str, Any] | None) -> tuple[list[str], dict[str, Any
                 head[key] = float(rate)
                 if backend == "postgresql":
                     head["ingest_pg_ratio"] = ratio
-    has_pg = any(r.get("backend") == "postgresql" for r in rows)
     if not has_pg:
         why = ing.get("pg_not_measured") or "this run measured SQLite only"
         tab.append(["postgresql", None, None, None, None, None])
