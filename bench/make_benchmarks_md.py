@@ -26,6 +26,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
+import benchmarks_md as bm
+
 DEMO = REPO / "artifacts" / "demo"
 SELECTION_SIZES = (10_000, 100_000, 1_000_000)
 BIG = 10_000_000
@@ -137,6 +139,44 @@ def run_all(only: set[str] | None, res: Path, py: str) -> dict[str, Any]:
     return status
 
 
+_SPLICE = {  # re-measurable part -> (section heading prefix, headline prefix, JSON file, section renderer)
+    "server": ("## 3. ", "- gRPC stream vs in-process", "server.json", bm.section_server),
+    "ingest": ("## 6. ", "- Ingest into the SQLite pool store", "ingest.json", bm.section_ingest),
+}
+
+
+def splice(text: str, parts: set[str], res: Path, plot_dir: Path, report_dir: Path) -> str:
+    """``text`` (an existing BENCHMARKS.md) with the sections and headline lines of ``parts`` (server,
+    ingest) re-rendered from the JSON under ``res``, and a line under the header saying what was re-measured
+    when, at which commit and load; every other row is left as it was measured."""
+    lines = text.split("\n")
+    heads: dict[str, Any] = {}
+    for part in sorted(parts):
+        sec_prefix, _, fname, fn = _SPLICE[part]
+        data = bm._read(res / fname)
+        new, h = fn(data)
+        heads.update(h)
+        start = next(i for i, ln in enumerate(lines) if ln.startswith(sec_prefix))
+        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+        lines[start:end] = new
+        if part == "server":
+            bm.plots(None, data, {}, plot_dir)
+    fresh = bm._headlines(heads)
+    for part in sorted(parts):
+        prefix = _SPLICE[part][1]
+        new_line = next(ln for ln in fresh if ln.startswith(prefix))
+        idx = next((i for i, ln in enumerate(lines) if ln.startswith(prefix)), None)
+        if idx is not None:
+            lines[idx] = new_line
+    note = (f"**Re-measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, commit "
+            f"`{bm._git('rev-parse', '--short', 'HEAD')}`: {', '.join(sorted(parts))} only** (sections and headline "
+            f"lines; load average {bm.load_loadavg()} when re-rendered); every other row is from the run above.")
+    at = next(i for i, ln in enumerate(lines) if ln.startswith("## Headlines"))
+    lines[at:at] = [note, ""]
+    rel = os.path.relpath(plot_dir, report_dir)
+    return "\n".join(lines).replace("](bench/plots/", f"]({rel}/")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", action=argparse.BooleanOptionalAction, default=True,
@@ -151,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="with --only server and/or ingest: replace only those sections and headline lines of the "
                     "existing --out, saying when and under what load they were re-measured")
     args = ap.parse_args(argv)
-    from benchmarks_md import render, splice
+    from benchmarks_md import render
 
     only = set(args.only.split(",")) if args.only else None
     if args.splice and not (only and only <= {"server", "ingest"} and args.out.is_file()):

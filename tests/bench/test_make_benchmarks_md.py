@@ -175,7 +175,7 @@ def test_server_rows_say_untrained_and_interleaved_and_pg_ingest_is_rendered(tmp
 
 
 def test_splice_replaces_only_the_remeasured_sections(tmp_path: Path) -> None:
-    from benchmarks_md import splice
+    from make_benchmarks_md import splice
 
     res = tmp_path / "results"
     write_fixtures(res, True)
