@@ -1,7 +1,7 @@
 """Ingest records/s into the pool store: SQLite vs PostgreSQL, same records and batch sizes, in one run.
 
     python bench/bench_ingest.py [--records 3000] [--batch 16 128 512] [--proposals 4] [--pixels]
-                                 [--pg-url postgresql://user@host:port/db] [--repeats 1]
+                                 [--pg-url postgresql://user@host:port/db] [--repeats 1] [--pg require|auto|off]
 
 Each (backend, batch size) cell ingests the same ``--records`` score records into a fresh store through
 :meth:`PoolStore.ingest` (validation, the idempotent insert, one durable commit per batch: SQLite WAL with
@@ -15,11 +15,16 @@ Debian's ``postgresql`` package, ``make services``), or ``--pg-url`` for an exis
 schema-less database per cell is then not possible: the cells share it after a TRUNCATE). The cells run
 interleaved (SQLite, PostgreSQL, SQLite, ...), so a machine shared with other work affects both alike;
 the ratio is the number to read. Prints a table and writes JSON to ``--out``.
+
+``--pg auto`` (what ``make bench`` passes) measures SQLite alone when PostgreSQL is not usable here (no
+server binaries, or psycopg missing from the venv) and writes the reason as ``pg_not_measured`` in the JSON;
+``--pg require`` (the default, ``make bench-ingest``) exits with that reason instead.
 """
 
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import platform
 import shutil
@@ -85,6 +90,18 @@ def run_cell(spec: str, files: Path, items: list[IngestItem], batch: int) -> dic
             "commits": -(-len(items) // batch), "seconds": t1 - t0}
 
 
+def pg_unavailable(url: str | None = None) -> str | None:
+    """Why PostgreSQL cannot be measured here (None: it can). The same checks the tests make
+    (tests/support/postgres_server.py: Debian's server binaries, psycopg in the venv)."""
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        return "psycopg is not installed in this venv (`make services` installs it, .ci/install/10-postgresql.sh)"
+    if url is None and not glob.glob("/usr/lib/postgresql/*/bin/initdb"):
+        return "no PostgreSQL server binaries (/usr/lib/postgresql/*/bin/initdb; `make services` installs them)"
+    return None
+
+
 class PgTarget:
     """Fresh PostgreSQL databases: on a throw-away local server, or TRUNCATEd tables of ``--pg-url``."""
 
@@ -131,45 +148,59 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pixels", action="store_true", help="Also store a 64x64 PNG per record.")
     ap.add_argument("--pg-url", default=None, help="Existing PostgreSQL database (its tables are dropped!).")
     ap.add_argument("--repeats", type=int, default=1, help="Runs per cell (the best is reported).")
+    ap.add_argument("--pg", choices=("require", "auto", "off"), default="require",
+                    help="PostgreSQL: require it (exit if unusable), auto (SQLite alone when unusable), off")
     ap.add_argument("--out", type=Path, default=REPO / "artifacts" / "bench-ingest" / "results.json")
     args = ap.parse_args(argv)
 
+    why_no_pg = "--pg off" if args.pg == "off" else pg_unavailable(args.pg_url)
+    if why_no_pg and args.pg == "require":
+        raise SystemExit(f"bench-ingest: PostgreSQL not usable: {why_no_pg} (or pass --pg auto)")
     items = make_items(args.records, args.proposals, args.pixels)
-    pg = PgTarget(args.pg_url)
+    pg = None if why_no_pg else PgTarget(args.pg_url)
+    backends = ("sqlite",) if pg is None else ("sqlite", "postgresql")
     work = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
     rows: list[dict[str, Any]] = []
+    pg_version = None
     try:
-        pg_version = pg.version()
+        pg_version = pg.version() if pg is not None else None
         for batch in args.batch:
             best: dict[str, dict[str, Any]] = {}
             for rep in range(args.repeats):
-                for backend in ("sqlite", "postgresql"):
+                for backend in backends:
                     files = work / f"{backend}-{batch}-{rep}"
-                    spec = str(files) if backend == "sqlite" else pg.fresh()
+                    spec = str(files) if pg is None or backend == "sqlite" else pg.fresh()
                     r = run_cell(spec, files, items, batch)
                     if backend not in best or r["insert_per_s"] > best[backend]["insert_per_s"]:
                         best[backend] = r
             for backend, r in best.items():
                 rows.append({"backend": backend, "batch": batch, **r})
     finally:
-        pg.close()
+        if pg is not None:
+            pg.close()
         shutil.rmtree(work, ignore_errors=True)
 
     print(f"\nbench-ingest: {args.records} records x {args.proposals} proposals, "
           f"{'with 64x64 PNG pixels' if args.pixels else 'by image reference'}, one writer; "
-          f"SQLite {__import__('sqlite3').sqlite_version} (WAL, synchronous=FULL) vs PostgreSQL {pg_version} "
-          f"(local, synchronous_commit=on)")
+          f"SQLite {__import__('sqlite3').sqlite_version} (WAL, synchronous=FULL) vs "
+          + (f"PostgreSQL {pg_version} (local, synchronous_commit=on)" if pg_version else
+             f"PostgreSQL not measured: {why_no_pg}"))
     print(f"{'batch':>6} {'commits':>8} {'SQLite rec/s':>13} {'PostgreSQL rec/s':>17} {'PG/SQLite':>10} "
           f"{'dup SQLite/s':>13} {'dup PG/s':>9}")
     for batch in args.batch:
-        s, p = (next(r for r in rows if r["backend"] == b and r["batch"] == batch) for b in ("sqlite", "postgresql"))
-        print(f"{batch:>6} {s['commits']:>8} {s['insert_per_s']:>13.0f} {p['insert_per_s']:>17.0f} "
-              f"{p['insert_per_s'] / s['insert_per_s']:>10.2f} {s['duplicate_per_s']:>13.0f} "
-              f"{p['duplicate_per_s']:>9.0f}")
+        s = next(r for r in rows if r["backend"] == "sqlite" and r["batch"] == batch)
+        p = next((r for r in rows if r["backend"] == "postgresql" and r["batch"] == batch), None)
+        pg_cols = (f"{p['insert_per_s']:>17.0f} {p['insert_per_s'] / s['insert_per_s']:>10.2f}" if p else
+                   f"{'-':>17} {'-':>10}")
+        print(f"{batch:>6} {s['commits']:>8} {s['insert_per_s']:>13.0f} {pg_cols} {s['duplicate_per_s']:>13.0f} "
+              f"{(p['duplicate_per_s'] if p else float('nan')):>9.0f}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({
         "records": args.records, "proposals": args.proposals, "pixels": args.pixels, "repeats": args.repeats,
-        "postgresql": pg_version, "platform": platform.platform(), "python": platform.python_version(),
+        "postgresql": pg_version, "pg_not_measured": why_no_pg, "sqlite": __import__("sqlite3").sqlite_version,
+        "source": "python bench/bench_ingest.py --records {} --batch {} --pg {}".format(
+            args.records, " ".join(map(str, args.batch)), args.pg),
+        "platform": platform.platform(), "python": platform.python_version(),
         "rows": rows}, indent=2))
     print(f"results -> {args.out}")
     return 0

@@ -1,19 +1,24 @@
-"""Station scorer throughput and latency over gRPC vs calling the scorer in-process, in one run.
+"""Station scorer throughput and latency over gRPC vs calling the scorer in-process, interleaved in one run.
 
-    python bench/bench_server.py [--concurrency 1 4 16] [--count 48] [--max-seconds 60] [--size 64]
+    python bench/bench_server.py [--concurrency 1 4 16] [--count 48] [--max-seconds 60] [--repeats 2]
+                                 [--bundle DIR --trusted-key PUB | --allow-unsigned] [--backend onnxruntime]
 
-1. In-process: ``scorer.score`` on batches of 1 and of ``--max-batch`` (the scoring library alone).
-2. Server: a real ``serve`` process on 127.0.0.1 (free port, plaintext, untrained scorer of the same
-   seed and size, dynamic batching ``--max-batch`` / ``--max-delay-ms``); at each concurrency level C,
-   C client threads each run closed-loop ``ScoreOne`` calls (unary) and, separately, C ``Score``
-   streams share the slices (streaming). Every level stops after ``--count`` slices or
-   ``--max-seconds``, whichever comes first.
+The scorer: ``--bundle`` (a trained, signed bundle folder or a bundles folder with LATEST, loaded and verified
+the way the station loads it, on ``--backend``) on both sides; without it the *untrained* tiny torch scorer
+(``untrained:seed,size``; the report then says "untrained"), which measures the transport, not the model.
 
-Reported per row: slices/s, p50/p99 latency per slice (ms), and ``ratio`` = server slices/s divided
-by the better of two in-process measurements (before and after the server runs; the machine may be
-shared) at the batch size the server can form at that concurrency (min(C, max_batch) for unary,
-max_batch for streams), i.e. the fraction of library throughput left after transport + batching.
-Both sides use the same torch intra-op thread count (``--threads``, default 1). Loopback only; every loop is bounded in count and time.
+One ``serve`` process on 127.0.0.1 (free port, plaintext, dynamic batching ``--max-batch`` /
+``--max-delay-ms``) stays up for the whole run. For each repeat, each concurrency level C and each server
+mode (C threads of closed-loop unary ``ScoreOne`` calls; C ``Score`` streams sharing the slices), the library
+(``scorer.score`` on batches of the size the server can form: min(C, max_batch) for unary, max_batch for
+streams) is measured right next to the server mode, the order alternating between repeats (library first
+on even repeats, server first on odd ones), so load from other work on a shared machine falls on both
+sides alike. Every measurement stops after ``--count`` slices or ``--max-seconds``.
+
+Reported per row: slices/s, p50/p99 latency per slice (ms) (the median over repeats) and ``ratio`` = the
+median over repeats of server slices/s / the adjacent in-process slices/s: the fraction of library
+throughput left after transport + batching. Both sides use the same intra-op thread count (``--threads``).
+Loopback only; every loop is bounded in count and time.
 """
 
 from __future__ import annotations
@@ -22,7 +27,6 @@ import argparse
 import json
 import os
 import platform
-import re
 import subprocess
 import sys
 import threading
@@ -72,31 +76,43 @@ def bench_inprocess(scorer: Any, slices: list[np.ndarray], batch: int, count: in
             "p50_ms": pct(lat, 50), "p99_ms": pct(lat, 99)}
 
 
+def server_bundle_args(args: argparse.Namespace) -> list[str]:
+    """The ``serve`` flags naming the scorer (the same one this process scores with)."""
+    if not args.bundle:
+        return ["--allow-untrained", "--bundle", f"untrained:seed={args.seed},size={args.size}"]
+    out = ["--bundle", str(args.bundle), "--backend", args.backend]
+    out += ["--allow-unsigned"] if args.allow_unsigned else [f for k in args.trusted_key for f in ("--trusted-key", k)]
+    return out
+
+
 def start_server(args: argparse.Namespace) -> tuple[subprocess.Popen, str]:
-    cmd = [sys.executable, "-m", "server.cli", "serve", "--insecure", "--host", "127.0.0.1", "--port", "0",
-           "--allow-untrained", "--bundle", f"untrained:seed={args.seed},size={args.size}",
+    from server.process_launch import start_serve_process
+
+    cmd = ["--insecure", "--host", "127.0.0.1", "--port", "0", *server_bundle_args(args),
            "--max-batch", str(args.max_batch), "--max-delay-ms", str(args.max_delay_ms),
            "--queue-size", str(max(256, 4 * max(args.concurrency))), "--workers", str(2 * max(args.concurrency) + 4),
            "--grace-s", "2", "--threads", str(args.threads)]
-    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS=str(args.threads))
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    addr, t0, lines = None, time.time(), []
-    assert proc.stdout is not None
-    while time.time() - t0 < 300:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        lines.append(line)
-        m = re.search(r"listening on (127\.0\.0\.1:\d+)", line)
-        if m:
-            addr = m.group(1)
-        if line.startswith("serving bundle"):
-            break
-    if addr is None or proc.poll() is not None:
-        proc.kill()
-        raise RuntimeError("server did not start:\n" + "".join(lines))
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
+    try:
+        proc, addr, _lines = start_serve_process(cmd, timeout=300, env=env)
+    except AssertionError as e:
+        raise RuntimeError(f"server did not start: {e}") from None
     threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()  # type: ignore[union-attr]
     return proc, addr
+
+
+def load_scorer(args: argparse.Namespace) -> tuple[Any, str]:
+    """The in-process scorer and how the report names it."""
+    if not args.bundle:
+        from gsal_edge.scoring.torch_scorer import untrained_scorer
+
+        return (untrained_scorer(seed=args.seed, image_size=args.size),
+                f"untrained tiny scorer (torch, seed {args.seed}, {args.size}px input; not a trained model)")
+    from server.station import default_scorer_factory
+
+    scorer = default_scorer_factory(backend=args.backend, trusted_keys=args.trusted_key,
+                                    allow_unsigned=args.allow_unsigned, threads=args.threads)(str(args.bundle))
+    return scorer, f"trained bundle {scorer.bundle_id} ({args.backend})"
 
 
 def bench_unary(addr: str, slices: list[np.ndarray], conc: int, count: int, max_s: float) -> dict[str, Any]:
@@ -167,72 +183,88 @@ def bench_stream(addr: str, slices: list[np.ndarray], conc: int, count: int, max
             "seconds": wall, "slices_per_s": len(lat) / wall, "p50_ms": pct(lat, 50), "p99_ms": pct(lat, 99)}
 
 
+def _median(xs: list[float]) -> float:
+    return float(np.median(np.asarray(xs))) if xs else float("nan")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
-    ap.add_argument("--count", type=int, default=48, help="slices per level")
-    ap.add_argument("--max-seconds", type=float, default=60.0, help="time cap per level")
-    ap.add_argument("--size", type=int, default=64, help="slice side and untrained model input size")
+    ap.add_argument("--count", type=int, default=48, help="slices per measurement")
+    ap.add_argument("--max-seconds", type=float, default=60.0, help="time cap per measurement")
+    ap.add_argument("--repeats", type=int, default=2, help="interleaved in-process/server pairs per row")
+    ap.add_argument("--size", type=int, default=64, help="slice side (and the untrained model's input size)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--max-batch", type=int, default=8)
     ap.add_argument("--max-delay-ms", type=float, default=5.0)
     ap.add_argument("--threads", type=int, default=1,
-                    help="torch intra-op threads, the same in this process and in the server")
+                    help="intra-op threads, the same in this process and in the server")
+    ap.add_argument("--bundle", type=Path, default=None, help="trained bundle (default: the untrained tiny scorer)")
+    ap.add_argument("--trusted-key", action="append", default=[], help="public key the --bundle is signed with")
+    ap.add_argument("--allow-unsigned", action="store_true", help="accept an unsigned --bundle")
+    ap.add_argument("--backend", default="onnxruntime", help="--bundle: onnxruntime | torch | tensorrt")
     ap.add_argument("--out", type=Path, default=REPO / "artifacts" / "bench" / "server.json")
     args = ap.parse_args(argv)
+    if args.bundle and not (args.trusted_key or args.allow_unsigned):
+        ap.error("--bundle needs --trusted-key PUB (or --allow-unsigned), as a station does")
 
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
     import torch
 
-    from gsal_edge.scoring.torch_scorer import untrained_scorer
-
     torch.set_num_threads(args.threads)
     slices = make_slices(max(args.count, 16), args.size)
-    scorer = untrained_scorer(seed=args.seed, image_size=args.size)
-    scorer.warmup()
-    rows: list[dict[str, Any]] = []
-    batches = sorted({1, *[min(c, args.max_batch) for c in args.concurrency], args.max_batch})
-
-    def run_inprocess(phase: str) -> dict[int, dict[str, Any]]:
-        out = {}
-        for b in batches:
-            out[b] = bench_inprocess(scorer, slices, b, args.count, args.max_seconds)
-            out[b]["phase"] = phase
-            rows.append(out[b])
-            print(f"in-process ({phase}) batch {b:>2}: {out[b]['slices_per_s']:.2f} slices/s", file=sys.stderr)
-        return out
-
-    before = run_inprocess("before")
-    server_rows: list[dict[str, Any]] = []
+    scorer, scorer_name = load_scorer(args)
+    warm = getattr(scorer, "warmup", None)
+    if callable(warm):
+        warm()
+    fns = {"grpc-unary": bench_unary, "grpc-stream": bench_stream}
+    cells = [(mode, c, min(c, args.max_batch) if mode == "grpc-unary" else args.max_batch)
+             for c in args.concurrency for mode in fns]
+    runs: dict[tuple[str, int], list[tuple[dict[str, Any], dict[str, Any]]]] = {(m, c): [] for m, c, _ in cells}
+    load_start = [round(v, 2) for v in os.getloadavg()]
     proc, addr = start_server(args)
     try:
-        for c in args.concurrency:
-            for fn, ref in ((bench_unary, min(c, args.max_batch)), (bench_stream, args.max_batch)):
-                r = fn(addr, slices, c, args.count, args.max_seconds)
-                r["inprocess_batch"] = ref
-                server_rows.append(r)
-                print(f"{r['mode']} c={c:>2}: {r['slices_per_s']:.2f} slices/s", file=sys.stderr)
+        for rep in range(args.repeats):
+            for mode, c, batch in cells:
+                pair: dict[str, dict[str, Any]] = {}
+                order = ("lib", "srv") if rep % 2 == 0 else ("srv", "lib")
+                for side in order:
+                    if side == "lib":
+                        pair[side] = bench_inprocess(scorer, slices, batch, args.count, args.max_seconds)
+                    else:
+                        pair[side] = fns[mode](addr, slices, c, args.count, args.max_seconds)
+                runs[(mode, c)].append((pair["lib"], pair["srv"]))
+                print(f"repeat {rep} {mode} c={c:>2}: server {pair['srv']['slices_per_s']:.2f} vs in-process "
+                      f"batch {batch} {pair['lib']['slices_per_s']:.2f} slices/s", file=sys.stderr)
     finally:
         proc.terminate()
         try:
             proc.wait(30)
         except subprocess.TimeoutExpired:
             proc.kill()
-    after = run_inprocess("after")  # the machine is shared: measure the library on both sides of the server
-    for r in server_rows:
-        best = max(before[r["inprocess_batch"]]["slices_per_s"], after[r["inprocess_batch"]]["slices_per_s"])
-        r["ratio_vs_inprocess"] = r["slices_per_s"] / best
-        rows.append(r)
+    rows: list[dict[str, Any]] = []
+    for mode, c, batch in cells:
+        pairs = runs[(mode, c)]
+        libs, srvs = [p[0] for p in pairs], [p[1] for p in pairs]
+        rows.append({"mode": "in-process", "phase": f"next to {mode} c={c}", "batch": batch, "concurrency": c,
+                     "slices": sum(r["slices"] for r in libs),
+                     **{k: _median([r[k] for r in libs]) for k in ("slices_per_s", "p50_ms", "p99_ms")}})
+        rows.append({"mode": mode, "concurrency": c, "inprocess_batch": batch,
+                     "slices": sum(r["slices"] for r in srvs), "errors": sum(r["errors"] for r in srvs),
+                     **{k: _median([r[k] for r in srvs]) for k in ("slices_per_s", "p50_ms", "p99_ms")},
+                     "ratio_vs_inprocess": _median([s_["slices_per_s"] / lb["slices_per_s"] for lb, s_ in pairs]),
+                     "ratios": [round(s_["slices_per_s"] / lb["slices_per_s"], 3) for lb, s_ in pairs]})
 
-    print(f"\n{'mode':<20} {'conc':>4} {'batch':>5} {'slices':>6} {'err':>4} {'slices/s':>9} "
+    print(f"\n{'mode':<32} {'conc':>4} {'batch':>5} {'slices':>6} {'err':>4} {'slices/s':>9} "
           f"{'p50 ms':>8} {'p99 ms':>8} {'ratio':>6}")
     for r in rows:
         mode = f"{r['mode']} ({r['phase']})" if "phase" in r else r["mode"]
-        print(f"{mode:<20} {r.get('concurrency', '-'):>4} {r.get('batch', r.get('inprocess_batch', '-')):>5} "
+        print(f"{mode:<32} {r.get('concurrency', '-'):>4} {r.get('batch', r.get('inprocess_batch', '-')):>5} "
               f"{r['slices']:>6} {r.get('errors', 0):>4} {r['slices_per_s']:>9.2f} {r['p50_ms']:>8.1f} "
               f"{r['p99_ms']:>8.1f} {r.get('ratio_vs_inprocess', float('nan')):>6.2f}")
     meta = {"python": platform.python_version(), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}}
+            "scorer": scorer_name, "trained": bool(args.bundle), "interleaved": True, "repeats": args.repeats,
+            "loadavg_start_end": [load_start, [round(v, 2) for v in os.getloadavg()]], "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     print(f"\nwrote {args.out}", file=sys.stderr)

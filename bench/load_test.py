@@ -72,6 +72,8 @@ class LoadConfig:
     backend: str = "onnxruntime"
     trainer: bool = True
     max_slope_mb_min: float | None = None
+    spool: bool = True  # the station gets a data dir: its forwarder spools to disk (the production set-up)
+    malloc_arena_max: int | None = None  # the station's --malloc-arena-max (None: its default, 2)
 
 
 @dataclass
@@ -125,38 +127,32 @@ def start_trainer(store: Path, log_path: Path, timeout: float = 120.0) -> tuple[
 
 
 def start_station(cfg: LoadConfig, bundle: str, trusted_key: str | None, trainer: str | None,
-                  log_path: Path, timeout: float = 180.0) -> tuple[subprocess.Popen, str]:
-    """``gsal-edge serve`` (server.cli) on a free port serving ``bundle``; returns (process, address)."""
-    args = [sys.executable, "-m", "server.cli", "serve", "--insecure", "--port", "0", "--bundle", bundle,
+                  log_path: Path, data_dir: Path | None = None, timeout: float = 180.0) -> tuple[subprocess.Popen, str]:
+    """``gsal-edge serve`` (server.cli, started by :mod:`server.process_launch`) on a free port serving
+    ``bundle``; with ``data_dir`` its forwarder spools to disk as a production station's does. Returns
+    (process, address); its output goes to ``log_path``."""
+    from server.process_launch import start_serve_process
+
+    args = ["--insecure", "--port", "0", "--bundle", bundle,
             "--backend", cfg.backend, "--queue-size", str(cfg.queue_size), "--workers", str(cfg.workers),
             "--max-batch", str(cfg.max_batch), "--max-delay-ms", str(cfg.max_delay_ms),
             "--threads", str(cfg.threads), "--grace-s", "10"]
+    if cfg.malloc_arena_max is not None:
+        args += ["--malloc-arena-max", str(cfg.malloc_arena_max)]
     if trusted_key:
         args += ["--trusted-key", trusted_key]
     if cfg.allow_unsigned:
         args.append("--allow-unsigned")
+    if data_dir is not None:
+        args += ["--data-dir", str(data_dir)]
     if trainer:
         args += ["--station-id", "st-load", "--trainer", trainer, "--trainer-insecure",
                  "--trainer-max-delay-ms", "200"]
-    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=dict(os.environ, PYTHONUNBUFFERED="1"))
-    lines: list[str] = []
-    addr = None
-    t0 = time.monotonic()
-    assert proc.stdout is not None
-    while time.monotonic() - t0 < timeout:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        lines.append(line)
-        m = re.search(r"listening on (127\.0\.0\.1:\d+)", line)
-        addr = addr or (m.group(1) if m else None)
-        if line.startswith("serving bundle"):
-            break
+    try:
+        proc, addr, lines = start_serve_process(args, timeout=timeout)
+    except AssertionError as e:
+        raise RuntimeError(str(e)) from None
     log_path.write_text("".join(lines))
-    if not addr or proc.poll() is not None or not lines[-1].startswith("serving bundle"):
-        proc.kill()
-        raise RuntimeError("station did not start serving:\n" + "".join(lines[-30:]))
     _drain(proc, log_path)
     return proc, addr
 
@@ -362,7 +358,8 @@ def _run(cfg: LoadConfig, out: Path, work: Path) -> dict[str, Any]:
         if cfg.trainer:
             trainer_proc, trainer_addr = start_trainer(store, out / "trainer.log")
             procs.append(trainer_proc)
-        station, addr = start_station(cfg, bundle, key, trainer_addr, out / "station.log")
+        station, addr = start_station(cfg, bundle, key, trainer_addr, out / "station.log",
+                                      data_dir=work / "station-data" if cfg.spool else None)
         procs.append(station)
         pids = {"station": station.pid} | ({"trainer": trainer_proc.pid} if trainer_proc else {})
         sampler = RssSampler(pids, cfg.sample_s).start()
@@ -401,6 +398,8 @@ def _report(cfg: LoadConfig, stats: list[StreamStats], sampler: RssSampler, elap
         + sum(s.late for s in stats)
     below = cfg.streams * cfg.inflight <= cfg.queue_size and cfg.streams <= cfg.workers
     rss = {name: rss_summary(smp, elapsed) for name, smp in sampler.samples.items()}
+    log_text = (out / "station.log").read_text() if (out / "station.log").exists() else ""
+    arenas = re.search(r"malloc arenas: [^\n]*", log_text)
     report: dict[str, Any] = {
         "config": asdict(cfg),
         "below_limits": below,
@@ -418,6 +417,8 @@ def _report(cfg: LoadConfig, stats: list[StreamStats], sampler: RssSampler, elap
         "trainer_stored": stored,
         "acknowledged_lost": (ok - stored) if stored is not None else None,
         "rss": rss,
+        "station_malloc_arenas": arenas.group(0) if arenas else None,
+        "station_spool": cfg.spool,
         "machine": {"host": platform.node(), "cpus": os.cpu_count(), "python": platform.python_version(),
                     "loadavg_at_end": list(os.getloadavg())},
         "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
@@ -481,6 +482,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--allow-unsigned", action="store_true", help="accept an unsigned --bundle")
     p.add_argument("--backend", default="onnxruntime", help="onnxruntime | torch | tensorrt")
     p.add_argument("--no-trainer", action="store_true", help="station only (no forwarding)")
+    p.add_argument("--no-spool", action="store_true", help="no station data dir: the forwarder queue in memory only")
+    p.add_argument("--malloc-arena-max", type=int, default=None,
+                   help="the station's --malloc-arena-max (default: the station's own default, 2; 0: glibc's)")
     p.add_argument("--max-slope-mb-min", type=float, default=None,
                    help="leak bound: fail when an RSS slope over the last 80%% reaches it (MB/min)")
     p.add_argument("--out", type=Path, default=REPO / "artifacts" / "load", help="folder for load.json/load.png")
@@ -489,7 +493,8 @@ def main(argv: list[str] | None = None) -> int:
                      deadline_s=a.deadline, slice_size=a.size, queue_size=a.queue_size, workers=a.workers,
                      max_batch=a.max_batch, threads=a.threads, sample_s=a.sample_s, bundle=a.bundle,
                      trusted_key=a.trusted_key, allow_unsigned=a.allow_unsigned, backend=a.backend,
-                     trainer=not a.no_trainer, max_slope_mb_min=a.max_slope_mb_min)
+                     trainer=not a.no_trainer, max_slope_mb_min=a.max_slope_mb_min, spool=not a.no_spool,
+                     malloc_arena_max=a.malloc_arena_max)
     rep = run_load(cfg, a.out)
     print(json.dumps({k: v for k, v in rep.items() if k not in ("config", "machine")}, indent=2))
     print(f"wrote {a.out / 'load.json'} and {a.out / 'load.png'}")

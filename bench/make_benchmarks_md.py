@@ -3,6 +3,7 @@
     python bench/make_benchmarks_md.py                    # run every CPU bench (~10-15 min on 2 cores), render
     python bench/make_benchmarks_md.py --no-run           # render from the JSON already in --results
     python bench/make_benchmarks_md.py --only runtime,server
+    python bench/make_benchmarks_md.py --only server,ingest --splice   # re-measure two rows, keep the rest
 
 Each bench writes JSON under ``--results`` (default artifacts/bench/); the renderer (bench/benchmarks_md.py)
 reads only those files, so a GPU machine's results (bench/gpu_check.sh -> artifacts/gpu_check/) or other
@@ -24,6 +25,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
+
+import benchmarks_md as bm
 
 DEMO = REPO / "artifacts" / "demo"
 SELECTION_SIZES = (10_000, 100_000, 1_000_000)
@@ -92,49 +95,10 @@ def _mem_available_gib() -> float | None:
 
 
 def run_ingest(py: str, res: Path, log: Path, status: dict[str, Any]) -> None:
-    """bench/bench_ingest.py where this checkout has it; else a short SQLite-only measurement here."""
-    if (REPO / "bench" / "bench_ingest.py").is_file():
-        status["ingest"] = _run([py, "bench/bench_ingest.py", "--records", "2000", "--batch", "16", "128", "512",
-                                 "--out", str(res / "ingest.json")], 600, log)
-        return
-    status["ingest"] = _run([py, "-c", ("import sys; sys.path.insert(0, 'bench'); import make_benchmarks_md as m; "
-                             f"m.sqlite_ingest({str(res / 'ingest.json')!r})")], 600, log)
-
-
-def sqlite_ingest(out: str, records: int = 2000, batches: tuple[int, ...] = (16, 128, 512)) -> None:
-    """Fallback ingest bench: score records (4 proposals, image refs) into a fresh SQLite PoolStore."""
-    import tempfile
-
-    import numpy as np
-
-    from gsal_edge.acquisition.records import ProposalScore, ScoreRecord
-    from trainer.store.pool_store import PoolStore
-    from trainer.store.types import IngestItem
-
-    rng = np.random.default_rng(0)
-    concepts = ["void", "inclusion", "petal", "crack"]
-    items = []
-    for i in range(records):
-        props = [ProposalScore((1.0 + j, 2.0, 20.0 + j, 18.0), float(rng.uniform(0.1, 1)), float(rng.uniform(0, 0.1)),
-                               float(rng.uniform(0, 0.01)), concepts[j], {c: float(rng.uniform(-1, 1)) for c in concepts},
-                               concepts[j]) for j in range(4)]
-        rec = ScoreRecord(f"slice-{i:07d}", float(rng.uniform(0, 0.05)), float(rng.uniform(0, 0.005)), props,
-                          {"entropy": float(rng.uniform(0, 1))}, model={"bundle": "sha256:bench", "station": "st-00"})
-        items.append(IngestItem("st-00", rec, image_ref=f"/archive/st-00/{rec.image_id}.png", width=64, height=64))
-    rows = []
-    for b in batches:
-        with tempfile.TemporaryDirectory() as d:
-            store = PoolStore(d)
-            try:
-                t = time.perf_counter()
-                n = sum(store.ingest(items[k:k + b]).inserted for k in range(0, len(items), b))
-                dt = time.perf_counter() - t
-            finally:
-                store.close()
-        assert n == len(items), (n, len(items))
-        rows.append({"backend": "sqlite", "batch": b, "records": n, "insert_per_s": round(n / dt, 1)})
-        print(rows[-1])
-    Path(out).write_text(json.dumps({"rows": rows, "source": "bench/make_benchmarks_md.py sqlite_ingest"}, indent=2))
+    """bench/bench_ingest.py: SQLite and, where PostgreSQL is usable here, PostgreSQL side by side (``--pg auto``:
+    otherwise SQLite alone, with the reason in the JSON for the report's "not measured" line)."""
+    status["ingest"] = _run([py, "bench/bench_ingest.py", "--records", "2000", "--batch", "16", "128", "512",
+                             "--pg", "auto", "--out", str(res / "ingest.json")], 600, log)
 
 
 def load_loadavg() -> str:
@@ -158,8 +122,12 @@ def run_all(only: set[str] | None, res: Path, py: str) -> dict[str, Any]:
             cmd += ["--bundle", str(demo[0]), "--pub", str(demo[1])]
         status["runtime"] = _run(cmd, 900, log)
     if want("server"):
-        status["server"] = _run([py, "bench/bench_server.py", "--count", "32", "--max-seconds", "25",
-                                 "--out", str(res / "server.json")], 600, log)
+        cmd = [py, "bench/bench_server.py", "--count", "32", "--max-seconds", "20", "--repeats", "2",
+               "--out", str(res / "server.json")]
+        demo = demo_bundle()
+        if demo:  # the trained embedded bundle when `make demo` made one; else the untrained tiny scorer
+            cmd += ["--bundle", str(demo[0]), "--trusted-key", str(demo[1])]
+        status["server"] = _run(cmd, 900, log)
     if want("selection"):
         run_selection(py, res, log, status)
     if want("ingest"):
@@ -169,6 +137,44 @@ def run_all(only: set[str] | None, res: Path, py: str) -> dict[str, Any]:
     prev = json.loads((res / "run_status.json").read_text()) if (res / "run_status.json").is_file() else {}
     (res / "run_status.json").write_text(json.dumps({**prev, **status}, indent=2) + "\n")
     return status
+
+
+_SPLICE = {  # re-measurable part -> (section heading prefix, headline prefix, JSON file, section renderer)
+    "server": ("## 3. ", "- gRPC stream vs in-process", "server.json", bm.section_server),
+    "ingest": ("## 6. ", "- Ingest into the SQLite pool store", "ingest.json", bm.section_ingest),
+}
+
+
+def splice(text: str, parts: set[str], res: Path, plot_dir: Path, report_dir: Path) -> str:
+    """``text`` (an existing BENCHMARKS.md) with the sections and headline lines of ``parts`` (server,
+    ingest) re-rendered from the JSON under ``res``, and a line under the header saying what was re-measured
+    when, at which commit and load; every other row is left as it was measured."""
+    lines = text.split("\n")
+    heads: dict[str, Any] = {}
+    for part in sorted(parts):
+        sec_prefix, _, fname, fn = _SPLICE[part]
+        data = bm._read(res / fname)
+        new, h = fn(data)
+        heads.update(h)
+        start = next(i for i, ln in enumerate(lines) if ln.startswith(sec_prefix))
+        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+        lines[start:end] = new
+        if part == "server":
+            bm.plots(None, data, {}, plot_dir)
+    fresh = bm._headlines(heads)
+    for part in sorted(parts):
+        prefix = _SPLICE[part][1]
+        new_line = next(ln for ln in fresh if ln.startswith(prefix))
+        idx = next((i for i, ln in enumerate(lines) if ln.startswith(prefix)), None)
+        if idx is not None:
+            lines[idx] = new_line
+    note = (f"**Re-measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, commit "
+            f"`{bm._git('rev-parse', '--short', 'HEAD')}`: {', '.join(sorted(parts))} only** (sections and headline "
+            f"lines; load average {bm.load_loadavg()} when re-rendered); every other row is from the run above.")
+    at = next(i for i, ln in enumerate(lines) if ln.startswith("## Headlines"))
+    lines[at:at] = [note, ""]
+    rel = os.path.relpath(plot_dir, report_dir)
+    return "\n".join(lines).replace("](bench/plots/", f"]({rel}/")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -181,13 +187,24 @@ def main(argv: list[str] | None = None) -> int:
                     help="bench/gpu_check.sh's output folder (its bench_runtime.json fills the GPU rows)")
     ap.add_argument("--out", type=Path, default=REPO / "BENCHMARKS.md", help="the Markdown report")
     ap.add_argument("--plots", type=Path, default=REPO / "bench" / "plots", help="where the PNG plots go")
+    ap.add_argument("--splice", action="store_true",
+                    help="with --only server and/or ingest: replace only those sections and headline lines of the "
+                    "existing --out, saying when and under what load they were re-measured")
     args = ap.parse_args(argv)
     from benchmarks_md import render
 
     only = set(args.only.split(",")) if args.only else None
+    if args.splice and not (only and only <= {"server", "ingest"} and args.out.is_file()):
+        ap.error("--splice needs --only server[,ingest] and an existing --out")
     if args.run:
         print(f"make bench: results -> {args.results}", flush=True)
         run_all(only, args.results, sys.executable)
+    if args.splice:
+        assert only is not None
+        args.out.write_text(splice(args.out.read_text(encoding="utf-8"), only, args.results, args.plots,
+                                   args.out.parent), encoding="utf-8")
+        print(f"re-rendered {', '.join(sorted(only))} in {args.out}")
+        return 0
     st = json.loads((args.results / "run_status.json").read_text()) if (args.results / "run_status.json").is_file() else {}
     text = render(args.results, args.gpu_results, args.plots, args.out.parent,
                   {"before": st.get("loadavg_before", "n/a"), "after": st.get("loadavg_after", "n/a")})

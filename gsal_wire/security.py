@@ -25,6 +25,7 @@ from pydantic import model_validator
 
 from gsal_edge.config_files import FrozenModel
 from gsal_edge.errors import GSALError
+from gsal_wire.handlers import wrap_handler
 
 log = logging.getLogger(__name__)
 
@@ -131,14 +132,7 @@ def _denying_handler(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, msg:
     def deny(_request: object, context: grpc.ServicerContext) -> None:
         context.abort(code, msg)
 
-    kw = {"request_deserializer": handler.request_deserializer, "response_serializer": handler.response_serializer}
-    if handler.request_streaming and handler.response_streaming:
-        return grpc.stream_stream_rpc_method_handler(deny, **kw)  # type: ignore[arg-type]
-    if handler.request_streaming:
-        return grpc.stream_unary_rpc_method_handler(deny, **kw)  # type: ignore[arg-type]
-    if handler.response_streaming:
-        return grpc.unary_stream_rpc_method_handler(deny, **kw)  # type: ignore[arg-type]
-    return grpc.unary_unary_rpc_method_handler(deny, **kw)  # type: ignore[arg-type]
+    return wrap_handler(handler, lambda _behavior, _streaming: deny)
 
 
 class AuthInterceptor(grpc.ServerInterceptor):

@@ -41,7 +41,8 @@ class StationServer:
         )
         self.forwarder: RecordForwarder | None = None
         if config.trainer is not None:
-            self.forwarder = RecordForwarder(config.trainer, max_message_bytes=config.max_message_bytes)
+            self.forwarder = RecordForwarder(config.trainer, max_message_bytes=config.max_message_bytes,
+                                             spool_dir=config.forward_spool_dir)
             self.forwarder.register_metrics(self.metrics.registry)
         self.station = Station(
             config, scorer_factory, self.metrics, on_serving=self._set_serving, forwarder=self.forwarder

@@ -75,7 +75,8 @@ def serve(
                                  "(RESOURCE_EXHAUSTED) or defer (store the slice in --data-dir, answer 'deferred', "
                                  "score it later with `station drain-deferred`)"),
     data_dir: Path | None = typer.Option(None, "--data-dir", help="the station's data folder (the deferred "
-                                         "queue lives in DATA_DIR/deferred); needed by --overflow defer"),
+                                         "queue lives in DATA_DIR/deferred, the forwarder's spool in "
+                                         "DATA_DIR/forward-spool); needed by --overflow defer"),
     deferred_max_items: int = typer.Option(100_000, "--deferred-max-items", min=1, help="deferred slices kept "
                                            "on disk; beyond: RESOURCE_EXHAUSTED"),
     deferred_max_gb: float = typer.Option(8.0, "--deferred-max-gb", min=0.001, help="deferred bytes kept on disk "
@@ -94,16 +95,31 @@ def serve(
     trainer_max_delay_ms: float = typer.Option(1000.0, "--trainer-max-delay-ms",
                                                help="longest a record waits for its push chunk to fill"),
     trainer_queue: int = typer.Option(10_000, "--trainer-queue",
-                                      help="unsent records kept in memory while the trainer is down; beyond: dropped"),
+                                      help="unsent records kept while the trainer is down; beyond: dropped"),
+    trainer_spool: bool | None = typer.Option(
+        None, "--trainer-spool/--no-trainer-spool", help="keep unsent records on disk until the trainer acknowledged "
+        "them and replay them at start (default: on when --data-dir or --trainer-spool-dir is given)"),
+    trainer_spool_dir: Path | None = typer.Option(None, "--trainer-spool-dir", help="the forwarder's spool folder "
+                                                  "(default DATA_DIR/forward-spool)"),
+    trainer_spool_sync: str = typer.Option("normal", "--trainer-spool-sync", help="normal: the spool survives a "
+                                           "crash or SIGKILL; full: also a power loss (fsync per commit)"),
     advertise_address: str | None = typer.Option(
         None, "--advertise-address", help="host:port the trainer dials to reach this station (deploys, health "
         "checks); told to the trainer with every forwarded record (default: the bound address)"),
+    malloc_arena_max: int = typer.Option(
+        2, "--malloc-arena-max", min=0, envvar="GSAL_MALLOC_ARENA_MAX", help="cap glibc malloc arenas of this "
+        "process (keeps RSS flat under load, see server/malloc_arenas.py); 0: glibc default; an existing "
+        "MALLOC_ARENA_MAX wins"),
 ) -> None:
     """Serve GSAL scoring over gRPC until SIGINT/SIGTERM, then drain and stop.
 
     With --trainer, scored slices and their records are pushed to the trainer in the background (retry with
-    backoff while it is down; in-memory queue of --trainer-queue records; flushed on shutdown within --grace-s).
+    backoff while it is down; a queue of --trainer-queue records, spooled to disk with --data-dir and replayed
+    at the next start; flushed on shutdown within --grace-s).
     """
+    from server.malloc_arenas import limit_malloc_arenas
+
+    arenas = limit_malloc_arenas(malloc_arena_max)  # first: before any thread of this process exists
     from pydantic import ValidationError
 
     from gsal_edge.errors import GSALError
@@ -115,6 +131,7 @@ def serve(
 
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log.info("%s", arenas)
     try:
         tls = server_tls(tls_cert, tls_key, client_ca, require_client_cert)
         link = None
@@ -125,10 +142,11 @@ def serve(
                 address=trainer, station_id=station_id, insecure=trainer_insecure, ca=trainer_ca,
                 client_cert=trainer_client_cert, client_key=trainer_client_key, server_name=trainer_server_name,
                 chunk_size=trainer_chunk, max_delay_ms=trainer_max_delay_ms, queue_size=trainer_queue,
-                advertise_address=advertise_address,
+                advertise_address=advertise_address, spool=trainer_spool, spool_dir=trainer_spool_dir,
+                spool_sync=trainer_spool_sync,
             )
         elif (trainer_insecure or trainer_ca or trainer_client_cert or trainer_client_key or trainer_server_name
-              or advertise_address):
+              or advertise_address or trainer_spool is not None or trainer_spool_dir):
             raise _fail("--trainer-* options need --trainer ADDR")
         cfg = ServerConfig(
             host=host, port=port, station_id=station_id, max_batch_size=max_batch, max_queue_delay_ms=max_delay_ms,

@@ -27,8 +27,17 @@ class TrainerLink(FrozenModel):
     server_name: str | None = Field(None, description="TLS name to verify when it differs from the address")
     chunk_size: int = Field(64, ge=1, description="records per Ingest call")
     max_delay_ms: float = Field(1000.0, ge=0, description="longest a record waits for its chunk to fill")
-    queue_size: int = Field(10_000, ge=1, description="records held in memory while unsent; beyond: dropped")
-    queue_bytes: int = Field(512 * MiB, ge=MiB, description="slice bytes held in memory while unsent; beyond: dropped")
+    queue_size: int = Field(10_000, ge=1, description="records held while unsent (memory + spool); beyond: dropped")
+    queue_bytes: int = Field(512 * MiB, ge=MiB, description="slice bytes held while unsent (memory + spool); beyond: "
+                             "dropped")
+    spool: bool | None = Field(
+        None, description="keep unsent records on disk until the trainer acknowledged them, replayed at start "
+        "(server/forward_spool.py); None: on when the station has a data_dir (or spool_dir is set)"
+    )
+    spool_dir: Path | None = Field(None, description="where the spool lives (None: DATA_DIR/forward-spool)")
+    spool_sync: Literal["normal", "full"] = Field(
+        "normal", description="normal: survives a process crash/SIGKILL; full: also a power loss (fsync per commit)"
+    )
     retry_base_s: float = Field(0.2, gt=0, description="first backoff delay after a failed push")
     retry_max_s: float = Field(10.0, gt=0, description="longest backoff delay (also the reconnect backoff cap)")
     call_timeout_s: float = Field(60.0, gt=0, description="deadline of one Ingest call")
@@ -47,6 +56,8 @@ class TrainerLink(FrozenModel):
             raise ValueError("trainer: client_cert and client_key go together")
         if self.retry_base_s > self.retry_max_s:
             raise ValueError("trainer: retry_base_s must not exceed retry_max_s")
+        if self.spool is False and self.spool_dir is not None:
+            raise ValueError("trainer: spool=False together with spool_dir makes no sense")
         return self
 
 
@@ -79,7 +90,9 @@ class ServerConfig(FrozenModel):
         "reject", description="reject: RESOURCE_EXHAUSTED; defer: store the slice in data_dir/deferred, answer "
         "`deferred`, score it later (gsal-edge station drain-deferred)"
     )
-    data_dir: Path | None = Field(None, description="the station's data folder (deferred queue); needed for defer")
+    data_dir: Path | None = Field(
+        None, description="the station's data folder (deferred queue, forwarder spool); needed for defer"
+    )
     deferred_max_items: int = Field(100_000, ge=1, description="deferred slices kept on disk; beyond: refused")
     deferred_max_bytes: int = Field(8 * 1024 * MiB, ge=MiB, description="deferred bytes on disk; beyond: refused")
 
@@ -148,12 +161,24 @@ class ServerConfig(FrozenModel):
             )
         if self.overflow == "defer" and self.data_dir is None:
             raise ValueError("overflow='defer' needs data_dir (the deferred slices are kept there on disk)")
+        if self.trainer is not None and self.trainer.spool and self.forward_spool_dir is None:
+            raise ValueError("trainer.spool=True needs trainer.spool_dir or data_dir (the spool is kept on disk)")
         if self.trainer is not None and self.station_id != self.trainer.station_id:
             raise ValueError(
                 f"trainer.station_id {self.trainer.station_id!r} must equal station_id {self.station_id!r}"
                 " (records carry model['station'] and the trainer checks it)"
             )
         return self
+
+    @property
+    def forward_spool_dir(self) -> Path | None:
+        """The forwarder's spool folder, or None when its queue is kept in memory only."""
+        t = self.trainer
+        if t is None or t.spool is False:
+            return None
+        if t.spool_dir is not None:
+            return t.spool_dir
+        return None if self.data_dir is None else self.data_dir / "forward-spool"
 
     @property
     def handler_threads_needed(self) -> int:

@@ -14,8 +14,8 @@ from typing import Any
 
 import grpc
 
+from gsal_wire.handlers import wrap_handler
 from server.batcher import new_error_id
-from server.limits import wrap_handler
 
 log = logging.getLogger(__name__)
 

@@ -27,6 +27,8 @@ from typing import Any
 
 import grpc
 
+from gsal_wire.handlers import wrap_handler
+
 log = logging.getLogger(__name__)
 
 
@@ -160,19 +162,3 @@ class CallLimiter(grpc.ServerInterceptor):
                     lease.release()
 
         return guarded
-
-
-Around = Callable[[Callable[..., Any], bool], Callable[..., Any]]
-
-
-def wrap_handler(handler: grpc.RpcMethodHandler, around: Around) -> grpc.RpcMethodHandler:
-    """``handler`` with its behaviour replaced by ``around(behaviour, response_streaming)`` (same streaming
-    kind and serializers)."""
-    kw = {"request_deserializer": handler.request_deserializer, "response_serializer": handler.response_serializer}
-    if handler.request_streaming and handler.response_streaming:
-        return grpc.stream_stream_rpc_method_handler(around(handler.stream_stream, True), **kw)  # type: ignore
-    if handler.request_streaming:
-        return grpc.stream_unary_rpc_method_handler(around(handler.stream_unary, False), **kw)  # type: ignore
-    if handler.response_streaming:
-        return grpc.unary_stream_rpc_method_handler(around(handler.unary_stream, True), **kw)  # type: ignore
-    return grpc.unary_unary_rpc_method_handler(around(handler.unary_unary, False), **kw)  # type: ignore

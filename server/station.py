@@ -119,6 +119,17 @@ def _info_of(scorer: BatchScorer) -> dict[str, Any]:
     return json.loads(json.dumps(info, default=str))  # plain JSON types only
 
 
+def _resolve(fut: Future[ScoreRecord], rec: ScoreRecord | None = None, exc: BaseException | None = None) -> None:
+    """Complete ``fut`` unless its caller cancelled it meanwhile."""
+    if not fut.set_running_or_notify_cancel():
+        return
+    if exc is not None:
+        fut.set_exception(exc)
+    else:
+        assert rec is not None
+        fut.set_result(rec)
+
+
 class Station:
     """Serving state of one station: scorer slot, dynamic batcher, metrics, hot swap."""
 
@@ -179,17 +190,29 @@ class Station:
         received: ReceivedSlice | None = None,
     ) -> Future[ScoreRecord]:
         """Queue one decoded slice (see :meth:`DynamicBatcher.submit`); with ``received`` (the payload as
-        received) and a forwarder, the finalized record is forwarded to the trainer once scored successfully."""
+        received) and a forwarder, the finalized record is forwarded to the trainer once scored successfully,
+        and the returned future resolves only once the forwarder kept it (with a spool: on disk), so a record
+        a client was answered survives a station crash."""
         fut = self.batcher.submit(array, slice_id, meta, deadline)
         fwd = self.forwarder
-        if fwd is not None and received is not None:
+        if fwd is None or received is None:
+            return fut
+        out: Future[ScoreRecord] = Future()
+        out.add_done_callback(lambda o: fut.cancel() if o.cancelled() else None)  # a caller's cancel reaches the batcher
 
-            def forward(f: Future[ScoreRecord]) -> None:  # runs in the batcher thread; offer() never blocks
-                if not f.cancelled() and f.exception() is None:
-                    fwd.offer(self.finalize(f.result()), received)
+        def forward(f: Future[ScoreRecord]) -> None:  # runs in the batcher thread; offer() never blocks
+            if f.cancelled():
+                out.cancel()
+                return
+            exc = f.exception()
+            if exc is not None:
+                _resolve(out, exc=exc)
+                return
+            rec = f.result()
+            fwd.offer(self.finalize(rec), received, done=lambda _kept: _resolve(out, rec))
 
-            fut.add_done_callback(forward)
-        return fut
+        fut.add_done_callback(forward)
+        return out
 
     def finalize(self, rec: ScoreRecord) -> ScoreRecord:
         """The record with the station id stamped on (when configured); a copy, ``rec`` is not changed."""

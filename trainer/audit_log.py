@@ -16,6 +16,7 @@ import fcntl
 import hashlib
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -98,6 +99,42 @@ def read_entries(path: str | Path, kind: str | None = None) -> list[dict[str, An
                 if kind is None or e.get("kind") == kind:
                     out.append(e)
     return out
+
+
+@dataclass(frozen=True)
+class HashedEntry:
+    """One complete audit entry with its hash (the ``prev`` of the entry after it) and 1-based line number."""
+
+    entry: dict[str, Any]
+    hash: str
+    line: int
+
+
+def entries_with_hash(path: str | Path, kind: str | None = None) -> Iterator[HashedEntry]:
+    """Every complete entry (optionally of one kind) in order, each with its hash. A torn last line (no
+    newline: a crash mid-append) and lines that are not JSON objects are no entries and are skipped; the
+    chain is not checked (call :func:`verify` for that)."""
+    path = Path(path)
+    if not path.exists():
+        return
+    with path.open("rb") as fh:
+        for lineno, raw in enumerate(fh, 1):
+            if not raw.endswith(b"\n") or not raw.strip():
+                continue
+            try:
+                e = json.loads(raw)
+            except ValueError:
+                continue
+            if isinstance(e, dict) and (kind is None or e.get("kind") == kind):
+                yield HashedEntry(e, entry_hash(raw[:-1]), lineno)
+
+
+def line_hashes(path: str | Path) -> list[str]:
+    """sha256 of every non-blank line, valid or not (what a stored ``audit_hash`` must be one of)."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    return [entry_hash(line) for line in path.read_bytes().splitlines() if line.strip()]
 
 
 def _last_line(fh: Any) -> bytes | None:

@@ -12,7 +12,6 @@ import (file sha256, per-class counts, coverage after it).
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,22 +93,14 @@ def complete_interrupted_rounds(store: PoolStore) -> dict[str, list[int]]:
     entry appended, then its hash stored. A round without a hash whose entry is in the log gets the hash;
     one whose entry never reached the log is discarded, so its slices return to the pool and selecting
     again picks what the killed run would have. Returns ``{"completed": [...], "discarded": [...]}``."""
-    from trainer.audit_log import entry_hash
+    from trainer.audit_log import entries_with_hash
 
     done: dict[str, list[int]] = {"completed": [], "discarded": []}
     pending = store.unlogged_rounds()
     if not pending:
         return done
-    logged = {}
-    if store.audit_path.exists():
-        with store.audit_path.open("rb") as fh:
-            for raw in fh:
-                try:
-                    e = json.loads(raw) if raw.endswith(b"\n") else None  # a torn last line is no entry
-                except ValueError:
-                    e = None
-                if isinstance(e, dict) and e.get("kind") == "selection" and isinstance(e.get("data"), dict):
-                    logged[e["data"].get("round")] = entry_hash(raw.rstrip(b"\n"))
+    logged = {h.entry["data"].get("round"): h.hash for h in entries_with_hash(store.audit_path, "selection")
+              if isinstance(h.entry.get("data"), dict)}  # a torn last line is no entry
     for rid in pending:
         if rid in logged:
             store.set_round_audit_hash(rid, logged[rid])
@@ -267,11 +258,9 @@ def store_status(store: PoolStore, graph: ConceptGraph | None = None, label_mode
 
 def audit_entry_hashes(path: Path) -> list[str]:
     """sha256 of every line of the audit log (what a round's ``audit_hash`` must be one of)."""
-    from trainer.audit_log import entry_hash
+    from trainer.audit_log import line_hashes
 
-    if not Path(path).exists():
-        return []
-    return [entry_hash(line) for line in Path(path).read_bytes().splitlines() if line.strip()]
+    return line_hashes(path)
 
 
 __all__ = [

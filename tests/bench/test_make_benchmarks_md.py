@@ -138,3 +138,56 @@ def test_headlines_use_the_best_of_repeats_when_present(tmp_path: Path) -> None:
     assert "**3.0x faster** (p50: 2.0x)" in text  # best: torch 300 ms vs ORT 100 ms
     assert "batch 1: **20.0x**" in text  # ORT best 100 ms / entropy best 5 ms
     assert "| onnxruntime-cpu | 200.0 | 10.0 | 20.0x | 100.0 | 5.0 | 20.0x |" in text
+
+
+def test_server_rows_say_untrained_and_interleaved_and_pg_ingest_is_rendered(tmp_path: Path) -> None:
+    """An untrained-scorer server run says "untrained" plainly; interleaved runs show their per-repeat
+    ratios; a PostgreSQL ingest row comes with its PG/SQLite ratio, a missing one with its reason."""
+    res = tmp_path / "results"
+    write_fixtures(res, True)
+    sv = json.loads((res / "server.json").read_text())
+    for r in sv["rows"]:
+        if "ratio_vs_inprocess" in r:
+            r["ratios"] = [0.5, r["ratio_vs_inprocess"]]
+    sv["meta"] = {"args": {"count": 32, "max_seconds": 20}, "interleaved": True, "repeats": 2, "trained": False,
+                  "scorer": "untrained tiny scorer (torch)", "loadavg_start_end": [[3.0, 2, 1], [4.0, 3, 2]]}
+    (res / "server.json").write_text(json.dumps(sv))
+    text = render(res, tmp_path / "g", tmp_path / "plots", tmp_path)
+    assert "**untrained**: these rows measure transport" in text
+    assert "interleaved: 2 repeats" in text and "| 0.50, 0.66 |" in text
+    assert "**untrained** tiny scorer (transport cost only" in text  # in the headline too
+    assert "PostgreSQL: not measured: this run measured SQLite only" in text
+    ing = {"source": "python bench/bench_ingest.py", "postgresql": "15.8", "rows": [
+        {"backend": "sqlite", "batch": 128, "records": 2000, "insert_per_s": 4000.0},
+        {"backend": "postgresql", "batch": 128, "records": 2000, "insert_per_s": 2000.0}]}
+    (res / "ingest.json").write_text(json.dumps(ing))
+    text = render(res, tmp_path / "g", tmp_path / "plots", tmp_path)
+    assert "| postgresql | 128 | 2000 | 2,000 | - | 0.500 |" in text
+    assert "PostgreSQL: **2,000 records/s** (best PG/SQLite at the same batch: 0.50)" in text
+    ing = {"rows": ing["rows"][:1], "pg_not_measured": "psycopg is not installed in this venv"}
+    (res / "ingest.json").write_text(json.dumps(ing))
+    text = render(res, tmp_path / "g", tmp_path / "plots", tmp_path)
+    assert text.count("PostgreSQL: not measured: psycopg is not installed in this venv") == 2  # section + headline
+    sv["meta"].update(trained=True, scorer="trained bundle sha256:ab (onnxruntime)")
+    (res / "server.json").write_text(json.dumps(sv))
+    text = render(res, tmp_path / "g", tmp_path / "plots", tmp_path)
+    assert "untrained" not in text and "trained bundle sha256:ab" in text
+
+
+def test_splice_replaces_only_the_remeasured_sections(tmp_path: Path) -> None:
+    from make_benchmarks_md import splice
+
+    res = tmp_path / "results"
+    write_fixtures(res, True)
+    old = render(res, tmp_path / "g", tmp_path / "plots", tmp_path)
+    new_res = tmp_path / "new"
+    new_res.mkdir()
+    (new_res / "ingest.json").write_text(json.dumps({"rows": [{"backend": "sqlite", "batch": 512, "records": 2000,
+                                                               "insert_per_s": 1234.0}], "pg_not_measured": "no pg"}))
+    text = splice(old, {"ingest"}, new_res, tmp_path / "plots", tmp_path)
+    assert "**1,234 records/s**" in text and "4,321" not in text  # section 6 and its headline line re-rendered
+    assert "PostgreSQL: not measured: no pg" in text
+    assert "ingest only**" in text.split("## Headlines")[0]  # says what was re-measured
+    keep = [ln for ln in old.split("\n") if not any(w in ln for w in ("## 6.", "Ingest", "sqlite", "PostgreSQL"))]
+    for ln in keep:  # every other row is unchanged
+        assert ln in text, ln

@@ -3,9 +3,12 @@ each scored slice + record to a real trainer (``trainer.ingest_service`` on a SQ
 
 from __future__ import annotations
 
+import json
+import logging
 import re
 import signal
 import socket
+import sqlite3
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -25,6 +28,7 @@ from gsal_wire.scorer_client import ItemFailed, ScorerClient, to_result
 from server.app import StationServer
 from server.cli import app
 from server.config import ServerConfig, TrainerLink
+from server.forwarder import RecordForwarder
 from server.station import default_scorer_factory
 from trainer.images import decode_image
 from trainer.ingest_service import IngestConfig, RunningServer, start_server
@@ -48,11 +52,13 @@ def _wait(cond: Callable[[], bool], timeout: float = 30.0, what: str = "") -> No
         time.sleep(0.05)
 
 
-def _station(address: str, grace_s: float = 5.0, metrics_port: int | None = None, **link: Any) -> StationServer:
+def _station(address: str, grace_s: float = 5.0, metrics_port: int | None = None, data_dir: Path | None = None,
+             **link: Any) -> StationServer:
     link.setdefault("retry_base_s", 0.05)
     link.setdefault("retry_max_s", 0.3)
     cfg = ServerConfig(
         insecure=True, port=0, station_id=STATION, grace_s=grace_s, max_batch_size=4, metrics_port=metrics_port,
+        data_dir=data_dir,
         trainer=TrainerLink(address=address, station_id=STATION, insecure=True, **link),
     )
     srv = StationServer(cfg, default_scorer_factory(allow_untrained=True, station=STATION))
@@ -210,6 +216,78 @@ def test_full_queue_drops_and_stop_is_bounded_while_the_trainer_is_down() -> Non
     assert took < 0.5 + 1.0 + 5.0  # RPC grace + batcher drain floor + forwarder flush (grace) with slack
     s = fwd.stats()
     assert (s.pending, s.dropped["queue_full"], s.dropped["shutdown"], s.forwarded) == (0, 2, 3, 0)
+
+
+def _scrape(srv: StationServer) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{srv.metrics_port}/metrics", timeout=10) as r:
+        return r.read().decode()
+
+
+def test_spool_keeps_answered_records_across_a_restart_and_counts_unreadable_rows(
+    tmp_path: Path, store: PoolStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With a data dir every answered record is on disk before its answer; a stop with the trainer down
+    keeps them there (not dropped); the next start replays them, and a damaged row is dropped, logged and
+    counted (``gsal_scorer_forward_dropped_total{reason="unreadable"}``)."""
+    port, data = _free_port(), tmp_path / "station"
+    items = _slices(6, start=40)
+    srv = _station(f"127.0.0.1:{port}", grace_s=0.5, data_dir=data, chunk_size=2, max_delay_ms=20)
+    fwd = srv.forwarder
+    assert fwd is not None and fwd.spool is not None
+    try:
+        answered = _score(srv, items)
+        assert len(fwd.spool) == len(items)  # each answer came after its record was committed
+    finally:
+        srv.stop()
+    s = fwd.stats()
+    assert (s.forwarded, s.dropped_total) == (0, 0)  # the unsent records are kept, not dropped
+    db_path = data / "forward-spool" / "spool.sqlite3"
+    with sqlite3.connect(db_path) as db:
+        assert db.execute("SELECT count(*) FROM spool").fetchone()[0] == len(items)
+        seq, rec = db.execute("SELECT seq, record FROM spool ORDER BY seq LIMIT 1").fetchone()
+        db.execute("UPDATE spool SET record = ? WHERE seq = ?", ('{"image_id": ', seq))
+    damaged = json.loads(rec)["image_id"]
+    trainer = start_server(store, IngestConfig(port=port))
+    caplog.set_level(logging.INFO, logger="server.forwarder")
+    srv = _station(f"127.0.0.1:{port}", data_dir=data, metrics_port=0, chunk_size=2, max_delay_ms=20)
+    fwd = srv.forwarder
+    assert fwd is not None and fwd.spool is not None
+    try:
+        _wait(lambda: fwd.stats().forwarded == len(items) - 1, what="the replayed records delivered")
+        s = fwd.stats()
+        assert (s.replayed, s.dropped["unreadable"], s.dropped_total) == (len(items) - 1, 1, 1)
+        text = _scrape(srv)
+        assert _metric(text, "gsal_scorer_forward_replayed_total") == len(items) - 1
+        assert _metric(text, 'gsal_scorer_forward_dropped_total{reason="unreadable"}') == 1
+        _wait(lambda: len(fwd.spool) == 0, what="the spool emptied after the acknowledgement")
+    finally:
+        srv.stop(2.0)
+        trainer.stop(1.0)
+    logs = caplog.text
+    assert f"replaying {len(items) - 1} spooled records" in logs
+    assert "1 spooled records" in logs and "unreadable and are dropped" in logs
+    kept = [it for it in items if it[0] != damaged]
+    _assert_stored(store, kept, answered)
+
+
+def test_spool_config_defaults_and_memory_only_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    link = TrainerLink(address="127.0.0.1:1", station_id=STATION, insecure=True)
+    cfg = ServerConfig(insecure=True, station_id=STATION, trainer=link, data_dir=tmp_path)
+    assert cfg.forward_spool_dir == tmp_path / "forward-spool"  # on by default with a data dir
+    assert ServerConfig(insecure=True, station_id=STATION, trainer=link).forward_spool_dir is None
+    off = link.model_copy(update={"spool": False})
+    assert ServerConfig(insecure=True, station_id=STATION, trainer=off, data_dir=tmp_path).forward_spool_dir is None
+    own = TrainerLink(address="127.0.0.1:1", station_id=STATION, insecure=True, spool_dir=tmp_path / "sp")
+    assert ServerConfig(insecure=True, station_id=STATION, trainer=own).forward_spool_dir == tmp_path / "sp"
+    on = TrainerLink(address="127.0.0.1:1", station_id=STATION, insecure=True, spool=True)
+    with pytest.raises(ValidationError, match="spool=True needs"):
+        ServerConfig(insecure=True, station_id=STATION, trainer=on)
+    with pytest.raises(ValidationError, match="spool"):
+        TrainerLink(address="127.0.0.1:1", station_id=STATION, insecure=True, spool=False, spool_dir=tmp_path)
+    caplog.set_level(logging.INFO, logger="server.forwarder")
+    fwd = RecordForwarder(link)
+    fwd.close(0.1)
+    assert fwd.spool is None and "in memory only (no spool)" in caplog.text
 
 
 def test_config_and_cli_refuse_inconsistent_trainer_settings() -> None:

@@ -7,7 +7,17 @@ import multiprocessing as mp
 
 import pytest
 
-from trainer.audit_log import GENESIS, AuditError, AuditLog, canonical, entry_hash, read_entries, verify
+from trainer.audit_log import (
+    GENESIS,
+    AuditError,
+    AuditLog,
+    canonical,
+    entries_with_hash,
+    entry_hash,
+    line_hashes,
+    read_entries,
+    verify,
+)
 
 
 def _fill(path, n=5):
@@ -109,3 +119,17 @@ def test_concurrent_appenders_from_processes_keep_one_chain(tmp_path):
         assert p.exitcode == 0
     res = verify(path)
     assert res.ok and res.entries == 30
+
+
+def test_entries_with_hash_match_the_chain_and_skip_a_torn_tail(tmp_path):
+    log = AuditLog(tmp_path / "audit.jsonl")
+    hashes = [log.append("selection" if i % 2 == 0 else "labels", {"round": i}) for i in range(4)]
+    got = list(entries_with_hash(log.path))
+    assert [h.hash for h in got] == hashes  # what append returned: the next entry's prev
+    assert [h.entry["data"]["round"] for h in got] == [0, 1, 2, 3] and [h.line for h in got] == [1, 2, 3, 4]
+    assert [h.entry["data"]["round"] for h in entries_with_hash(log.path, "selection")] == [0, 2]
+    with log.path.open("ab") as fh:  # a crash mid-append: a torn, unterminated last line
+        fh.write(b'{"data":{"round":9},"kind":"selection"')
+    assert [h.hash for h in entries_with_hash(log.path)] == hashes
+    assert line_hashes(log.path)[:4] == hashes and len(line_hashes(log.path)) == 5  # every line, torn included
+    assert list(entries_with_hash(tmp_path / "missing.jsonl")) == [] and line_hashes(tmp_path / "missing") == []
