@@ -106,6 +106,9 @@ class Strategy(ABC):
     # asks; a default, so strategies that never read the detector's internals need not say so
     needs_box_features: bool = False
     box_request: BoxRequest | None = None
+    # reads only the records' detector outputs (``uncertainty``): the round then runs the detector engine alone,
+    # not the diffusion prior or CLIP, so the cost it reports is the baseline's own
+    reads_detector_only: bool = False
 
     @abstractmethod
     def select(self, pool: ScorePool, counts: Counts, graph: ConceptGraph, config: GSALConfig, budget: int,
@@ -166,6 +169,7 @@ class UncertaintyStrategy(Strategy):
     ``needs_mc_dropout``: the key is filled by MC-dropout passes, not by the scorer itself."""
 
     needs_scores, needs_embeddings = True, False
+    reads_detector_only = True
 
     def __init__(self, name: str, key: str, needs_mc_dropout: bool = False):
         self.name, self.key, self.sign = name, key, rank_sign(key)

@@ -27,7 +27,7 @@ from gsal_edge.data.dataset import DetectionDataset
 from gsal_edge.data.image_io import load_image
 from gsal_edge.data.preprocessing import resize_image, to_unit_float
 
-__all__ = ["PoolScoring", "RoundInputs", "embed_regions", "ids_only_pool"]
+__all__ = ["DetectorScores", "PoolScoring", "RoundInputs", "embed_regions", "ids_only_pool", "uncertainty_columns"]
 
 
 @dataclass(frozen=True)
@@ -36,11 +36,12 @@ class RoundInputs:
 
     ``pool``: ``"ids"`` (image ids only), ``"embeddings"`` (ids and whole-slice CLIP embeddings: they do not
     depend on the round's detector, so they are computed once per image instead of re-scoring the pool) or
-    ``"records"`` (the scorer's records of every candidate); ``labeled_embeddings``: the labeled images'
+    ``"records"`` (the scorer's records of every candidate) or ``"detector"`` (only the records' detector
+    uncertainty, from the detector engine alone: entropy, margin, MC-dropout); ``labeled_embeddings``: the labeled images'
     whole-slice embeddings too; ``mc_dropout``: T stochastic detector passes per candidate;
     ``box_features``: the round detector's box-head outputs per candidate (BADGE, PPAL), as requested."""
 
-    pool: Literal["ids", "embeddings", "records"]
+    pool: Literal["ids", "embeddings", "records", "detector"]
     labeled_embeddings: bool
     mc_dropout: bool
     box_features: BoxRequest | None = None
@@ -55,19 +56,37 @@ class RoundInputs:
             box = getattr(strategy, "box_request", None)
             if box is None:
                 raise BenchError(f"strategy {strategy.name!r} declares needs_box_features without a box_request")
-        pool = "records" if strategy.needs_scores else "embeddings" if strategy.needs_embeddings else "ids"
+        pool = ("embeddings" if strategy.needs_embeddings else "ids") if not strategy.needs_scores else \
+            "detector" if getattr(strategy, "reads_detector_only", False) else "records"
         return cls(pool, bool(strategy.needs_embeddings), bool(strategy.needs_mc_dropout), box)
 
 
-def ids_only_pool(ids: list[str], embeddings: np.ndarray | None = None) -> Any:
-    """A ScorePool holding only image ids (and, when given, whole-slice embeddings): no scorer ran."""
+@dataclass
+class DetectorScores:
+    """One candidate's detector-only outputs: what a ``reads_detector_only`` strategy reads."""
+
+    image_id: str
+    uncertainty: dict[str, float]
+
+
+def uncertainty_columns(scores: Sequence[DetectorScores]) -> dict[str, np.ndarray]:
+    """Per-key columns of ``scores``' uncertainties (NaN where one lacks a key), in ``scores`` order."""
+    keys = sorted({k for s in scores for k in s.uncertainty})
+    return {k: np.array([s.uncertainty.get(k, np.nan) for s in scores], dtype=np.float64) for k in keys}
+
+
+def ids_only_pool(ids: list[str], embeddings: np.ndarray | None = None,
+                  uncertainty: dict[str, np.ndarray] | None = None) -> Any:
+    """A ScorePool holding only image ids (and, when given, whole-slice embeddings or the detector's
+    per-image uncertainty columns): no diffusion or CLIP stage ran."""
     from gsal_edge.acquisition.score_pool import ScorePool
 
     n = len(ids)
     z = np.zeros(0)
     return ScorePool(image_ids=np.array(ids, dtype=str), e_rec=np.zeros(n), v_den=np.zeros(n),
                      prop_image=np.zeros(0, np.int64), prop_box=np.zeros((0, 4)), prop_score=z, prop_e_rec=z,
-                     prop_v_den=z, prop_concept=np.zeros(0, np.int64), concepts=(), embeddings=embeddings)
+                     prop_v_den=z, prop_concept=np.zeros(0, np.int64), concepts=(), embeddings=embeddings,
+                     uncertainty=dict(uncertainty or {}))
 
 
 def embed_regions(clip: Any, image01: np.ndarray, boxes: np.ndarray, margin: float) -> np.ndarray:
@@ -201,6 +220,20 @@ class PoolScoring:
             chunk = ids[s:s + self.cfg.score_batch]
             metas = [{k: str(v) for k, v in self.by_id[i].meta.items()} for i in chunk]
             out.extend(scorer.score([self.raw(i) for i in chunk], chunk, metas))
+            bar.update(len(chunk))
+        bar.close()
+        return out
+
+    def detector_uncertainty(self, scorer: Any, ids: list[str]) -> list[DetectorScores]:
+        """Each candidate's detector uncertainty from the scorer's detector engine alone, in batches."""
+        from tqdm.auto import tqdm
+
+        out: list[DetectorScores] = []
+        bar = tqdm(total=len(ids), desc="detect", disable=not self.progress, leave=False)
+        for s in range(0, len(ids), self.cfg.score_batch):
+            chunk = ids[s:s + self.cfg.score_batch]
+            unc = scorer.detector_uncertainty([self.raw(i) for i in chunk])
+            out.extend(DetectorScores(i, u) for i, u in zip(chunk, unc))
             bar.update(len(chunk))
         bar.close()
         return out

@@ -121,13 +121,16 @@ def check_driver(pick: dict[str, Any], class_to_concept: dict[str, str], rare_co
     concept (and was it right)? ``None`` for picks without a driving proposal."""
     from gsal_edge.models.detection_metrics import box_iou
 
-    prop = (pick.get("rationale") or {}).get("proposal")
+    rat = pick.get("rationale") or {}
+    # GSAL-family picks name a proposal and its Eq. 3 concept; BADGE / PPAL name the detector's own box and
+    # class (their "concept" is the detector class, judged the same way)
+    prop = rat.get("proposal") or rat.get("driving_proposal")
     if not prop or "box" not in prop:
         return None
     gt = [(box, class_to_concept.get(c, c)) for box, c in pick.get("gt", [])]
     best = max(((float(box_iou(prop["box"], box)[0, 0]), c) for box, c in gt), default=(0.0, None))
     on_defect = best[0] >= iou_thr
-    concept = prop.get("concept")
+    concept = prop.get("concept") or class_to_concept.get(prop.get("label", ""), prop.get("label"))
     right = on_defect and best[1] == concept
     margin = prop.get("margin")
     if margin is None and prop.get("similarity"):  # picks written before rationales carried the margin

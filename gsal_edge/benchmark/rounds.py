@@ -26,7 +26,7 @@ from gsal_edge.benchmark.config import (
 from gsal_edge.benchmark.diffusion_cache import DiffusionCache
 from gsal_edge.benchmark.fingerprints import dataset_fingerprint, digest, sha
 from gsal_edge.benchmark.inputs import class_map, data_window, load_data, load_fixed_models
-from gsal_edge.benchmark.pool_scoring import PoolScoring, RoundInputs, ids_only_pool
+from gsal_edge.benchmark.pool_scoring import PoolScoring, RoundInputs, ids_only_pool, uncertainty_columns
 from gsal_edge.benchmark.split import (
     budget_schedule,
     candidate_ids,
@@ -262,6 +262,13 @@ class Benchmark:
             rec["assigner_sources"] = None
             return pool, None
         scorer = self.scoring.scorer_for(gcfg, model)
+        if needs.pool == "detector":  # entropy / margin / MC-dropout: the detector engine alone, their own cost
+            rec["assigner_sources"] = None
+            dets = self.scoring.detector_uncertainty(scorer, unlabeled)
+            if needs.mc_dropout:
+                self.scoring.add_mc_dropout(dets, model, seed, r)
+            times["score"] = time.perf_counter() - t0
+            return ids_only_pool(unlabeled, uncertainty=uncertainty_columns(dets)), None
         rec["assigner_sources"] = self.scoring.set_round_assigner(scorer, gcfg, labeled)
         records = None
         cache_file = None

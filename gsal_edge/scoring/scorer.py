@@ -181,6 +181,20 @@ class GSALScorer:
         self.score([img], ["__warmup__"])
         self.timings = ScoreTimings()
 
+    def detector_uncertainty(self, slices: Sequence[np.ndarray]) -> list[dict[str, float]]:
+        """Each slice's record ``uncertainty`` from the detector engine alone (no diffusion, no CLIP).
+
+        What entropy / margin sampling read, at the cost those baselines pay (spec §9's cost comparison)."""
+        sp = self.spec
+        t0 = time.perf_counter()
+        out = []
+        for s in slices:
+            d = self._detect(to_unit_float(s, window=sp.window))
+            out.append(image_uncertainty(d["all_class_probs"], d["all_scores"]))
+        self.timings.detector += time.perf_counter() - t0
+        self.timings.images += len(out)
+        return out
+
     def score(
         self,
         slices: Sequence[np.ndarray],

@@ -164,7 +164,8 @@ def test_benchmark_rounds_follow_the_declarations() -> None:
     for name in available_strategies():
         s = get_strategy(name)
         need = RoundInputs.of(s)
-        assert need.pool == ("records" if s.needs_scores else "embeddings" if s.needs_embeddings else "ids")
+        scored = "detector" if s.reads_detector_only else "records"
+        assert need.pool == (scored if s.needs_scores else "embeddings" if s.needs_embeddings else "ids")
         assert (need.labeled_embeddings, need.mc_dropout) == (s.needs_embeddings, s.needs_mc_dropout)
 
     class ScoredRandom(RandomStrategy):  # same name as random, other declarations: the name does not decide
@@ -172,6 +173,10 @@ def test_benchmark_rounds_follow_the_declarations() -> None:
 
     assert RoundInputs.of(ScoredRandom()) == RoundInputs("records", True, True)
     assert RoundInputs.of(get_strategy("random")) == RoundInputs("ids", False, False)
+    # the detector-only baselines never pay for the diffusion prior or CLIP; GSAL and its ablations do
+    assert {n for n in available_strategies() if RoundInputs.of(get_strategy(n)).pool == "detector"} == {
+        "entropy", "margin", "mc_dropout"}
+    assert RoundInputs.of(get_strategy("gsal")).pool == "records"
     assert RoundInputs.of(get_strategy("coreset")) == RoundInputs("embeddings", True, False)
     badge, ppal = RoundInputs.of(get_strategy("badge")), RoundInputs.of(get_strategy("ppal"))
     assert badge.pool == ppal.pool == "ids" and badge.box_features is not None and ppal.box_features is not None

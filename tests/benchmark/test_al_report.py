@@ -168,3 +168,15 @@ def test_rationale_check_section_reads_the_pick_files(run_dir: Path) -> None:
     text = write_report(run_dir).read_text()
     assert "## Rationale check" in text
     assert "| gsal | 2 | 0.50 | 0.50 | 2 | 0.50 | – | – |" in text  # picks without similarities: no split
+
+
+def test_check_driver_judges_badge_and_ppal_by_the_detector_class() -> None:
+    from gsal_edge.benchmark.report import check_driver
+
+    gt = [[[10, 10, 20, 20], "Petal"]]
+    c2c, rare = {"Petal": "petal", "Void": "void"}, {"petal"}
+    pick = {"rationale": {"driving_proposal": {"box": [10, 10, 20, 20], "label": "Petal", "score": 0.4}}, "gt": gt}
+    assert check_driver(pick, c2c, rare) == {"on_defect": True, "concept_right": True, "claims_rare": True,
+                                             "rare_right": True, "margin": None}
+    pick["rationale"]["driving_proposal"]["label"] = "Void"
+    assert check_driver(pick, c2c, rare)["concept_right"] is False
