@@ -93,8 +93,9 @@ class ValidationTracker:
         score = float(raw) if raw is not None and math.isfinite(float(raw)) else 0.0
         self.records.append({"iter": it, self.metric: score, "f1": metrics.get("f1"),
                              "map50": metrics.get("map50"), "f1_macro": metrics.get("f1_macro")})
-        if score >= self.best_score:  # a tie goes to the later (longer-trained) weights
-            self.best_score, self.best_iter, self.stale = score, it, 0
+        if score >= self.best_score:  # a tie keeps the later (longer-trained) weights, but is no gain
+            self.stale = 0 if score > self.best_score else self.stale + 1
+            self.best_score, self.best_iter = score, it
             self.best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         else:
             self.stale += 1
