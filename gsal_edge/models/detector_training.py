@@ -1,6 +1,13 @@
 """Training and evaluation of the CT Faster R-CNN (a plain loop in the style of torchvision's
 ``references/detection``): SGD with momentum and weight decay, linear warmup, multistep or cosine
-decay per iteration, gradient-norm clipping, horizontal (optional vertical) flips, seeded.
+decay per iteration, gradient-norm clipping, seeded.
+
+For data the defaults were not tuned on (issue 16): ``auto`` anchors from the training boxes
+(:mod:`gsal_edge.models.anchors`), horizontal / vertical flips and intensity-window jitter
+(:mod:`gsal_edge.models.detector_augment`), a window declaration resolved on the training slices
+(``"auto"``, ``"bits:N"``), a schedule that scales with the training-set size
+(:mod:`gsal_edge.models.detector_schedule`) and a validation share of the labeled images that picks
+the best weights (:mod:`gsal_edge.models.detector_validation`).
 
 Resumable: ``out_dir/last.pt`` is written after every epoch (weights + optimizer + epoch); the
 epoch order, the flips and torch's sampling RNG are all derived from (seed, epoch), so a run
@@ -291,6 +298,9 @@ def _train(dataset: DetectionDataset, cfg: str | DetectorConfig, epochs: int | N
         raise TrainingError(f"batch_size {bs} does not split over {world} processes: the global batch stays "
                             f"batch_size, each process takes batch_size / {world}; pick a multiple of {world}")
     pb = bs // world  # per-process batch; the global batch (and so the LR schedule) is the one-process one
+    if world > 1 and val_ids and tcfg.val_patience is not None:
+        raise TrainingError("train.val_patience (early stop) runs in one process only: BatchNorm statistics "
+                            "differ per rank, so ranks could stop at different iterations")
     pool = np.repeat(np.arange(len(ds)), repeat_factors(ds, tcfg.repeat_factor_threshold))  # epoch's samples
     if epochs is None:
         epochs = scaled_epochs(len(ds), tcfg, len(pool)) if tcfg.schedule == "scaled" else tcfg.epochs
