@@ -21,10 +21,20 @@ def _fail(msg: str) -> NoReturn:
     raise typer.Exit(code=2)
 
 
-def _window(lo: float | None, hi: float | None) -> tuple[float, float] | None:
+def _window(lo: float | None, hi: float | None, spec: str | None = None) -> object:
+    """The window declaration: --window-lo/--window-hi (stored units) or --window (auto, dtype, bits:N, LO,HI)."""
     if (lo is None) != (hi is None):
         _fail("--window-lo and --window-hi go together")
-    return None if lo is None else (float(lo), float(hi))  # type: ignore[arg-type]
+    if lo is not None:
+        return (float(lo), float(hi))  # type: ignore[arg-type]
+    if spec is None:
+        return None
+    from gsal_edge.data.preprocessing import parse_window
+
+    try:
+        return parse_window([float(v) for v in spec.split(",")] if "," in spec else spec)
+    except ValueError as exc:
+        _fail(f"--window: {exc}")
 
 
 def _parse_sets(sets: list[str]) -> dict[str, Any]:
@@ -81,8 +91,16 @@ def train(
     device: str = typer.Option("cpu", "--device", help="torch device to train on (cpu, cuda)."),
     window_lo: float | None = typer.Option(None, "--window-lo", help="Window low (stored units)."),
     window_hi: float | None = typer.Option(None, "--window-hi", help="Window high (stored units)."),
+    window_spec: str = typer.Option("auto", "--window", help="Intensity window when --window-lo/-hi are not "
+                                    "given: auto (p0.5-p99.5 of the training slices), dtype (the stored "
+                                    "type's range), bits:N (e.g. bits:12 for 12-bit counts in 16-bit files) "
+                                    "or LO,HI; the checkpoint records the resolved window."),
 ) -> None:
-    """Train a detector on DATA minus a held-out split, then evaluate it on that split."""
+    """Train a detector on DATA minus a held-out split, then evaluate it on that split.
+
+    Without --epochs a config with ``train.schedule: scaled`` (the cpu preset) trains a number of
+    iterations that grows with the training-set size; ``train.val_fraction`` holds out a share of the
+    training images to pick the best weights (reported as ``validation`` in OUT/run.json)."""
     import torch
 
     from gsal_edge.data.formats import load_dataset
@@ -91,7 +109,7 @@ def train(
 
     if threads:
         torch.set_num_threads(threads)
-    window = _window(window_lo, window_hi)
+    window = _window(window_lo, window_hi, window_spec)
     try:
         cfg = load_config(config) if config else get_config(preset)
         if sets:
@@ -120,6 +138,14 @@ def train(
     except GSALError as exc:
         _fail(str(exc))
     typer.echo(f"trained in {time.perf_counter() - t0:.1f} s -> {out / 'detector.pt'}")
+    summary = getattr(model, "training_summary", {})
+    window = tuple(summary["window"]) if summary.get("window") else None  # the resolved one
+    typer.echo(f"{summary.get('iterations')} iterations ({summary.get('epochs')} epochs), window {window}, "
+               f"anchors {summary.get('anchor_sizes')} / ratios {summary.get('aspect_ratios')}")
+    v = summary.get("validation")
+    if v:
+        typer.echo(f"validation on {v['n_val']} training images: best {v['metric']} {_fmt(v['best_score'])} "
+                   f"after {v['best_iter']} iterations{' (stopped early)' if v['stopped_early'] else ''}")
     if val_ids:
         metrics = evaluate_detector(model, ds, val_ids, window=window, progress=True, device=device)
         (out / "metrics.json").write_text(json.dumps(to_jsonable(metrics), indent=2))
@@ -185,7 +211,7 @@ def bench(
     from gsal_edge.data.formats import load_dataset
     from gsal_edge.models.detector import build_detector, count_parameters
     from gsal_edge.models.detector_config import apply_overrides, get_config
-    from gsal_edge.models.detector_training import time_train_steps
+    from gsal_edge.models.detector_timing import time_train_steps
 
     cfg = get_config(preset)
     if sets:

@@ -27,6 +27,7 @@ from torchvision.models.detection.faster_rcnn import FasterRCNN, FastRCNNPredict
 from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from gsal_edge.models.anchors import n_feature_maps, resolve_anchors
 from gsal_edge.models.detector_config import DetectorConfig, DetectorConfigError, resolve_config
 from gsal_edge.models.detector_layers import (
     CTTransform,
@@ -110,9 +111,13 @@ class CTFasterRCNN(FasterRCNN):
     """torchvision Faster R-CNN with :class:`CTTransform` and :class:`ProbRoIHeads`; keeps its config."""
 
     def __init__(self, cfg: DetectorConfig, num_classes: int) -> None:
+        if cfg.anchors_auto:  # no training boxes here: the no-box default (train_detector resolves from boxes)
+            cfg = resolve_anchors(cfg)
+            log.info("anchors 'auto' without training boxes: sizes %s, ratios %s", cfg.anchor_sizes,
+                     cfg.aspect_ratios)
         backbone, map_names = _build_backbone(cfg)
-        if len(cfg.anchor_sizes) != len(map_names) + (0 if cfg.backbone == "small_cnn" else 1):
-            n = len(map_names) + (0 if cfg.backbone == "small_cnn" else 1)
+        if len(cfg.anchor_sizes) != n_feature_maps(cfg):
+            n = n_feature_maps(cfg)
             raise DetectorConfigError(
                 f"anchor_sizes has {len(cfg.anchor_sizes)} lists but backbone {cfg.backbone} "
                 f"(fpn_returned_layers={cfg.fpn_returned_layers}) yields {n} feature maps"
@@ -253,6 +258,7 @@ def save_checkpoint(path: str | Path, model: CTFasterRCNN, cfg: DetectorConfig, 
     ``extra`` holds anything else picklable with ``weights_only`` loading (e.g. training state).
     """
     n_out = model.roi_heads.box_predictor.cls_score.out_features - 1  # type: ignore[union-attr]
+    cfg = with_model_anchors(cfg, model)
     if len(classes) != n_out:
         raise DetectorConfigError(f"checkpoint {path}: {len(classes)} class names {classes} for {n_out} classes")
     path = Path(path)
@@ -269,6 +275,28 @@ def save_checkpoint(path: str | Path, model: CTFasterRCNN, cfg: DetectorConfig, 
     torch.save(blob, tmp)
     os.replace(tmp, path)
     return path
+
+
+def model_anchors(model: CTFasterRCNN) -> tuple[list[list[float]], list[float]]:
+    """The anchor sizes (per feature map) and aspect ratios the model's RPN actually uses."""
+    gen = model.rpn.anchor_generator
+    return [[float(v) for v in s] for s in gen.sizes], [float(r) for r in gen.aspect_ratios[0]]
+
+
+def with_model_anchors(cfg: DetectorConfig, model: CTFasterRCNN) -> DetectorConfig:
+    """``cfg`` with ``auto`` anchors replaced by the model's own (so a checkpoint reloads the same
+    anchors); refuses a config whose concrete anchors differ from the model's."""
+    sizes, ratios = model_anchors(model)
+    if not cfg.anchors_auto:
+        own_sizes, own_ratios = cfg.anchor_sizes, cfg.aspect_ratios
+        same = [len(a) for a in own_sizes] == [len(a) for a in sizes] and len(own_ratios) == len(ratios) \
+            and np.allclose([v for a in own_sizes for v in a], [v for a in sizes for v in a]) \
+            and np.allclose(own_ratios, ratios)  # type: ignore[arg-type]
+        if not same:
+            raise DetectorConfigError(f"config anchors {own_sizes} / {own_ratios} are not the model's "
+                                      f"{sizes} / {ratios}; save the model with its own config")
+        return cfg
+    return cfg.model_copy(update={"anchor_sizes": sizes, "aspect_ratios": ratios})
 
 
 def load_checkpoint(path: str | Path, map_location: str = "cpu") -> tuple[CTFasterRCNN, dict[str, Any]]:

@@ -19,6 +19,7 @@ from gsal_edge.errors import GSALError
 PRESETS_FILE = CONFIGS_DIR / "detector_presets.yaml"
 PRESET_NAMES = ("paper", "edge", "cpu", "tiny")
 AGNOSTIC_CLASS = "defect"
+AUTO = "auto"  # anchor_sizes / aspect_ratios computed from the training boxes (gsal_edge.models.anchors)
 
 
 class DetectorConfigError(GSALError, ValueError):
@@ -44,12 +45,62 @@ class DetectorTrainConfig(StrictModel):
     # sqrt(t / f_c))) times per epoch (at least once), f_c = share of training images holding class c
     repeat_factor_threshold: float | None = Field(None, gt=0, le=1)
     hflip_prob: float = Field(0.5, ge=0, le=1)
-    vflip_prob: float = Field(0.0, ge=0, le=1)  # off: a vertical flip puts the substrate on top
+    vflip_prob: float = Field(0.0, ge=0, le=1)  # a vertical flip puts the substrate on top (see the presets)
+    # intensity augmentation in unit intensity (gsal_edge.models.detector_augment), applied with
+    # ``intensity_prob``: x -> clip((x - lo) / (hi - lo)) ** gamma with lo ~ U(-w, w), hi ~ 1 + U(-w, w)
+    # (w = window_jitter) and log(gamma) ~ U(-g, g) (g = gamma_jitter); 0 / 0: off
+    intensity_prob: float = Field(0.0, ge=0, le=1)
+    window_jitter: float = Field(0.0, ge=0, lt=0.5)
+    gamma_jitter: float = Field(0.0, ge=0, le=1.5)
+    # schedule: "epochs" trains ``epochs`` (or the caller's); "scaled" trains about
+    # scaled_iterations(n_train) iterations (gsal_edge.models.detector_schedule) when no epochs are given:
+    # ref_iters * (n / ref_images) ** exponent, clipped to [min_iters, max_iters]
+    schedule: Literal["epochs", "scaled"] = "epochs"
+    schedule_ref_images: int = Field(100, ge=1)
+    schedule_ref_iters: int = Field(600, ge=1)
+    schedule_exponent: float = Field(0.5, ge=0, le=1)
+    schedule_min_iters: int = Field(200, ge=1)
+    schedule_max_iters: int = Field(3000, ge=1)
+    # validation on the LABELED images only: hold out ``val_fraction`` of the training ids (stratified,
+    # at least ``val_min_images`` or none), evaluate every ``val_every`` share of the schedule, keep the
+    # weights with the best ``val_metric`` and stop after ``val_patience`` evaluations without gain
+    val_fraction: float = Field(0.0, ge=0, lt=0.5)
+    val_min_images: int = Field(8, ge=1)
+    val_every: float = Field(0.125, gt=0, le=1)
+    val_metric: Literal["f1", "f1_macro", "map50"] = "map50"
+    val_patience: int | None = Field(None, ge=1)
 
     @model_validator(mode="after")
     def _check_milestones(self) -> DetectorTrainConfig:
         if any(not 0 < m < 1 for m in self.lr_milestones) or self.lr_milestones != sorted(self.lr_milestones):
             raise ValueError(f"lr_milestones must be increasing fractions in (0, 1), got {self.lr_milestones}")
+        if self.schedule_min_iters > self.schedule_max_iters:
+            raise ValueError(f"schedule_min_iters {self.schedule_min_iters} > schedule_max_iters "
+                             f"{self.schedule_max_iters}")
+        return self
+
+
+class AnchorAutoConfig(StrictModel):
+    """How ``anchor_sizes: auto`` / ``aspect_ratios: auto`` are computed from the training boxes
+    (in the detector's input frame; see :mod:`gsal_edge.models.anchors`)."""
+
+    n_sizes: int = Field(3, ge=1, le=8)  # per feature map
+    n_ratios: int = Field(5, ge=1, le=9)
+    quantiles: tuple[float, float] = (0.02, 0.98)  # of sqrt(w h) and of h / w
+    size_range: tuple[float, float] = (4.0, 64.0)  # px at the input size
+    min_size_span: float = Field(4.0, ge=1)  # largest / smallest size at least this (few boxes)
+    min_ratio_span: float = Field(2.0, ge=1)  # ratios cover at least [1 / span, span]
+    ratio_range: tuple[float, float] = (0.1, 10.0)
+
+    @model_validator(mode="after")
+    def _check(self) -> AnchorAutoConfig:
+        q0, q1 = self.quantiles
+        if not 0 <= q0 < q1 <= 1:
+            raise ValueError(f"anchor_auto.quantiles must be 0 <= lo < hi <= 1, got {self.quantiles}")
+        for name in ("size_range", "ratio_range"):
+            lo, hi = getattr(self, name)
+            if not 0 < lo < hi:
+                raise ValueError(f"anchor_auto.{name} must be 0 < lo < hi, got {(lo, hi)}")
         return self
 
 
@@ -69,8 +120,10 @@ class DetectorConfig(StrictModel):
     max_size: int = Field(256, ge=16)
     image_mean: list[float] = Field(default_factory=lambda: [0.5])
     image_std: list[float] = Field(default_factory=lambda: [0.25])
-    anchor_sizes: list[list[int]] = Field(default_factory=lambda: [[8, 16, 32, 64]])  # one list per map
-    aspect_ratios: list[float] = Field(default_factory=lambda: [0.5, 1.0, 2.0])
+    # px at the input size, one list per feature map; "auto": from the training boxes (anchor_auto)
+    anchor_sizes: list[list[float]] | Literal["auto"] = Field(default_factory=lambda: [[8, 16, 32, 64]])
+    aspect_ratios: list[float] | Literal["auto"] = Field(default_factory=lambda: [0.5, 1.0, 2.0])  # h / w
+    anchor_auto: AnchorAutoConfig = Field(default_factory=AnchorAutoConfig)
     rpn_pre_nms_top_n_train: int = 2000
     rpn_pre_nms_top_n_test: int = 1000
     rpn_post_nms_top_n_train: int = 2000
@@ -116,13 +169,24 @@ class DetectorConfig(StrictModel):
                 )
             if len(self.image_mean) != 1:
                 raise ValueError("small_cnn takes one channel: image_mean / image_std need exactly 1 value")
-        if not self.anchor_sizes or any(not a for a in self.anchor_sizes):
-            raise ValueError(f"anchor_sizes needs one non-empty list per feature map, got {self.anchor_sizes}")
-        if len({len(a) for a in self.anchor_sizes}) != 1:
-            raise ValueError(f"anchor_sizes: every feature map needs the same number of sizes, got {self.anchor_sizes}")
+        if self.anchor_sizes != AUTO:
+            if not self.anchor_sizes or any(not a for a in self.anchor_sizes):
+                raise ValueError(f"anchor_sizes needs one non-empty list per feature map, got {self.anchor_sizes}")
+            if len({len(a) for a in self.anchor_sizes}) != 1:
+                raise ValueError(f"anchor_sizes: every feature map needs the same number of sizes, "
+                                 f"got {self.anchor_sizes}")
+            if any(v <= 0 for a in self.anchor_sizes for v in a):
+                raise ValueError(f"anchor_sizes must be positive, got {self.anchor_sizes}")
+        if self.aspect_ratios != AUTO and (not self.aspect_ratios or any(r <= 0 for r in self.aspect_ratios)):
+            raise ValueError(f"aspect_ratios must be a non-empty list of positive h / w, got {self.aspect_ratios}")
         if self.max_size < self.min_size:
             raise ValueError(f"max_size {self.max_size} < min_size {self.min_size}")
         return self
+
+    @property
+    def anchors_auto(self) -> bool:
+        """Whether the anchors still need the training boxes (``auto`` sizes or ratios)."""
+        return self.anchor_sizes == AUTO or self.aspect_ratios == AUTO
 
     @property
     def in_channels(self) -> int:

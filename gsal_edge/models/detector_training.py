@@ -1,6 +1,13 @@
 """Training and evaluation of the CT Faster R-CNN (a plain loop in the style of torchvision's
 ``references/detection``): SGD with momentum and weight decay, linear warmup, multistep or cosine
-decay per iteration, gradient-norm clipping, horizontal (optional vertical) flips, seeded.
+decay per iteration, gradient-norm clipping, seeded.
+
+For data the defaults were not tuned on (issue 16): ``auto`` anchors from the training boxes
+(:mod:`gsal_edge.models.anchors`), horizontal / vertical flips and intensity-window jitter
+(:mod:`gsal_edge.models.detector_augment`), a window declaration resolved on the training slices
+(``"auto"``, ``"bits:N"``), a schedule that scales with the training-set size
+(:mod:`gsal_edge.models.detector_schedule`) and a validation share of the labeled images that picks
+the best weights (:mod:`gsal_edge.models.detector_validation`).
 
 Resumable: ``out_dir/last.pt`` is written after every epoch (weights + optimizer + epoch); the
 epoch order, the flips and torch's sampling RNG are all derived from (seed, epoch), so a run
@@ -35,9 +42,10 @@ from tqdm.auto import tqdm
 
 from gsal_edge.data.dataset import DetectionDataset, ImageEntry
 from gsal_edge.data.image_io import load_image
-from gsal_edge.data.preprocessing import to_unit_float
+from gsal_edge.data.preprocessing import WindowSpec, resolve_window, to_unit_float
 from gsal_edge.errors import GSALError
 from gsal_edge.models import distributed
+from gsal_edge.models.anchors import resolve_anchors
 from gsal_edge.models.detection_metrics import detection_metrics, ground_truth
 from gsal_edge.models.detector import (
     CTFasterRCNN,
@@ -47,11 +55,20 @@ from gsal_edge.models.detector import (
     predict,
     save_checkpoint,
 )
+from gsal_edge.models.detector_augment import AugmentDraw, augment_slice, draw_augment, flip_boxes
 from gsal_edge.models.detector_config import (
     AGNOSTIC_CLASS,
     DetectorConfig,
     DetectorTrainConfig,
     resolve_config,
+)
+from gsal_edge.models.detector_schedule import scaled_epochs
+from gsal_edge.models.detector_validation import (  # noqa: F401 - split_ids: re-exported (CLI, benchmark)
+    ValidationTracker,
+    save_best,
+    split_ids,
+    validate,
+    validation_split,
 )
 from gsal_edge.provenance import git_state, package_versions
 
@@ -59,6 +76,8 @@ log = logging.getLogger(__name__)
 
 LAST = "last.pt"
 FINAL = "detector.pt"
+BEST = "best.pt"  # the best weights so far on the labeled validation share (resume)
+WINDOW_SAMPLE = 64  # slices read to resolve a window 'auto' of the training set
 
 
 class TrainingError(GSALError, RuntimeError):
@@ -83,47 +102,9 @@ def lr_at(it: int, total_iters: int, tcfg: DetectorTrainConfig) -> float:
     return tcfg.lr * warm * decay
 
 
-def flip_boxes(boxes: np.ndarray, width: int, height: int, hflip: bool, vflip: bool) -> np.ndarray:
-    """Boxes (x1, y1, x2, y2) of an image flipped horizontally and/or vertically."""
-    b = np.asarray(boxes, dtype=np.float32).reshape(-1, 4).copy()
-    if hflip:
-        b[:, [0, 2]] = width - b[:, [2, 0]]
-    if vflip:
-        b[:, [1, 3]] = height - b[:, [3, 1]]
-    return b
-
-
 def epoch_seed(seed: int, epoch: int) -> int:
     """The seed of one epoch's shuffling, flips and torch sampling RNG."""
     return int.from_bytes(hashlib.sha256(f"detector:{seed}:{epoch}".encode()).digest()[:8], "little") >> 1
-
-
-def split_ids(ds: DetectionDataset, val_fraction: float, seed: int) -> tuple[list[str], list[str]]:
-    """Seeded train/val split of image ids, stratified by each image's rarest class (or "none"),
-    so rare classes land in both parts when they have >= 2 images. Returns (train_ids, val_ids)."""
-    if not 0 <= val_fraction < 1:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    counts: dict[str, int] = {}
-    for e in ds.images:
-        for c in {a.category for a in e.annotations}:
-            counts[c] = counts.get(c, 0) + 1
-    strata: dict[str, list[str]] = {}
-    for e in ds.images:
-        cats = {a.category for a in e.annotations}
-        key = min(cats, key=lambda c: (counts[c], c)) if cats else "none"
-        strata.setdefault(key, []).append(e.image_id)
-    rng = np.random.default_rng(seed)
-    val: set[str] = set()
-    for key in sorted(strata):
-        ids = sorted(strata[key])
-        n_val = round(len(ids) * val_fraction)
-        if val_fraction > 0 and n_val == 0 and len(ids) >= 2:
-            n_val = 1
-        if n_val >= len(ids) and len(ids) >= 2:
-            n_val = len(ids) - 1
-        val.update(ids[i] for i in rng.permutation(len(ids))[:n_val])
-    train = [e.image_id for e in ds.images if e.image_id not in val]
-    return train, [e.image_id for e in ds.images if e.image_id in val]
 
 
 def repeat_factors(ds: DetectionDataset, threshold: float | None) -> np.ndarray:
@@ -202,20 +183,43 @@ class SliceCache:
             raise ValueError(f"{self.ds.image_path(entry)} (image {entry.image_id}): {exc}") from exc
 
 
-def _batch(ds: DetectionDataset, entries: list[ImageEntry], label_of: dict[str, int], flips: np.ndarray,
+def _batch(ds: DetectionDataset, entries: list[ImageEntry], label_of: dict[str, int], aug: AugmentDraw,
            cache: SliceCache) -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:
     images, targets = [], []
-    for e, (h, v) in zip(entries, flips):
+    for k, e in enumerate(entries):
         img = cache.get(e)
         if img.shape != (e.height, e.width):
             raise TrainingError(f"{ds.image_path(e)}: image is {img.shape}, annotations say {(e.height, e.width)}")
-        if h:
-            img = img[:, ::-1]
-        if v:
-            img = img[::-1, :]
-        images.append(torch.from_numpy(np.ascontiguousarray(img))[None])
-        targets.append(make_target(e, label_of, bool(h), bool(v)))
+        h, v, lo, hi, gamma = aug.at(k)
+        img, _ = augment_slice(img, np.zeros((0, 4), np.float32), h, v, lo, hi, gamma)
+        images.append(torch.from_numpy(img)[None])
+        targets.append(make_target(e, label_of, h, v))
     return images, targets
+
+
+def training_window(ds: DetectionDataset, window: WindowSpec) -> tuple[float, float] | None:
+    """The fixed window of a declaration (``None``, ``"auto"``, ``"bits:N"``, ``(lo, hi)``; see
+    :func:`gsal_edge.data.preprocessing.parse_window`); ``auto`` reads up to ``WINDOW_SAMPLE`` evenly
+    spaced slices of ``ds`` (the training images)."""
+    step = max(1, len(ds) // WINDOW_SAMPLE)
+    try:
+        return resolve_window(window, (load_image(ds.image_path(e)) for e in ds.images[::step]))
+    except ValueError as exc:
+        raise TrainingError(f"window {window!r}: {exc}") from exc
+
+
+def _train_boxes(ds: DetectionDataset) -> list[tuple[tuple[float, float, float, float], int, int]]:
+    return [(tuple(a.box), e.height, e.width) for e in ds.images for a in e.annotations]  # type: ignore[misc]
+
+
+def _resolve_anchors(cfg: DetectorConfig, ds: DetectionDataset, init_from: CTFasterRCNN | None) -> DetectorConfig:
+    """``auto`` anchors: the fine-tuned model's own (same architecture), else from ``ds``'s boxes."""
+    if not cfg.anchors_auto:
+        return cfg
+    if init_from is not None and getattr(init_from, "config", None) is not None:
+        src = init_from.config
+        return cfg.model_copy(update={"anchor_sizes": src.anchor_sizes, "aspect_ratios": src.aspect_ratios})
+    return resolve_anchors(cfg, _train_boxes(ds))
 
 
 # ------------------------------------------------------------------------------------ training
@@ -236,7 +240,7 @@ def train_detector(
     resume: bool = True,
     image_ids: Sequence[str] | None = None,
     *,
-    window: tuple[float, float] | None = None,
+    window: WindowSpec = None,
     progress: bool = True,
     max_iters: int | None = None,
     cache_images: bool = True,
@@ -245,7 +249,13 @@ def train_detector(
 ) -> CTFasterRCNN:
     """Train a detector on ``dataset`` (or the ``image_ids`` subset of it) and return it (eval mode).
 
-    ``cfg``: preset name or :class:`DetectorConfig`; ``epochs`` defaults to ``cfg.train.epochs``.
+    ``cfg``: preset name or :class:`DetectorConfig`; ``epochs`` defaults to ``cfg.train.epochs``
+    (``train.schedule: scaled``: to :func:`gsal_edge.models.detector_schedule.scaled_epochs` of the
+    training-image count). ``window``: a fixed ``(lo, hi)`` or a declaration (``"auto"``,
+    ``"bits:N"``), resolved on the training images and recorded in the checkpoint. ``auto`` anchors
+    are computed from the training boxes (or taken from ``init_from``). With ``train.val_fraction``
+    a share of the given (labeled) images is held out, the weights with the best validation metric
+    are returned and the report is ``model.training_summary["validation"]`` (and ``run.json``).
     With ``out_dir``, a checkpoint is written every epoch and, with ``resume``, an existing
     ``last.pt`` there is continued (it must come from the same config, data, classes and seed).
     ``max_iters`` stops early after that many iterations in total (for timing and tests).
@@ -260,21 +270,24 @@ def train_detector(
 
 
 def _train(dataset: DetectionDataset, cfg: str | DetectorConfig, epochs: int | None, out_dir: str | Path | None,
-           seed: int, resume: bool, image_ids: Sequence[str] | None, window: tuple[float, float] | None,
+           seed: int, resume: bool, image_ids: Sequence[str] | None, window_spec: WindowSpec,
            progress: bool, max_iters: int | None, cache_images: bool, device: torch.device,
            init_from: CTFasterRCNN | None = None) -> CTFasterRCNN:
     cfg = resolve_config(cfg)
     tcfg = cfg.train
-    epochs = tcfg.epochs if epochs is None else int(epochs)
-    if epochs < 1:
+    if epochs is not None and int(epochs) < 1:
         raise TrainingError(f"epochs must be >= 1, got {epochs}")
-    ds = dataset.subset(image_ids) if image_ids is not None else dataset
-    if image_ids is not None and len(ds) != len(set(image_ids)):
+    labeled = dataset.subset(image_ids) if image_ids is not None else dataset
+    if image_ids is not None and len(labeled) != len(set(image_ids)):
         known = {e.image_id for e in dataset.images}
         missing = [i for i in image_ids if i not in known]
         raise TrainingError(f"image_ids not in the data set: {missing[:5]}{'...' if len(missing) > 5 else ''}")
-    if len(ds) == 0:
+    if len(labeled) == 0:
         raise TrainingError("no training images")
+    train_ids, val_ids = validation_split(labeled, tcfg, seed)  # val: a share of the LABELED ids only
+    ds = labeled.subset(train_ids) if val_ids else labeled
+    window = training_window(labeled, window_spec)
+    cfg = _resolve_anchors(cfg, ds, init_from)
     classes = [AGNOSTIC_CLASS] if cfg.class_agnostic else list(dataset.classes)
     label_of = _label_map(list(dataset.classes), classes, cfg.class_agnostic)
     ids = [e.image_id for e in ds.images]
@@ -285,11 +298,17 @@ def _train(dataset: DetectionDataset, cfg: str | DetectorConfig, epochs: int | N
         raise TrainingError(f"batch_size {bs} does not split over {world} processes: the global batch stays "
                             f"batch_size, each process takes batch_size / {world}; pick a multiple of {world}")
     pb = bs // world  # per-process batch; the global batch (and so the LR schedule) is the one-process one
+    if world > 1 and val_ids and tcfg.val_patience is not None:
+        raise TrainingError("train.val_patience (early stop) runs in one process only: BatchNorm statistics "
+                            "differ per rank, so ranks could stop at different iterations")
     pool = np.repeat(np.arange(len(ds)), repeat_factors(ds, tcfg.repeat_factor_threshold))  # epoch's samples
+    if epochs is None:
+        epochs = scaled_epochs(len(ds), tcfg, len(pool)) if tcfg.schedule == "scaled" else tcfg.epochs
+    epochs = int(epochs)
     iters_per_epoch = math.ceil(len(pool) / bs)
     total_iters = epochs * iters_per_epoch
     fingerprint = {"config": cfg.model_dump(mode="json"), "classes": classes, "ids": _ids_digest(ids),
-                   "seed": int(seed), "window": list(window) if window else None}
+                   "seed": int(seed), "window": list(window) if window else None, "val": _ids_digest(val_ids)}
 
     model = build_detector(cfg, len(classes), seed=seed)
     if init_from is not None:
@@ -298,6 +317,7 @@ def _train(dataset: DetectionDataset, cfg: str | DetectorConfig, epochs: int | N
     model.classes = classes
     params = [p for p in model.parameters() if p.requires_grad]
     opt = make_optimizer(params, tcfg)
+    tracker = ValidationTracker(val_ids, min(total_iters, max_iters or total_iters), tcfg)
     start_epoch, history = 0, []
     out = Path(out_dir) if out_dir is not None else None
     writes = out is not None and rank == 0  # only rank 0 writes checkpoints and logs
@@ -306,31 +326,33 @@ def _train(dataset: DetectionDataset, cfg: str | DetectorConfig, epochs: int | N
             out.mkdir(parents=True, exist_ok=True)
         last = out / LAST
         if resume and last.is_file():
-            start_epoch, history = _restore(last, model, opt, fingerprint, epochs)
+            start_epoch, history = _restore(last, model, opt, fingerprint, epochs, tracker)
     net = distributed.wrap_model(model, ddp)  # trains; `model` (the same weights) is what gets saved
     pre = preprocessing_meta(cfg, window)
-    cache = SliceCache(ds, window, cache_images)
+    cache = SliceCache(labeled, window, cache_images)  # the validation slices are read through it too
     t_start = time.perf_counter()
     it_global = start_epoch * iters_per_epoch
     net.train()
     positions = distributed.shard_positions(len(pool), ddp)  # this rank's share of each epoch's order
     for epoch in range(start_epoch, epochs):
+        if tracker.stopped_early:
+            break
         es = epoch_seed(seed, epoch)
-        rng = np.random.default_rng(es)  # the same order and flips on every rank
+        rng = np.random.default_rng(es)  # the same order and augmentation on every rank
         torch.manual_seed(es + rank)  # the RPN / RoI samplers draw independently per rank
         order = pool[rng.permutation(len(pool))]
-        flips = np.stack([rng.random(len(pool)) < tcfg.hflip_prob, rng.random(len(pool)) < tcfg.vflip_prob], 1)
+        aug = draw_augment(rng, len(pool), tcfg)
         t0 = time.perf_counter()
         sums: dict[str, float] = {}
         n_done = 0
         bar = tqdm(range(iters_per_epoch), desc=f"epoch {epoch + 1}/{epochs}", leave=False,
                    disable=None if progress and rank == 0 else True)  # None: a bar on a terminal only
         for b in bar:
-            if max_iters is not None and it_global >= max_iters:
+            if max_iters is not None and it_global >= max_iters or tracker.stopped_early:
                 break
             pos = positions[b * pb:(b + 1) * pb]
             entries = [ds.images[i] for i in order[pos]]
-            images, targets = _batch(ds, entries, label_of, flips[pos], cache)
+            images, targets = _batch(ds, entries, label_of, aug.take(pos), cache)
             if device.type != "cpu":
                 images = [im.to(device) for im in images]
                 targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
@@ -355,6 +377,9 @@ def _train(dataset: DetectionDataset, cfg: str | DetectorConfig, epochs: int | N
                 sums[k] = sums.get(k, 0.0) + float(v.detach())
             sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
             bar.set_postfix(loss=f"{sums['loss'] / n_done:.3f}", lr=f"{lr:.2g}")
+            if tracker.due(it_global):
+                validate(model, labeled, tracker, it_global, cache.get, device)
+                net.train()
         bar.close()
         if n_done == 0:
             break
@@ -368,16 +393,29 @@ def _train(dataset: DetectionDataset, cfg: str | DetectorConfig, epochs: int | N
             with open(out / "train_log.jsonl", "a") as f:
                 f.write(json.dumps(rec) + "\n")
             if n_done == iters_per_epoch:  # only whole epochs are resumable
+                if tracker.best_state is not None and tracker.best_iter is not None:
+                    save_best(out / BEST, model, tracker, cfg, classes, pre)
                 save_checkpoint(out / LAST, model, cfg, classes, pre, extra={
                     "train_state": {"epoch": epoch + 1, "epochs": epochs, "optimizer": opt.state_dict(),
-                                    "fingerprint": json.dumps(fingerprint, sort_keys=True), "history": history}})
+                                    "fingerprint": json.dumps(fingerprint, sort_keys=True), "history": history,
+                                    "validation": tracker.state()}})
+    if tracker.enabled and it_global > 0 and (not tracker.records or tracker.records[-1]["iter"] != it_global):
+        validate(model, labeled, tracker, it_global, cache.get, device)  # the last weights count too
+    if tracker.best_state is not None:
+        model.load_state_dict(tracker.best_state)
     model.eval().cpu()
+    model.config = cfg
+    model.training_summary = {"epochs": epochs, "iterations": it_global, "total_iters": total_iters,
+                              "n_train_images": len(ds), "window": list(window) if window else None,
+                              "anchor_sizes": cfg.anchor_sizes, "aspect_ratios": cfg.aspect_ratios,
+                              "validation": tracker.summary() if tracker.enabled else None}
     if writes:
         save_checkpoint(out / FINAL, model, cfg, classes, pre, extra={"seed": int(seed), "epochs": epochs})
         run = {"config": cfg.model_dump(mode="json"), "classes": classes, "seed": seed, "epochs": epochs,
                "n_train_images": len(ds), "train_ids_digest": _ids_digest(ids), "data_root": str(dataset.root),
                "iters_per_epoch": iters_per_epoch, "threads": torch.get_num_threads(),
-               "processes": world, "batch_per_process": pb,
+               "processes": world, "batch_per_process": pb, "window": list(window) if window else None,
+               "validation": model.training_summary["validation"],
                "seconds_this_session": time.perf_counter() - t_start,
                "seconds_total": sum(h["seconds"] for h in history), "history": history,
                "versions": package_versions(("torch", "torchvision", "numpy")),
@@ -399,7 +437,7 @@ def _load_init(model: CTFasterRCNN, init_from: CTFasterRCNN, cfg: DetectorConfig
 
 
 def _restore(last: Path, model: CTFasterRCNN, opt: torch.optim.Optimizer, fingerprint: dict[str, Any],
-             epochs: int) -> tuple[int, list[dict[str, Any]]]:
+             epochs: int, tracker: ValidationTracker) -> tuple[int, list[dict[str, Any]]]:
     loaded, meta = load_checkpoint(last, map_location=str(next(model.parameters()).device))
     state = meta["extra"].get("train_state")
     if not state:
@@ -413,49 +451,12 @@ def _restore(last: Path, model: CTFasterRCNN, opt: torch.optim.Optimizer, finger
     opt.load_state_dict(state["optimizer"])
     if state["epochs"] != epochs:
         log.warning("%s: resuming a %d-epoch run as %d epochs: the LR schedule changes", last, state["epochs"], epochs)
+    if tracker.enabled and state.get("validation"):
+        best = last.with_name(BEST)
+        best_sd = load_checkpoint(best)[0].state_dict() if best.is_file() else None
+        tracker.restore(state["validation"], best_sd)
     log.info("resuming %s after epoch %d", last, state["epoch"])
     return int(state["epoch"]), list(state.get("history", []))
-
-
-def time_train_steps(dataset: DetectionDataset, cfg: str | DetectorConfig, steps: int = 10, warmup: int = 2,
-                     batch_size: int | None = None, seed: int = 0, device: str = "cpu") -> dict[str, float]:
-    """Wall time of full training steps (forward, backward, SGD/AdamW step) on real batches of
-    ``dataset``, images already on ``device``; returns per-step and per-image medians and minima (s).
-    On a GPU each step is timed to a ``torch.cuda.synchronize`` so queued kernels are counted."""
-    cfg = resolve_config(cfg)
-    dev = torch.device(device)
-    bs = batch_size or cfg.train.batch_size
-    classes = [AGNOSTIC_CLASS] if cfg.class_agnostic else list(dataset.classes)
-    label_of = _label_map(list(dataset.classes), classes, cfg.class_agnostic)
-    model = build_detector(cfg, len(classes), seed=seed).train().to(dev)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = make_optimizer(params, cfg.train.model_copy(update={"lr": min(cfg.train.lr, 1e-3)}))
-    cache = SliceCache(dataset, None)
-    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
-    rng = np.random.default_rng(seed)
-    batches = []
-    for _ in range(min(steps + warmup, 4)):
-        sel = rng.choice(len(dataset), size=bs, replace=len(dataset) < bs)
-        images, targets = _batch(dataset, [dataset.images[i] for i in sel], label_of, np.zeros((bs, 2), bool), cache)
-        batches.append(([im.to(dev) for im in images], [{k: v.to(dev) for k, v in t.items()} for t in targets]))
-    torch.manual_seed(seed)
-    times = []
-    for k in range(steps + warmup):
-        images, targets = batches[k % len(batches)]
-        sync()
-        t0 = time.perf_counter()
-        loss = sum(model(images, targets).values())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sync()
-        if k >= warmup:
-            times.append(time.perf_counter() - t0)
-    med = float(np.median(times))
-    if not np.isfinite(float(loss.detach())):
-        raise TrainingError(f"time_train_steps: loss is {float(loss.detach())} on {device}")
-    return {"batch_size": float(bs), "threads": float(torch.get_num_threads()), "step_median_s": med,
-            "step_min_s": float(min(times)), "per_image_median_s": med / bs, "per_image_min_s": min(times) / bs}
 
 
 # ---------------------------------------------------------------------------------- evaluation

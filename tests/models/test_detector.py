@@ -57,6 +57,8 @@ def test_presets_validate_and_build() -> None:
     assert get_config("paper").min_size == 600 and get_config("paper").train.batch_size == 16
     assert get_config("paper").train.lr == 0.02 and get_config("paper").train.weight_decay == 1e-4
     assert min(min(a) for a in get_config("cpu").anchor_sizes) <= 8  # small defects need small anchors
+    # `auto` without training boxes covers down to 4 px
+    assert min(min(a) for a in build_detector("cpu", 5, anchor_sizes="auto").config.anchor_sizes) <= 4
 
 
 def test_seeded_build_is_reproducible() -> None:

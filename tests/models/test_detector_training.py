@@ -13,6 +13,7 @@ from PIL import Image
 from gsal_edge.data.dataset import Annotation, DetectionDataset, ImageEntry
 from gsal_edge.models.detector import load_checkpoint
 from gsal_edge.models.detector_config import get_config
+from gsal_edge.models.detector_timing import time_train_steps
 from gsal_edge.models.detector_training import (
     FINAL,
     LAST,
@@ -24,7 +25,6 @@ from gsal_edge.models.detector_training import (
     make_target,
     repeat_factors,
     split_ids,
-    time_train_steps,
     train_detector,
 )
 
