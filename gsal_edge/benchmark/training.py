@@ -58,11 +58,17 @@ class DetectorRounds:
         per_epoch = math.ceil(n_labeled / batch_size)
         return max(1, round((iters or self.cfg.train_iters) / per_epoch))
 
-    def iterations_for(self, n_labeled: int, from_scratch: bool) -> int:
+    def iterations_for(self, n_labeled: int, from_scratch: bool, dcfg: Any | None = None) -> int:
         """Optimizer iterations of one round's training on ``n_labeled`` images: ``train_iters`` from
-        scratch, ``finetune_iters`` when fine-tuning. The hook where a schedule that scales with the
-        labeled-set size plugs in (today it does not depend on ``n_labeled``)."""
-        return self.cfg.train_iters if from_scratch else self.cfg.finetune_iters
+        scratch, ``finetune_iters`` when fine-tuning; with the detector's ``train.schedule: scaled``,
+        :func:`gsal_edge.models.detector_schedule.scaled_iterations` of ``n_labeled`` from scratch, and
+        that times ``finetune_iters / train_iters`` when fine-tuning."""
+        if dcfg is None or dcfg.train.schedule != "scaled":
+            return self.cfg.train_iters if from_scratch else self.cfg.finetune_iters
+        from gsal_edge.models.detector_schedule import scaled_iterations
+
+        it = scaled_iterations(n_labeled, dcfg)
+        return it if from_scratch else max(1, round(it * self.cfg.finetune_iters / self.cfg.train_iters))
 
     def evaluate(self, model: Any) -> dict[str, Any]:
         """Test-split metrics; with ``f1_threshold: validation`` at the F1 thresholds chosen on the
@@ -101,7 +107,7 @@ class DetectorRounds:
             if saved.get("labeled") == labeled and saved.get("protocol") == self._protocol():
                 model, _ = load_checkpoint(shared / "detector.pt")
                 return model, saved["metrics"], saved["times"], True
-        iters = self.iterations_for(len(labeled), from_scratch=init is None)
+        iters = self.iterations_for(len(labeled), from_scratch=init is None, dcfg=dcfg)
         epochs = self.epochs_for(len(labeled), dcfg.train.batch_size, iters)
         t0 = time.perf_counter()
         model = train_detector(self.dataset, dcfg, epochs=epochs, seed=int(seed) * 1000 + r, image_ids=labeled,

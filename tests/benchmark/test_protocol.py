@@ -169,6 +169,13 @@ def test_iterations_for_hook_uses_the_config(tmp_path: Path) -> None:
     d = DetectorRounds(cfg, _dataset(), ["img000"], tmp_path, "cpu", ["img001"])
     assert d.iterations_for(10, from_scratch=True) == 77
     assert d.iterations_for(500, from_scratch=False) == 33
+    # the detector's `schedule: scaled` makes it grow with the labeled-set size (fine-tuning in proportion)
+    dcfg = d.detector_config("typed")
+    assert d.iterations_for(10, from_scratch=True, dcfg=dcfg) == 77  # schedule: epochs -> the config
+    scaled = dcfg.model_copy(update={"train": dcfg.train.model_copy(update={"schedule": "scaled"})})
+    few, many = d.iterations_for(20, True, scaled), d.iterations_for(400, True, scaled)
+    assert 200 <= few < many <= 3000
+    assert d.iterations_for(400, False, scaled) == round(many * 33 / 77)
     with pytest.raises(BenchError, match="validation split"):
         DetectorRounds(cfg, _dataset(), ["img000"], tmp_path, "cpu", [])
 
