@@ -219,6 +219,11 @@ def splice(text: str, parts: set[str], res: Path, plot_dir: Path, report_dir: Pa
             continue
         end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
         lines[start:end] = new
+    if "robustness" in parts:  # section 7 no longer lists load_test/soak; re-render it only if it found nothing
+        start = next((i for i, ln in enumerate(lines) if ln.startswith("## 7. ")), None)
+        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines)) if start else 0
+        if start is not None and any(ln.startswith("none found") for ln in lines[start:end]):
+            lines[start:end] = bm.section_others(res)
     fresh = bm._headlines(heads)
     for part in sorted(parts):
         prefix = _SPLICE[part][1]
@@ -264,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         assert only is not None
         args.out.write_text(splice(args.out.read_text(encoding="utf-8"), only, args.results, args.plots,
                                    args.out.parent), encoding="utf-8")
-        print(f"re-rendered {', '.join(sorted(only))} in {args.out}")
+        print(f"re-rendered {', '.join(sorted(only))} (sections) in {args.out}")
         return 0
     st = json.loads((args.results / "run_status.json").read_text()) if (args.results / "run_status.json").is_file() else {}
     text = render(args.results, args.gpu_results, args.plots, args.out.parent,

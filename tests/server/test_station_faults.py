@@ -7,6 +7,7 @@ reached the trainer) or "failed requests: N".
 
 from __future__ import annotations
 
+import re
 import shutil
 import signal
 import subprocess
@@ -201,7 +202,8 @@ def test_station_sigkilled_with_queued_records_keeps_or_reports_them(tmp_path, s
     record_fault("station SIGKILLed while acknowledged records wait in its forwarder queue (spool on: --data-dir)",
                  f"{len(acked)} acknowledged, {len(keys)} stored after the restart: acknowledged records lost: "
                  f"{len(lost)}; the restart logged: "
-                 + ("; ".join(ln.split('] ')[-1][:120] for ln in replayed) or "nothing")
+                 + ("; ".join(m.group(0) for ln in replayed if (m := re.search(r"replaying \d+ spooled records", ln)))
+                    or "nothing")
                  + f"; the restarted station's exit code on SIGTERM: {rc}" + ("" if rc == 0 else " (expected 0)"))
     assert rc == 0, f"the restarted station exited {rc} on SIGTERM (0: a graceful drain)"
     assert not lost and keys == acked

@@ -198,7 +198,8 @@ def test_select_killed_right_after_its_commit_leaves_no_half_round(base_store, t
         assert again == ref
     record_fault("`trainer select` SIGKILLed the moment its round is visible in the database",
                  f"killed on try {attempt + 1} with the round committed and audit_hash NULL; the next select "
-                 f"left it {'absent: the rerun gave the same picks' if got == 'none' else 'whole'} ({done})")
+                 f"left it {'absent: the rerun gave the same picks' if got == 'none' else 'whole'} (repair: completed "
+                 f"rounds {done.get('completed')}, discarded {done.get('discarded')})")
 
 
 # ------------------------------------------------------------------------------------------------ disk full
