@@ -70,8 +70,8 @@ bench-al: setup  ## active-learning benchmark, `quick` preset (hours on 2 cores;
 bench-ingest: services  ## ingest records/s into SQLite vs PostgreSQL (throw-away local server), side by side
 	$(PY) bench/bench_ingest.py
 
-bench: services  ## all CPU benchmarks, short defaults (~15 min on 2 cores), then BENCHMARKS.md (bench-al is separate: hours)
-	$(PY) bench/make_benchmarks_md.py
+bench: services  ## CPU benchmarks, 30 s load test, fuzz + fault tests (~20 min on 2 cores), then BENCHMARKS.md (bench-al, soak: separate)
+	$(PY) bench/make_benchmarks_md.py --results $(ART)/bench
 
 lint: setup
 	$(VENV)/bin/ruff check gsal_edge gsal_cli server trainer export tests bench
@@ -88,5 +88,6 @@ SOAK_MAX_SLOPE ?= 1.0
 load-test: setup  ## 30 s load test: 4 Score streams into a real station + trainer (loopback); JSON + PNG in $(ART)/load
 	$(PY) bench/load_test.py --streams 4 --duration 30 --out $(ART)/load
 
-soak: setup  ## 10-minute soak = leak check: fails when an RSS slope over the last 80% >= SOAK_MAX_SLOPE MB/min; $(ART)/soak
-	$(PY) bench/load_test.py --streams 4 --duration 600 --sample-s 2 --max-slope-mb-min $(SOAK_MAX_SLOPE) --out $(ART)/soak
+soak: setup  ## 10-minute soak = leak check: fails when an RSS slope over the last 80% >= SOAK_MAX_SLOPE MB/min; $(ART)/bench/soak (BENCHMARKS.md reads it)
+	@mkdir -p $(ART)/bench/soak && git rev-parse --short HEAD > $(ART)/bench/soak/commit.txt 2>/dev/null || true
+	$(PY) bench/load_test.py --streams 4 --duration 600 --sample-s 2 --max-slope-mb-min $(SOAK_MAX_SLOPE) --out $(ART)/bench/soak

@@ -16,14 +16,14 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from benchmarks_md_robustness import section_robustness
+
 NOT_MEASURED_GPU = "not measured here: no GPU (run bench/gpu_check.sh on a GPU machine)"
 OTHER_BENCHES = {  # other benches' JSON, included when present: file stem -> (title, command)
     "backfill": ("Backfill slices/s (in-process vs Ray workers)", "make bench-backfill"),
     "ddp": ("DDP detector training (1 vs 2 processes)", "make bench-ddp"),
     "noise": ("Noise schedules: E_rec / V_den estimator spread vs K", "python bench/bench_noise.py"),
-    "load_test": ("Load test: concurrent station streams (throughput, p50/p99, RSS)", "python bench/load_test.py"),
-    "soak": ("Soak: RSS over time", "python bench/load_test.py --soak"),
-}
+}  # load_test.json / soak.json: section 8 (benchmarks_md_robustness.py)
 
 
 def load_loadavg() -> str:
@@ -506,7 +506,7 @@ def render(res: Path, gpu_res: Path, plot_dir: Path, report_dir: Path, loadavg: 
              "Rows in section 2. " + ("Measured on a GPU machine by bench/gpu_check.sh." if gpu else NOT_MEASURED_GPU
                                       + ": `bash bench/gpu_check.sh` there writes artifacts/gpu_check/bench_runtime.json, "
                                       "which this report then includes."), ""]
-    body += selection + ingest + section_others(res)
+    body += selection + ingest + section_others(res) + section_robustness(res, plot_dir)
     text = "\n".join(lines + body)
     return text.replace("](bench/plots/", f"]({rel}/")
 

@@ -4,11 +4,17 @@
     python bench/make_benchmarks_md.py --no-run           # render from the JSON already in --results
     python bench/make_benchmarks_md.py --only runtime,server
     python bench/make_benchmarks_md.py --only server,ingest --splice   # re-measure two rows, keep the rest
+    python bench/make_benchmarks_md.py --only robustness --splice      # load test + fuzz + fault tests (section 8)
 
 Each bench writes JSON under ``--results`` (default artifacts/bench/); the renderer (bench/benchmarks_md.py)
 reads only those files, so a GPU machine's results (bench/gpu_check.sh -> artifacts/gpu_check/) or other
-helpers' benches (bench_ingest, bench_backfill, bench_ddp, bench_noise, load_test) are picked up when present.
+helpers' benches (bench_ingest, bench_backfill, bench_ddp, bench_noise) are picked up when present.
 Selection at 10^7 records runs only if the peak RSS extrapolated from 10^6 fits the memory limit.
+
+Section 8 (bench/benchmarks_md_robustness.py): a 30 s load test (--results/load_test/load.json), the fuzz tests
+(GSAL_FUZZ_REPORT_DIR=--results/fuzz) and the fault tests (GSAL_BENCH_RESULTS=--results: --results/faults),
+each pytest run with a JUnit XML; the 10-minute soak is not run here (``make soak`` writes
+--results/soak/load.json, which is included when present).
 """
 
 from __future__ import annotations
@@ -27,21 +33,26 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 import benchmarks_md as bm
+import benchmarks_md_robustness as rb
 
 DEMO = REPO / "artifacts" / "demo"
 SELECTION_SIZES = (10_000, 100_000, 1_000_000)
 BIG = 10_000_000
 RSS_LIMIT_GIB = 24.0
+ROBUSTNESS = ("load", "fuzz", "faults")  # what ``--only robustness`` runs (section 8)
+FAULT_TESTS = ("tests/trainer/test_ingest_crash.py", "tests/trainer/test_faults.py", "tests/server/test_station_faults.py")
+LOAD_ARGS = ("--streams", "4", "--duration", "30")
 
 
-def _run(cmd: list[str], timeout_s: float, log: Path) -> dict[str, Any]:
+def _run(cmd: list[str], timeout_s: float, log: Path, env: dict[str, str] | None = None) -> dict[str, Any]:
     """Run one bench process (bounded in time), its output appended to ``log``; returns status facts."""
     t = time.perf_counter()
     with log.open("a", encoding="utf-8") as fh:
         fh.write(f"\n$ {' '.join(cmd)}\n")
         fh.flush()
         try:
-            rc = subprocess.run(cmd, check=False, cwd=REPO, stdout=fh, stderr=subprocess.STDOUT, timeout=timeout_s).returncode
+            rc = subprocess.run(cmd, check=False, cwd=REPO, stdout=fh, stderr=subprocess.STDOUT, timeout=timeout_s,
+                                env=env).returncode
         except subprocess.TimeoutExpired:
             rc = 124
     status = {"cmd": " ".join(cmd), "rc": rc, "seconds": round(time.perf_counter() - t, 1)}
@@ -101,6 +112,41 @@ def run_ingest(py: str, res: Path, log: Path, status: dict[str, Any]) -> None:
                              "--pg", "auto", "--out", str(res / "ingest.json")], 600, log)
 
 
+def run_robustness(py: str, res: Path, log: Path, status: dict[str, Any], want: Any) -> None:
+    """Section 8's inputs: the 30 s load test (stamped with the commit), the fuzz tests and the fault tests
+    (pytest with the report folders set, a JUnit XML each; their wall time is in run_status.json)."""
+    if want("load"):
+        out = res / "load_test"
+        cmd = [py, "bench/load_test.py", *LOAD_ARGS, "--out", str(out)]
+        status["load_test"] = _run(cmd, 600, log)
+        stamp(out / "load.json", f"python bench/load_test.py {' '.join(LOAD_ARGS)}")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    if want("fuzz"):
+        (res / "fuzz").mkdir(parents=True, exist_ok=True)
+        for old in (res / "fuzz").glob("fuzz-*.json"):  # only this run's counts
+            old.unlink()
+        status["fuzz"] = _run([py, "-m", "pytest", "-q", "-s", "--timeout=600", "-p", "no:cacheprovider", "tests/fuzz",
+                               f"--junitxml={res / 'fuzz' / 'junit.xml'}"], 1200, log,
+                              env | {"GSAL_FUZZ_REPORT_DIR": str(res / "fuzz")})
+    if want("faults"):
+        (res / "faults").mkdir(parents=True, exist_ok=True)
+        for old in (res / "faults").glob("*.json"):
+            old.unlink()
+        status["faults"] = _run([py, "-m", "pytest", "-q", "-s", "-m", "slow", "--timeout=600", "-p", "no:cacheprovider",
+                                 *FAULT_TESTS, f"--junitxml={res / 'faults' / 'junit.xml'}"], 1500, log,
+                                env | {"GSAL_BENCH_RESULTS": str(res)})
+
+
+def stamp(path: Path, command: str) -> None:
+    """Add ``provenance`` (commit, command) to a load-test JSON, so the report can say what it measured."""
+    d = bm._read(path)
+    if not isinstance(d, dict):
+        return
+    dirty = " (+ uncommitted changes)" if bm._git("status", "--porcelain", "--untracked-files=no") else ""
+    d["provenance"] = {"commit": bm._git("rev-parse", "--short", "HEAD") + dirty, "command": command}
+    path.write_text(json.dumps(d, indent=2) + "\n")
+
+
 def load_loadavg() -> str:
     from benchmarks_md import load_loadavg as la
 
@@ -112,7 +158,7 @@ def run_all(only: set[str] | None, res: Path, py: str) -> dict[str, Any]:
     res.mkdir(parents=True, exist_ok=True)
     log = res / "make_bench.log"
     status: dict[str, Any] = {"loadavg_before": load_loadavg()}
-    want = (lambda name: only is None or name in only)
+    want = (lambda name: only is None or name in only or (name in ROBUSTNESS and "robustness" in only))
     threads = os.environ.get("GSAL_BENCH_THREADS", "2")
     if want("runtime"):
         demo = demo_bundle()
@@ -132,6 +178,7 @@ def run_all(only: set[str] | None, res: Path, py: str) -> dict[str, Any]:
         run_selection(py, res, log, status)
     if want("ingest"):
         run_ingest(py, res, log, status)
+    run_robustness(py, res, log, status, want)
     status["loadavg_after"] = load_loadavg()
     status["finished_utc"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     prev = json.loads((res / "run_status.json").read_text()) if (res / "run_status.json").is_file() else {}
@@ -139,9 +186,17 @@ def run_all(only: set[str] | None, res: Path, py: str) -> dict[str, Any]:
     return status
 
 
-_SPLICE = {  # re-measurable part -> (section heading prefix, headline prefix, JSON file, section renderer)
-    "server": ("## 3. ", "- gRPC stream vs in-process", "server.json", bm.section_server),
-    "ingest": ("## 6. ", "- Ingest into the SQLite pool store", "ingest.json", bm.section_ingest),
+def _splice_server(res: Path, plot_dir: Path) -> tuple[list[str], dict[str, Any]]:
+    data = bm._read(res / "server.json")
+    bm.plots(None, data, {}, plot_dir)
+    return bm.section_server(data)
+
+
+_SPLICE = {  # re-measurable part -> (section heading prefix, headline prefix or None, renderer(res, plots))
+    "server": ("## 3. ", "- gRPC stream vs in-process", _splice_server),
+    "ingest": ("## 6. ", "- Ingest into the SQLite pool store",
+               lambda res, _plots: bm.section_ingest(bm._read(res / "ingest.json"))),
+    "robustness": (rb.HEADING[:6], None, lambda res, plots: (rb.section_robustness(res, plots), {})),
 }
 
 
@@ -151,19 +206,29 @@ def splice(text: str, parts: set[str], res: Path, plot_dir: Path, report_dir: Pa
     when, at which commit and load; every other row is left as it was measured."""
     lines = text.split("\n")
     heads: dict[str, Any] = {}
+    parts = {("robustness" if p in ROBUSTNESS else p) for p in parts}
     for part in sorted(parts):
-        sec_prefix, _, fname, fn = _SPLICE[part]
-        data = bm._read(res / fname)
-        new, h = fn(data)
+        sec_prefix, _, fn = _SPLICE[part]
+        new, h = fn(res, plot_dir)
         heads.update(h)
-        start = next(i for i, ln in enumerate(lines) if ln.startswith(sec_prefix))
+        start = next((i for i, ln in enumerate(lines) if ln.startswith(sec_prefix)), None)
+        if start is None:  # a report from before this section existed: append it
+            while lines and not lines[-1].strip():
+                lines.pop()
+            lines += ["", *new]
+            continue
         end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
         lines[start:end] = new
-        if part == "server":
-            bm.plots(None, data, {}, plot_dir)
+    if "robustness" in parts:  # section 7 no longer lists load_test/soak; re-render it only if it found nothing
+        start = next((i for i, ln in enumerate(lines) if ln.startswith("## 7. ")), None)
+        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines)) if start else 0
+        if start is not None and any(ln.startswith("none found") for ln in lines[start:end]):
+            lines[start:end] = bm.section_others(res)
     fresh = bm._headlines(heads)
     for part in sorted(parts):
         prefix = _SPLICE[part][1]
+        if prefix is None:
+            continue
         new_line = next(ln for ln in fresh if ln.startswith(prefix))
         idx = next((i for i, ln in enumerate(lines) if ln.startswith(prefix)), None)
         if idx is not None:
@@ -181,21 +246,22 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", action=argparse.BooleanOptionalAction, default=True,
                     help="run the benches first (--no-run: render the JSON already in --results)")
-    ap.add_argument("--only", default=None, help="comma-separated subset: runtime,server,selection,ingest")
+    ap.add_argument("--only", default=None, help="comma-separated subset: runtime,server,selection,ingest,"
+                    "load,fuzz,faults (robustness = the last three)")
     ap.add_argument("--results", type=Path, default=REPO / "artifacts" / "bench", help="folder of the benches' JSON")
     ap.add_argument("--gpu-results", type=Path, default=REPO / "artifacts" / "gpu_check",
                     help="bench/gpu_check.sh's output folder (its bench_runtime.json fills the GPU rows)")
     ap.add_argument("--out", type=Path, default=REPO / "BENCHMARKS.md", help="the Markdown report")
     ap.add_argument("--plots", type=Path, default=REPO / "bench" / "plots", help="where the PNG plots go")
     ap.add_argument("--splice", action="store_true",
-                    help="with --only server and/or ingest: replace only those sections and headline lines of the "
+                    help="with --only server, ingest and/or robustness: replace only those sections and headline lines of the "
                     "existing --out, saying when and under what load they were re-measured")
     args = ap.parse_args(argv)
     from benchmarks_md import render
 
     only = set(args.only.split(",")) if args.only else None
-    if args.splice and not (only and only <= {"server", "ingest"} and args.out.is_file()):
-        ap.error("--splice needs --only server[,ingest] and an existing --out")
+    if args.splice and not (only and only <= {*_SPLICE, *ROBUSTNESS} and args.out.is_file()):
+        ap.error("--splice needs --only server, ingest and/or robustness, and an existing --out")
     if args.run:
         print(f"make bench: results -> {args.results}", flush=True)
         run_all(only, args.results, sys.executable)
@@ -203,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         assert only is not None
         args.out.write_text(splice(args.out.read_text(encoding="utf-8"), only, args.results, args.plots,
                                    args.out.parent), encoding="utf-8")
-        print(f"re-rendered {', '.join(sorted(only))} in {args.out}")
+        print(f"re-rendered {', '.join(sorted(only))} (sections) in {args.out}")
         return 0
     st = json.loads((args.results / "run_status.json").read_text()) if (args.results / "run_status.json").is_file() else {}
     text = render(args.results, args.gpu_results, args.plots, args.out.parent,

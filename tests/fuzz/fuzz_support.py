@@ -73,7 +73,8 @@ class Tally:
         out_dir.mkdir(parents=True, exist_ok=True)
         doc = {"target": self.target, "inputs": self.count, "outcomes": dict(sorted(self.outcomes.items())),
                "seconds": round(time.monotonic() - self._t0, 2), "derandomize": not os.environ.get(SEED_ENV),
-               "seed": os.environ.get(SEED_ENV) or None}
+               "seed": os.environ.get(SEED_ENV) or None,
+               "test": os.environ.get("PYTEST_CURRENT_TEST", "").rsplit(" (", 1)[0] or None}  # BENCHMARKS.md
         path = out_dir / f"fuzz-{self.target}.json"
         path.write_text(json.dumps(doc, indent=1) + "\n")
         print(f"\nfuzz {self.target}: {self.count} inputs in {doc['seconds']} s {doc['outcomes']}")

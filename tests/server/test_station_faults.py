@@ -7,6 +7,7 @@ reached the trainer) or "failed requests: N".
 
 from __future__ import annotations
 
+import re
 import shutil
 import signal
 import subprocess
@@ -18,6 +19,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+from bench_figures import record_fault
 from station_process import start_serve_process
 from test_bundle import write_toy_bundle
 from test_faults import stored_keys
@@ -161,6 +163,9 @@ def test_station_sigkilled_after_forwarding_then_restarted_loses_nothing(tmp_pat
     lost = acked - keys
     print(f"\nstation SIGKILLed after its forwarder had pushed; restarted: acked {len(acked)}, trainer stored "
           f"{len(keys)}; acknowledged records lost: {len(lost)}")
+    record_fault("station SIGKILLed with a stream open, after its forwarder pushed; restarted",
+                 f"the open stream got {'/'.join(open_call[2]) or 'no answer'}; {len(acked)} acknowledged, "
+                 f"{len(keys)} stored: acknowledged records lost: {len(lost)}")
     assert not lost and keys == acked
 
 
@@ -189,11 +194,18 @@ def test_station_sigkilled_with_queued_records_keeps_or_reports_them(tmp_path, s
         keys = _stored(store, 60, acked)  # the replay, while the restarted station runs
     finally:
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=60) == 0
+        rc = proc.wait(timeout=60)
     lost = acked - keys
     replayed = [ln.strip() for ln in lines if "replaying" in ln]
     print(f"\nstation SIGKILLed with {len(acked)} acknowledged records queued: trainer stored {len(keys)}; "
           f"acknowledged records lost: {len(lost)}; reported after restart: {replayed or 'nothing'}")
+    record_fault("station SIGKILLed while acknowledged records wait in its forwarder queue (spool on: --data-dir)",
+                 f"{len(acked)} acknowledged, {len(keys)} stored after the restart: acknowledged records lost: "
+                 f"{len(lost)}; the restart logged: "
+                 + ("; ".join(m.group(0) for ln in replayed if (m := re.search(r"replaying \d+ spooled records", ln)))
+                    or "nothing")
+                 + f"; the restarted station's exit code on SIGTERM: {rc}" + ("" if rc == 0 else " (expected 0)"))
+    assert rc == 0, f"the restarted station exited {rc} on SIGTERM (0: a graceful drain)"
     assert not lost and keys == acked
     assert len(replayed) == 1 and f"replaying {len(acked)} spooled records" in replayed[0], lines
 
@@ -291,6 +303,11 @@ def test_swaps_and_bad_bundles_under_load_fail_no_request(tmp_path, signed) -> N
     print(f"\n{ok} slices scored across 3 served bundles and 6 refused pushes; failed requests: {failed}")
     for k, v in refusals.items():
         print(f"  {k}: ...{v.strip()[-150:]}")
+    record_fault("bundle swaps under load (3 streams): LoadBundle and --watch-bundles; corrupt, unsigned and "
+                 "wrongly signed bundles pushed each way",
+                 f"failed requests: {failed} ({ok} slices scored across 3 served bundles); refused: "
+                 f"{len(refusals)} of 6 bad bundles, the old bundle kept serving",
+                 refusals={k: v.strip()[-150:] for k, v in refusals.items()})
     assert not any(t.is_alive() for t in threads)
     assert failed == 0 and ok > 0
     assert rc == 0

@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 import pytest
+from bench_figures import record_fault
 from test_trainer_helpers import make_item, make_pixels, make_record
 
 from trainer.audit_log import read_entries, verify
@@ -150,6 +151,13 @@ def test_select_sigkilled_at_time_offsets_is_whole_or_absent_and_reruns_the_same
         outcomes.append((frac, rc, got))
     print(f"\nuninterrupted select: {wall:.2f}s; kills (fraction, exit code, round): {outcomes}; "
           "acknowledged records lost: 0 (every kill left the round whole or absent; reruns gave the same picks)")
+    killed = sum(rc == -signal.SIGKILL for _, rc, _ in outcomes)
+    record_fault(f"`trainer select` SIGKILLed at {'/'.join(f'{int(f * 100)}' for f in KILL_FRACTIONS)}% of an "
+                 f"uninterrupted run ({wall:.2f} s)",
+                 f"{killed} of {len(outcomes)} tries killed; every round whole or absent: "
+                 f"{sum(g == 'none' for *_, g in outcomes)} absent (the rerun gave the same {BUDGET} picks), "
+                 f"{sum(g == 'whole' for *_, g in outcomes)} whole; integrity ok and the audit chain verifies "
+                 "each time", outcomes=outcomes)
     assert any(rc == -signal.SIGKILL for _, rc, _ in outcomes), "no try was actually killed"
 
 
@@ -188,6 +196,10 @@ def test_select_killed_right_after_its_commit_leaves_no_half_round(base_store, t
         print(f"rerun picks equal the uninterrupted run's: {again == ref} "
               f"({len(set(again) & set(ref))} of {BUDGET} in common)")
         assert again == ref
+    record_fault("`trainer select` SIGKILLed the moment its round is visible in the database",
+                 f"killed on try {attempt + 1} with the round committed and audit_hash NULL; the next select "
+                 f"left it {'absent: the rerun gave the same picks' if got == 'none' else 'whole'} (repair: completed "
+                 f"rounds {done.get('completed')}, discarded {done.get('discarded')})")
 
 
 # ------------------------------------------------------------------------------------------------ disk full
@@ -267,6 +279,10 @@ def test_disk_full_store_gives_a_clear_error_no_corruption_and_recovers(small_fs
         keys, n = stored_keys(store)
         lost = acked - keys
         print(f"after space returned: acked {len(acked)}, stored {n}; acknowledged records lost: {len(lost)}")
+        record_fault("store on a full 8 MB tmpfs",
+                     f"the client gets {err.code.name if err.code else None}: {err}; nothing of the "
+                     f"push stored; integrity_check ok; the trainer stays up; after space returned {len(acked)} "
+                     f"acknowledged, {n - n_before} stored: acknowledged records lost: {len(lost)}")
         assert len(acked) == len(items) and not lost and n == n_before + len(items)
     finally:
         proc.send_signal(signal.SIGTERM)

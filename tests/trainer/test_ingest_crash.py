@@ -21,6 +21,7 @@ from pathlib import Path
 import grpc
 import postgres_server
 import pytest
+from bench_figures import record_fault
 from test_trainer_helpers import make_pixels, make_record
 
 from gsal_wire.pb import trainer_pb2_grpc
@@ -192,6 +193,11 @@ def test_sigkill_mid_ingest_loses_no_ack_and_duplicates_nothing(tmp_path, store_
     print(f"after restart: acked {len(final_acked)}, stored records {n_records}, distinct {len(keys)}, "
           f"retries {stats['retries']}, duplicates reported {stats['duplicates'] + r3.duplicates}, "
           f"committed {stats['committed'] + r3.committed}")
+    record_fault(f"trainer SIGKILLed mid-ingest ({'PostgreSQL' if pg else 'SQLite'} store; 2 stations pushing, "
+                 "a third call half-committed)",
+                 f"killed after {len(acked_at_kill)} acknowledged (lost at the kill: {len(lost_at_kill)}); after "
+                 f"the restart {len(final_acked)} acknowledged, {n_records} stored: acknowledged records lost: "
+                 f"{len(final_acked - keys)}, duplicates: {n_records - len(keys)}")
     total += len(half)
     assert len(final_acked) == total
     assert keys == final_acked  # nothing lost
