@@ -176,6 +176,16 @@ def serve(
         srv = StationServer(cfg, factory)
     except SecurityError as e:
         raise _fail(f"--trainer: {e}") from None
+    # the handlers go in before the server starts: a SIGTERM right after "serving bundle" (the line launchers
+    # wait for) must drain and exit 0, not kill the process with the forwarder's spool half-flushed
+    done = threading.Event()
+
+    def _on_signal(signum: int, _frame: object) -> None:
+        log.info("signal %d: draining (up to %.1fs)", signum, cfg.grace_s)
+        done.set()
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
     try:
         srv.start()
     except (OSError, GSALError, RuntimeError) as e:
@@ -204,14 +214,6 @@ def serve(
                 current = None  # e.g. an 'untrained:' spec: the first poll loads LATEST
         watcher = BundleWatcher(watch_bundles, srv.load_bundle, watch_interval_s, current=current).start()
         typer.echo(f"following {watch_bundles}/LATEST every {watch_interval_s:g}s")
-    done = threading.Event()
-
-    def _on_signal(signum: int, _frame: object) -> None:
-        log.info("signal %d: draining (up to %.1fs)", signum, cfg.grace_s)
-        done.set()
-
-    signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGINT, _on_signal)
     while not done.wait(0.5):
         pass
     if watcher is not None:

@@ -100,6 +100,24 @@ def test_serve_refuses_without_tls_or_insecure() -> None:
 
 
 @pytest.mark.slow
+def test_sigterm_right_after_serving_bundle_still_drains_and_exits_0(tmp_path: Path) -> None:
+    # the handlers used to be installed after the "serving bundle" line launchers wait for: a SIGTERM in that
+    # gap killed the station (exit -15) without draining its forwarder
+    for i in range(3):
+        proc, _, lines = start_serve_process(["--insecure", "--host", "127.0.0.1", "--port", "0",
+                                              "--allow-untrained", "--bundle", SPEC, "--grace-s", "1",
+                                              "--data-dir", str(tmp_path / f"d{i}")])
+        try:
+            proc.send_signal(signal.SIGTERM)
+            rest, _ = proc.communicate(timeout=60)
+            assert proc.returncode == 0, "".join(lines) + rest
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+
+
+@pytest.mark.slow
 def test_serve_process_scores_and_drains_on_sigterm(tmp_path: Path) -> None:
     proc, addr, lines = start_serve_process(["--insecure", "--host", "127.0.0.1", "--port", "0",
            "--allow-untrained", "--bundle", SPEC, "--metrics-port", "0", "--grace-s", "5", "--station-id", "st-9"])
