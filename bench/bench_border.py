@@ -35,6 +35,7 @@ from gsal_edge.jsonio import write_json_atomic
 from gsal_edge.provenance import provenance
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_noise import load_prior
 from eval_models import auroc
 
 DEFAULT_VARIANTS = "square/shift,square/reflect,masked/shift,masked/reflect,stretch/shift"
@@ -140,6 +141,7 @@ def locations(box: np.ndarray, hw: tuple[int, int], itf: list[np.ndarray], borde
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--prior", type=Path, default=Path("artifacts/models/prior"))
+    ap.add_argument("--models-config", type=Path, default=None, help="see bench_noise.py")
     ap.add_argument("--preset", default="dev-a")
     ap.add_argument("--n", type=int, default=150)
     ap.add_argument("--M", type=int, default=8, help="proposals per slice")
@@ -159,10 +161,9 @@ def main() -> None:
     import torch
 
     from gsal_edge.data.preprocessing import to_unit_float
-    from gsal_edge.models.diffusion_prior import DiffusionPrior
-
     torch.set_num_threads(args.threads)
-    prior = DiffusionPrior.from_pretrained(args.prior)
+    prior = load_prior(args.prior, args.models_config)
+    print(f"prior: {prior.source}")
     slices, lines, win = slices_with_geometry(args.preset, args.n)
     imgs = [to_unit_float(s.image, window=win) for s in slices]
     props = make_proposals(slices, args.M, args.jitter, args.seed)

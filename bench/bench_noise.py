@@ -74,6 +74,19 @@ def scores(prior: Any, z0: np.ndarray, ids: list[str], v: dict[str, Any], t_inde
     return E, V, time.perf_counter() - t0
 
 
+def load_prior(path: Path, models_config: Path | None) -> Any:
+    """A finished prior folder, or (no unet/ yet) the last UNet-stage checkpoint of a run still training, read
+    with the diffusion section of ``models_config`` (that run's models_default.yaml)."""
+    from gsal_edge.models.diffusion_prior import DiffusionPrior
+
+    if (path / "unet").is_dir():
+        return DiffusionPrior.from_pretrained(path)
+    from gsal_edge.models.defaults import load_models_config
+    from gsal_edge.models.diffusion_training import prior_from_checkpoint
+
+    return prior_from_checkpoint(path, load_models_config(models_config).diffusion)
+
+
 def load_pool(preset: str | None, n: int, data_seed: int) -> tuple[list[Any], np.ndarray, tuple | None]:
     """Slices, their [0,1] images and the window: a preset's generator config, seed and window (resolved
     from these slices, as the benchmark resolves 'auto' from its pool), or the default config at ``data_seed``."""
@@ -97,6 +110,8 @@ def load_pool(preset: str | None, n: int, data_seed: int) -> tuple[list[Any], np
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--prior", type=Path, default=Path("artifacts/models/prior"), help="diffusers-style prior folder")
+    ap.add_argument("--models-config", type=Path, default=None,
+                    help="models_default.yaml of a run still training (--prior = its folder, read from its checkpoint)")
     ap.add_argument("--preset", default=None, help="take data from this bench preset (dev-a, dev-b)")
     ap.add_argument("--n", type=int, default=120, help="slices in the pool")
     ap.add_argument("--data-seed", type=int, default=101, help="generator seed without --preset (a dev seed)")
@@ -111,10 +126,9 @@ def main() -> None:
 
     import torch
 
-    from gsal_edge.models.diffusion_prior import DiffusionPrior
-
     torch.set_num_threads(args.threads)
-    prior = DiffusionPrior.from_pretrained(args.prior)
+    prior = load_prior(args.prior, args.models_config)
+    print(f"prior: {prior.source}")
     slices, imgs, win = load_pool(args.preset, args.n, args.data_seed)
     ids = [s.image_id for s in slices]
     boxes = [(i, a.box) for i, s in enumerate(slices) for a in s.annotations]
@@ -131,10 +145,11 @@ def main() -> None:
 
     rows: list[dict[str, Any]] = []
     for v in (parse_variant(s) for s in args.variants.split(",")):
-        D_img, D_p, sec_img, sec_crop = [], [], 0.0, 0.0
+        D_img, D_p, EV, sec_img, sec_crop = [], [], [], 0.0, 0.0
         for seed in (0, 1):
             E, V, s_i = scores(prior, z_img, ids, v, t_index, seed)
             D_img.append(0.5 * z(E) + 0.5 * z(V))
+            EV.append((E, V))
             sec_img += s_i
             if not args.no_crops:
                 Ep, Vp, s_c = scores(prior, z_crop, crop_ids, v, t_index, seed)
@@ -143,14 +158,16 @@ def main() -> None:
         pair = np.stack(D_img)
         within = float(pair.std(axis=0).mean())  # spread of one slice's D_img over the two seeds
         between = float(pair.mean(axis=0).std())  # spread of D_img over slices
-        row = {**v, "rho_D_img": spearman(*D_img), "rho_D_p": spearman(*D_p) if D_p else None,
+        row = {**v, "rho_D_img": spearman(*D_img), "rho_E_img": spearman(EV[0][0], EV[1][0]),
+               "rho_V_img": spearman(EV[0][1], EV[1][1]), "rho_D_p": spearman(*D_p) if D_p else None,
                "within_over_between_D_img": within / max(between, 1e-12),
                "ms_per_slice_image_term": 1000 * sec_img / (2 * len(ids)),
                "ms_per_crop": 1000 * sec_crop / (2 * len(crop_ids)) if D_p else None}
         rows.append(row)
         rho_p = f"{row['rho_D_p']:.3f}" if D_p else "-"
         ms_c = f"{row['ms_per_crop']:.1f}" if D_p else "-"
-        print(f"{v['name']:22s} Spearman D_img {row['rho_D_img']:.3f}  D(p) {rho_p}  within/between D_img "
+        print(f"{v['name']:22s} Spearman D_img {row['rho_D_img']:.3f} (E {row['rho_E_img']:.3f}, V "
+              f"{row['rho_V_img']:.3f})  D(p) {rho_p}  within/between D_img "
               f"{row['within_over_between_D_img']:.3f}  image term {row['ms_per_slice_image_term']:.1f} ms/slice, "
               f"crop {ms_c} ms/crop", flush=True)
 
