@@ -73,7 +73,7 @@ def _score(sc: object) -> list:
 
 
 def test_K_image_changes_only_the_whole_slice_term() -> None:
-    base, more = _records(noise="common"), _records(noise="common", K_image=6)
+    base, more = _records(noise="common", K_image=None), _records(noise="common", K_image=6)
     for r0, r1 in zip(base, more):
         assert r0.e_rec != r1.e_rec  # 6 trajectories instead of K = 2
         assert [p.e_rec for p in r0.proposals] == [p.e_rec for p in r1.proposals]
