@@ -115,8 +115,9 @@ class GSALConfig(FrozenModel):
         "square", description="[ours] diffusion crop of a proposal: 'square' (long side, context), 'stretch' "
         "(own aspect, resized), 'masked' (square with context, E_rec/V_den over the enlarged box only).")
     crop_border: Literal["shift", "reflect"] = Field(
-        "shift", description="[ours] a crop crossing the image edge: 'shift' inside, or 'reflect' (centred, the "
-        "outside filled by reflection and masked out of E_rec/V_den).")
+        "reflect", description="[ours] a crop crossing the image edge: 'shift' inside (paper-era), or 'reflect' "
+        "(centred, the outside filled by reflection and masked out of E_rec/V_den; dev-a/dev-b: border background "
+        "D(p) AUROC vs other background 0.46 -> 0.42 / 0.51 -> 0.44, defect AUROC 0.754 -> 0.756 / 0.674 -> 0.680).")
     # --- Eq. 3: concept assignment
     assigner: Literal["text", "prototype", "hybrid"] = Field(
         "text", description="Eq. 3 assigner; 'prototype' and 'hybrid' are [ours] (spec §2)."

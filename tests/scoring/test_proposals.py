@@ -82,10 +82,11 @@ def test_K_image_changes_only_the_whole_slice_term() -> None:
 
 
 def test_crop_modes_change_only_the_proposal_terms() -> None:
-    base = _records()
+    plain = {"crop_shape": "square", "crop_border": "shift"}
+    base = _records(**plain)
     assert any(p.proposals for p in base)
     for over in ({"crop_shape": "masked"}, {"crop_shape": "stretch"}, {"crop_border": "reflect"}):
-        other = _records(**over)
+        other = _records(**(plain | over))
         assert [r.e_rec for r in other] == [r.e_rec for r in base]
         assert [p.similarity for r in other for p in r.proposals] == [p.similarity for r in base for p in r.proposals]
         if over != {"crop_border": "reflect"}:  # reflect only matters where a crop crosses the edge
