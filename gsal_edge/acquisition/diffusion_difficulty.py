@@ -29,22 +29,29 @@ PredictEps = Callable[[np.ndarray, np.ndarray], np.ndarray]
 Box = tuple[float, float, float, float]
 
 __all__ = [
+    "CROP_BORDERS",
+    "CROP_SHAPES",
     "NOISE_MODES",
     "PredictEps",
     "box_to_latent_cells",
     "crop_regions",
+    "crop_regions_weighted",
     "ddim_timesteps",
     "difficulty",
     "enlarge_box",
+    "latent_weights",
     "reconstruct",
     "roi_scores",
     "seed_from",
     "timestep_index",
     "trajectory_noise",
     "trajectory_noises",
+    "weighted_scores",
 ]
 
 NOISE_MODES = ("per_image", "common")
+CROP_SHAPES = ("square", "stretch", "masked")  # see crop_regions_weighted
+CROP_BORDERS = ("shift", "reflect")
 COMMON_NOISE_ID = "<common>"  # the id every slice shares under noise="common"
 
 
@@ -253,6 +260,84 @@ def _resize(img: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(pil.resize((size, size), Image.Resampling.BILINEAR), dtype=np.float32)
 
 
+def _region(box: np.ndarray, W: int, H: int, margin: float, min_side: float, shape: str, border: str
+            ) -> tuple[int, int, int, int]:
+    """Integer region (r0, c0, nh, nw) of one enlarged box; with ``border="shift"`` inside the image."""
+    x1, y1, x2, y2 = (float(v) for v in box)
+    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+    bw, bh = max((x2 - x1) * margin, min_side, 1.0), max((y2 - y1) * margin, min_side, 1.0)
+    if shape != "stretch":
+        bw = bh = max(bw, bh)
+    nw, nh = min(math.ceil(bw - 1e-9), W), min(math.ceil(bh - 1e-9), H)
+    c0, r0 = math.floor(cx - nw / 2 + 0.5), math.floor(cy - nh / 2 + 0.5)
+    if border == "shift":
+        c0, r0 = min(max(c0, 0), W - nw), min(max(r0, 0), H - nh)
+    return r0, c0, nh, nw
+
+
+def crop_regions_weighted(
+    image: np.ndarray,
+    boxes: np.ndarray | Sequence[Box],
+    margin: float = 1.5,
+    size: int = 64,
+    shape: str = "square",
+    border: str = "shift",
+    min_side: float = 0.0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Proposal regions [N, size, size] and their pixel weights [N, size, size] in [0, 1] (``crop`` mode).
+
+    The region is the box enlarged by ``margin`` about its centre. ``shape`` [ours]:
+    ``"square"`` both sides take the longer one (weights 1; the paper-era default); ``"stretch"`` the
+    region keeps its aspect and is resized anisotropically (weights 1); ``"masked"`` the square region with
+    its context, weighted 1 on the enlarged box only, so a thin crack's E_rec is not mostly background.
+    ``border`` [ours]: ``"shift"`` moves a region that crosses the image edge back inside (a border
+    proposal is then off-centre); ``"reflect"`` keeps it centred, fills the outside by reflection and
+    weights those pixels 0. Weights are resized like the image (bilinear), so they are fractional at edges.
+    """
+    if shape not in CROP_SHAPES:
+        raise ValueError(f"crop shape must be one of {CROP_SHAPES}, got {shape!r}")
+    if border not in CROP_BORDERS:
+        raise ValueError(f"crop border must be one of {CROP_BORDERS}, got {border!r}")
+    img = np.asarray(image, dtype=np.float32)
+    if img.ndim != 2:
+        raise ValueError(f"crop_regions expects one HxW image, got shape {img.shape}")
+    H, W = img.shape
+    bx = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    out = np.empty((len(bx), size, size), dtype=np.float32)
+    wts = np.ones((len(bx), size, size), dtype=np.float32)
+    for i, b in enumerate(bx):
+        if not (b[2] >= b[0] and b[3] >= b[1]):
+            raise ValueError(f"box {i} {tuple(b)} is not (x1, y1, x2, y2)")
+        r0, c0, nh, nw = _region(b, W, H, margin, min_side, shape, border)
+        pad = (max(-r0, 0), max(r0 + nh - H, 0)), (max(-c0, 0), max(c0 + nw - W, 0))
+        src = np.pad(img, pad, mode="symmetric") if any(p for pp in pad for p in pp) else img
+        rr, cc = r0 + pad[0][0], c0 + pad[1][0]
+        out[i] = _resize(src[rr : rr + nh, cc : cc + nw], size)
+        if shape != "masked" and border == "shift":
+            continue
+        ys = np.arange(r0, r0 + nh, dtype=np.float64) + 0.5  # pixel centres of the region
+        xs = np.arange(c0, c0 + nw, dtype=np.float64) + 0.5
+        w = np.ones((nh, nw), dtype=np.float32)
+        if border == "reflect":
+            w *= ((ys >= 0) & (ys <= H))[:, None] & ((xs >= 0) & (xs <= W))[None, :]
+        if shape == "masked":
+            ex1, ey1, ex2, ey2 = _enlarged(b, margin, min_side)
+            w *= ((ys >= ey1) & (ys <= ey2))[:, None] & ((xs >= ex1) & (xs <= ex2))[None, :]
+            if not w.any():  # a sub-pixel box: its centre pixel
+                w[nh // 2, nw // 2] = 1.0
+        wts[i] = np.clip(_resize(w, size), 0.0, 1.0)
+    return out, wts
+
+
+def _enlarged(box: np.ndarray, margin: float, min_side: float) -> tuple[float, float, float, float]:
+    """The box enlarged by ``margin`` (each side floored at ``min_side`` and 1 px), unclipped."""
+    x1, y1, x2, y2 = (float(v) for v in box)
+    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+    hw = max((x2 - x1) * margin, min_side, 1.0) / 2
+    hh = max((y2 - y1) * margin, min_side, 1.0) / 2
+    return cx - hw, cy - hh, cx + hw, cy + hh
+
+
 def crop_regions(
     image: np.ndarray,
     boxes: np.ndarray | Sequence[Box],
@@ -261,29 +346,35 @@ def crop_regions(
     square: bool = True,
     min_side: float = 0.0,
 ) -> np.ndarray:
-    """``crop`` mode: each proposal region cut from a float HxW image and resized to size x size.
+    """``crop`` mode regions without weights: :func:`crop_regions_weighted` with border ``"shift"`` and
+    shape ``"square"`` (``square=True``) or ``"stretch"``. Returns float32 [N, size, size]."""
+    return crop_regions_weighted(image, boxes, margin, size, "square" if square else "stretch", "shift",
+                                 min_side)[0]
 
-    The region is the box enlarged by ``margin`` about its centre; with ``square`` [ours] both sides
-    take the longer one (so thin boxes are not stretched), and ``min_side`` [ours] sets a floor in
-    pixels. The region is shifted to stay inside the image where it fits, then clipped.
-    Returns float32 [N, size, size].
-    """
-    img = np.asarray(image, dtype=np.float32)
-    if img.ndim != 2:
-        raise ValueError(f"crop_regions expects one HxW image, got shape {img.shape}")
-    H, W = img.shape
-    bx = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-    out = np.empty((len(bx), size, size), dtype=np.float32)
-    for i, (x1, y1, x2, y2) in enumerate(bx):
-        if not (x2 >= x1 and y2 >= y1):
-            raise ValueError(f"box {i} {tuple(bx[i])} is not (x1, y1, x2, y2)")
-        cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
-        bw, bh = max((x2 - x1) * margin, min_side, 1.0), max((y2 - y1) * margin, min_side, 1.0)
-        if square:
-            bw = bh = max(bw, bh)
-        nw, nh = min(math.ceil(bw - 1e-9), W), min(math.ceil(bh - 1e-9), H)
-        c0 = min(max(math.floor(cx - nw / 2 + 0.5), 0), W - nw)
-        r0 = min(max(math.floor(cy - nh / 2 + 0.5), 0), H - nh)
-        c1, r1 = c0 + nw, r0 + nh
-        out[i] = _resize(img[r0:r1, c0:c1], size)
-    return out
+
+def latent_weights(pixel_weights: np.ndarray, latent_hw: tuple[int, int]) -> np.ndarray:
+    """Pixel weights [N, S, S] averaged onto the latent grid [N, h, w] (S must be a multiple of h and w)."""
+    wt = np.asarray(pixel_weights, dtype=np.float64)
+    N, S, S2 = wt.shape
+    h, w = latent_hw
+    if S % h or S2 % w:
+        raise ValueError(f"crop side {S}x{S2} is not a multiple of the latent grid {h}x{w}")
+    return wt.reshape(N, h, S // h, w, S2 // w).mean(axis=(2, 4))
+
+
+def weighted_scores(e_map: np.ndarray, v_map: np.ndarray, weights: np.ndarray | None
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """(E_rec [N], V_den [N]) as weighted means of the per-position maps [N, h, w] (None = plain means).
+
+    A row whose weights sum to 0 falls back to the plain mean."""
+    e_map = np.asarray(e_map, dtype=np.float64)
+    v_map = np.asarray(v_map, dtype=np.float64)
+    if weights is None:
+        return e_map.mean(axis=(1, 2)), v_map.mean(axis=(1, 2))
+    wt = np.asarray(weights, dtype=np.float64)
+    if wt.shape != e_map.shape:
+        raise ValueError(f"weights {wt.shape} do not match the maps {e_map.shape}")
+    tot = wt.sum(axis=(1, 2))
+    wt = np.where(tot[:, None, None] > 0, wt, 1.0)
+    tot = wt.sum(axis=(1, 2))
+    return (e_map * wt).sum(axis=(1, 2)) / tot, (v_map * wt).sum(axis=(1, 2)) / tot

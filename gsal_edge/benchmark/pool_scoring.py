@@ -176,7 +176,7 @@ class PoolScoring:
             self._text_emb[key] = np.array(sc.assigner.embeddings, copy=True)
             noise = [] if sc.spec.noise == "per_image" and not sc.spec.antithetic else [sc.spec.noise,
                                                                                      sc.spec.antithetic]
-            ns = digest([m.prior_fp, sc.spec.K, sc.spec.t_index, sc.spec.ddim_steps, sc.spec.base_seed,
+            ns = digest([m.prior_fp, sc.spec.K_image or sc.spec.K, sc.spec.t_index, sc.spec.ddim_steps, sc.spec.base_seed,
                          sc.spec.prior_resolution, self.cfg.data.window, *noise])
             self.diffusion_cache.attach(sc, ns, set(self.pool_ids))
             self._scorers[key] = sc

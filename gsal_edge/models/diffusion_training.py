@@ -577,3 +577,28 @@ def train_diffusion(
     (out / "run.json").write_text(json.dumps({"kind": "diffusion-prior", "config": cfg.model_dump(mode="json"),
                                               "data": str(data_dir), **_run_info(), **summary}, indent=2))
     return summary
+
+
+def prior_from_checkpoint(out_dir: str | Path, cfg: DiffusionTrainConfig | None = None) -> Any:
+    """The :class:`~gsal_edge.models.diffusion_prior.DiffusionPrior` of a run's last checkpoint in the UNet
+    stage (its UNet as trained so far), for probes while training goes on; ``cfg`` must be the run's config."""
+    from gsal_edge.models.diffusion_prior import DiffusionPrior
+
+    cfg = cfg or DiffusionTrainConfig()
+    ck_dir = Path(out_dir) / "checkpoints"
+    state_path, lat_path = ck_dir / STATE_FILE, ck_dir / LATENT_CACHE
+    if not state_path.is_file():
+        raise FileNotFoundError(f"{ck_dir}: no {STATE_FILE}")
+    saved = torch.load(state_path, map_location="cpu", weights_only=False)
+    if saved.get("key", {}).get("config") != cfg.digest():
+        raise RuntimeError(f"{state_path}: made with another config")
+    if saved.get("stage") not in ("unet", "done") or not lat_path.is_file():
+        raise RuntimeError(f"{state_path}: stage {saved.get('stage')!r}, no UNet-stage checkpoint yet")
+    d = cfg.vae.downsample
+    vae, unet = build_vae(cfg.vae, cfg.resolution), build_unet(cfg.unet, cfg.vae.latent_channels, cfg.resolution // d)
+    vae.load_state_dict(saved["vae"])
+    unet.load_state_dict(saved["unet"])
+    scaling = 1.0 / max(float(np.load(lat_path).std()), 1e-8)
+    abar = build_scheduler(cfg.unet).alphas_cumprod.double().numpy()
+    return DiffusionPrior(vae, unet, abar, "epsilon", scaling, None, cfg.resolution, cfg.crop_resolution,
+                          source=f"{state_path}@{saved['stage']}:{saved['step']}")

@@ -14,6 +14,7 @@ Nothing here depends on the pool: normalization and fusion happen at selection t
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -44,13 +45,16 @@ class ScorerSpec:
     clip_mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     clip_std: tuple[float, float, float] = (0.5, 0.5, 0.5)
     window: tuple[float, float] | None = None  # CT intensity window applied before everything
-    K: int = 4  # trajectories per image
+    K: int = 4  # trajectories per image (and per proposal crop)
+    K_image: int | None = None  # [ours] trajectories of the whole-slice term only (None = K)
     t_frac: float = 0.25  # t = t_frac * T
     ddim_steps: int = 0  # [ours] 0 = one-step x0 prediction
     M: int = 8  # proposal prefilter: top-M detector boxes after NMS
     min_score: float = 0.0  # detections below this never become proposals
     proposal_nms_iou: float | None = None  # [ours] class-agnostic NMS before top-M (None = per-class only)
     context_margin: float = 1.5
+    crop_shape: str = "square"  # [ours] diffusion crops: "square" | "stretch" | "masked" (dd.crop_regions_weighted)
+    crop_border: str = "shift"  # [ours] diffusion crops at the image edge: "shift" | "reflect" (masked out)
     proposal_mode: str = "crop"  # "crop" (paper, GSALConfig default) | "latent_roi" [ours]
     roi_reduce: str = "mean"  # "mean" | "max"
     novelty_threshold: float | None = None  # [ours] best cosine below this -> "unknown"
@@ -85,7 +89,8 @@ class ScorerSpec:
 
 # GSALConfig fields the scorer consumes; ScorerSpec has the same names (plus base_seed <- seed)
 SCORER_CONFIG_FIELDS = ("K", "t_frac", "ddim_steps", "M", "context_margin", "proposal_mode", "roi_reduce",
-                        "novelty_threshold", "noise", "antithetic", "min_score", "proposal_nms_iou")
+                        "novelty_threshold", "noise", "antithetic", "min_score", "proposal_nms_iou",
+                        "K_image", "crop_shape", "crop_border")
 
 
 def spec_settings(gsal_config: Any) -> dict[str, Any]:
@@ -137,6 +142,11 @@ class GSALScorer:
             raise ValueError(f"proposal_mode must be 'crop' or 'latent_roi', got {spec.proposal_mode!r}")
         if spec.roi_reduce not in ("mean", "max"):
             raise ValueError(f"roi_reduce must be 'mean' or 'max', got {spec.roi_reduce!r}")
+        if spec.crop_shape not in dd.CROP_SHAPES or spec.crop_border not in dd.CROP_BORDERS:
+            raise ValueError(f"crop_shape must be one of {dd.CROP_SHAPES} and crop_border one of "
+                             f"{dd.CROP_BORDERS}; got {spec.crop_shape!r}, {spec.crop_border!r}")
+        if spec.K_image is not None and spec.K_image < 1:
+            raise ValueError(f"K_image must be >= 1 or None, got {spec.K_image}")
         emb = np.asarray(concept_embeddings, dtype=np.float32)
         if emb.ndim != 2 or emb.shape[0] != len(spec.concepts):
             raise ValueError(f"concept_embeddings shape {emb.shape} does not match {len(spec.concepts)} concepts")
@@ -217,7 +227,7 @@ class GSALScorer:
 
         # image-level diffusion difficulty (Eqs. 5-6), all images of the batch together
         prior_in = np.stack([resize_image(x, (sp.prior_resolution, sp.prior_resolution)) for x in images])
-        E_img, V_img, e_map, v_map = self.difficulty(prior_in, list(image_ids))
+        E_img, V_img, e_map, v_map = self.difficulty(prior_in, list(image_ids), K=sp.K_image or sp.K)
         prop_e: list[np.ndarray] = []
         prop_v: list[np.ndarray] = []
         if sp.proposal_mode == "latent_roi":
@@ -228,15 +238,19 @@ class GSALScorer:
                 prop_e.append(np.asarray(e, dtype=np.float64))
                 prop_v.append(np.asarray(v, dtype=np.float64))
         else:  # crop: every enlarged region gets its own K trajectories
-            crops, crop_ids, owner = [], [], []
+            crops, weights, crop_ids, owner = [], [], [], []
             for i, (x, d) in enumerate(zip(images, dets)):
                 if len(d["boxes"]):
-                    cs = dd.crop_regions(x, d["boxes"], sp.context_margin, sp.crop_resolution)
+                    cs, ws = dd.crop_regions_weighted(x, d["boxes"], sp.context_margin, sp.crop_resolution,
+                                                      sp.crop_shape, sp.crop_border)
                     crops.extend(cs)
+                    weights.extend(ws)
                     crop_ids.extend(f"{image_ids[i]}#p{j}" for j in range(len(cs)))
                     owner.extend([i] * len(cs))
             if crops:
-                Ec, Vc, _, _ = self.difficulty(np.stack(crops), crop_ids)
+                Ec, Vc, em, vm = self.difficulty(np.stack(crops), crop_ids)
+                if sp.crop_shape == "masked" or sp.crop_border == "reflect":  # E_rec(p) over the weighted cells
+                    Ec, Vc = dd.weighted_scores(em, vm, dd.latent_weights(np.stack(weights), em.shape[1:]))
             else:
                 Ec = Vc = np.zeros(0)
             owner_arr = np.asarray(owner, dtype=np.int64)
@@ -304,14 +318,15 @@ class GSALScorer:
             "all_class_probs": np.asarray(out["class_probs"], dtype=np.float32),
         }
 
-    def difficulty(self, images01: np.ndarray, ids: list[str]) -> DifficultyResult:
+    def difficulty(self, images01: np.ndarray, ids: list[str], K: int | None = None) -> DifficultyResult:
         """E_rec, V_den and their per-position maps for a stack of [0,1] slices (Eqs. 5-6), through
-        ``difficulty_memo`` when one is set. ``ids`` seed the K trajectories (spec §4)."""
+        ``difficulty_memo`` when one is set. ``ids`` seed the ``K`` (default: spec.K) trajectories (spec §4)."""
+        compute = functools.partial(self._difficulty, K=K or self.spec.K)
         if self.difficulty_memo is not None:
-            return self.difficulty_memo(images01, ids, self._difficulty)
-        return self._difficulty(images01, ids)
+            return self.difficulty_memo(images01, ids, compute)
+        return compute(images01, ids)
 
-    def _difficulty(self, images01: np.ndarray, ids: list[str]) -> DifficultyResult:
+    def _difficulty(self, images01: np.ndarray, ids: list[str], K: int) -> DifficultyResult:
         z0 = self._run_chunked("vae_encoder", {"image": prepare_vae_input(images01)}, "latent")
         unet = self.engines["unet"]
 
@@ -323,7 +338,7 @@ class GSALScorer:
             ids,
             predict_eps,
             self.alphas_cumprod,
-            K=self.spec.K,
+            K=K,
             t_index=self.spec.t_index,
             base_seed=self.spec.base_seed,
             ddim_steps=self.spec.ddim_steps,

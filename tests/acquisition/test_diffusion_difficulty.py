@@ -208,3 +208,66 @@ def test_crop_regions() -> None:
     np.testing.assert_array_equal(c[0], img[14:18, 14:18])
     with pytest.raises(ValueError, match="HxW"):
         crop_regions(np.zeros((3, 8, 8)), [(0, 0, 1, 1)])
+
+
+# ---------------------------------------------------------------------- issue 16: crop shape and border
+def test_masked_crop_keeps_context_and_weights_only_the_enlarged_box() -> None:
+    from gsal_edge.acquisition.diffusion_difficulty import crop_regions_weighted
+
+    img = np.arange(32 * 32, dtype=np.float32).reshape(32, 32)
+    box = [(4, 14, 20, 16)]  # a thin horizontal crack: 16 x 2 px
+    sq, w_sq = crop_regions_weighted(img, box, margin=1.0, size=16, shape="square")
+    mk, w_mk = crop_regions_weighted(img, box, margin=1.0, size=16, shape="masked")
+    np.testing.assert_array_equal(mk, sq)  # the same pixels (rows 7..23 of the context) ...
+    np.testing.assert_array_equal(sq[0], img[7:23, 4:20])
+    assert (w_sq == 1).all()
+    # ... but only the 2 box rows (14, 15 = crop rows 7, 8) count
+    np.testing.assert_array_equal(w_mk[0].sum(axis=1) > 0, np.isin(np.arange(16), [7, 8]))
+    np.testing.assert_allclose(w_mk[0, 7:9], 1.0)
+
+
+def test_stretch_crop_keeps_the_box_aspect() -> None:
+    from gsal_edge.acquisition.diffusion_difficulty import crop_regions_weighted
+
+    img = np.tile(np.arange(32, dtype=np.float32), (32, 1)) + 100 * np.arange(32, dtype=np.float32)[:, None]
+    c, w = crop_regions_weighted(img, [(8, 10, 24, 12)], margin=1.0, size=8, shape="stretch")
+    # cols 8..24 (x ramp 8..23) over rows 10..12 only: no row outside the box
+    assert (w == 1).all()
+    assert 1000 - 1 <= c.min() and c.max() <= 1123 + 1
+    assert c[0, :, 0].mean() < c[0, :, -1].mean()
+
+
+def test_border_shift_moves_inside_reflect_centres_and_masks_the_outside() -> None:
+    from gsal_edge.acquisition.diffusion_difficulty import crop_regions_weighted
+
+    img = np.arange(16 * 16, dtype=np.float32).reshape(16, 16)
+    box = [(12, 4, 16, 8)]  # touches the right border; margin 2 -> 8 px region centred at x = 14
+    sh, w_sh = crop_regions_weighted(img, box, margin=2.0, size=8, border="shift")
+    np.testing.assert_array_equal(sh[0], img[2:10, 8:16])  # shifted 2 px left
+    assert (w_sh == 1).all()
+    rf, w_rf = crop_regions_weighted(img, box, margin=2.0, size=8, border="reflect")
+    np.testing.assert_array_equal(rf[0, :, :6], img[2:10, 10:16])  # centred: cols 10..18
+    np.testing.assert_array_equal(rf[0, :, 6:], img[2:10, [15, 14]])  # the outside mirrored
+    np.testing.assert_array_equal(w_rf[0], np.repeat([[1.0] * 6 + [0.0] * 2], 8, axis=0))
+    with pytest.raises(ValueError, match="shape"):
+        crop_regions_weighted(img, box, shape="round")
+    with pytest.raises(ValueError, match="border"):
+        crop_regions_weighted(img, box, border="zero")
+
+
+def test_weighted_scores_average_only_the_weighted_cells() -> None:
+    from gsal_edge.acquisition.diffusion_difficulty import latent_weights, weighted_scores
+
+    e = np.arange(2 * 4 * 4, dtype=np.float64).reshape(2, 4, 4)
+    v = 2 * e
+    px = np.zeros((2, 8, 8))
+    px[0, :2, :4] = 1.0  # latent cells (0, 0), (0, 1)
+    lw = latent_weights(px, (4, 4))
+    np.testing.assert_allclose(lw[0, 0, :2], 1.0)
+    assert lw[0].sum() == 2 and lw[1].sum() == 0
+    E, V = weighted_scores(e, v, lw)
+    assert E[0] == (e[0, 0, 0] + e[0, 0, 1]) / 2 and V[0] == 2 * E[0]
+    assert E[1] == e[1].mean()  # no weight at all: the plain mean
+    np.testing.assert_array_equal(weighted_scores(e, v, None)[0], e.mean(axis=(1, 2)))
+    with pytest.raises(ValueError, match="multiple"):
+        latent_weights(np.zeros((1, 6, 6)), (4, 4))

@@ -99,4 +99,4 @@ def test_paper_exact_preset_is_one_flag_away() -> None:
     paper = GSALConfig.from_yaml("paper-exact")
     assert paper.noise == "per_image"
     departures = {k for k, v in paper.to_dict().items() if GSALConfig().to_dict().get(k) != v}
-    assert departures == {"noise", "t_frac"} and paper.t_frac == 0.25
+    assert departures == {"noise", "t_frac", "K_image", "crop_border"} and paper.t_frac == 0.25 and paper.K_image is None

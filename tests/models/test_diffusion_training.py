@@ -185,3 +185,23 @@ def test_defaults_key_ignores_comments_and_docs(tmp_path: Path) -> None:
     assert defaults_key(cfg, "d1") == defaults_key(cfg.model_copy(update={"parallel": False}), "d1")
     assert defaults_key(cfg, "d1") != defaults_key(cfg, "d2")
     assert defaults_key(cfg, "d1") != defaults_key(cfg.lengthened(2.0), "d1")
+
+
+def test_prior_from_checkpoint_is_the_finished_prior(tmp_path: Path, slices_dir: Path) -> None:
+    from gsal_edge.models.diffusion_training import prior_from_checkpoint
+
+    torch.set_num_threads(1)
+    cfg = _tiny_cfg(2, 2)
+    with pytest.raises(RuntimeError, match="stage"):  # still in the VAE stage
+        train_diffusion(slices_dir, tmp_path / "p", cfg, progress=False, stop_after=1)
+        prior_from_checkpoint(tmp_path / "p", cfg)
+    train_diffusion(slices_dir, tmp_path / "p", cfg, progress=False)  # resumes and finishes
+    done, ck = DiffusionPrior.from_pretrained(tmp_path / "p"), prior_from_checkpoint(tmp_path / "p", cfg)
+    assert ck.scaling_factor == pytest.approx(done.scaling_factor) and ck.resolution == done.resolution
+    np.testing.assert_allclose(ck.alphas_cumprod, done.alphas_cumprod)
+    imgs, _ = load_unlabeled(slices_dir, 32, 100, 5)
+    z = done.encode(imgs[:2])
+    np.testing.assert_allclose(ck.encode(imgs[:2]), z, atol=1e-5)
+    np.testing.assert_allclose(ck.predict_eps(z, np.array([3, 7])), done.predict_eps(z, np.array([3, 7])), atol=1e-5)
+    with pytest.raises(RuntimeError, match="config"):
+        prior_from_checkpoint(tmp_path / "p", _tiny_cfg(2, 3))

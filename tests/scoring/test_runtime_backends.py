@@ -152,3 +152,29 @@ def test_ort_profiling_writes_per_node_json(unet_onnx: tuple[Path, nn.Module], t
     events = json.loads(prof.read_text())
     assert any(ev.get("cat") == "Node" and ev["args"].get("op_name") == "Conv" for ev in events)
     assert OrtEngine("unet", path, threads=1).end_profiling() is None
+
+
+@pytest.mark.slow
+def test_ort_scorer_matches_torch_with_issue16_crop_modes(tmp_path: Path) -> None:
+    """The masked / reflected crops and K_image are numpy around the engines: ONNX Runtime scores alike."""
+    import dataclasses
+
+    from export.config import ParityConfig
+    from export.parity import capture_feeds, records_parity
+    from export.pipeline import _sample, parity_slices
+    from gsal_edge.scoring.scorer import GSALScorer
+    from gsal_edge.scoring.torch_scorer import untrained_scorer
+
+    ref = untrained_scorer(seed=5, image_size=48)
+    ref.spec = dataclasses.replace(ref.spec, crop_shape="masked", crop_border="reflect", K_image=3, noise="common")
+    slices, ids = parity_slices(3, 48, seed=11)
+    ref_records, feeds = capture_feeds(ref, slices, ids)
+    engines = {}
+    for name, eng in ref.engines.items():
+        path = tmp_path / f"{name}.onnx"
+        export_onnx(name, eng.module, _sample(feeds[name], name, 2), path, ExportConfig())
+        engines[name] = OrtEngine(name, path, threads=1)
+    ort = GSALScorer(engines, ref.spec, np.asarray(ref.assigner.embeddings), backend="onnxruntime")
+    assert any(r.proposals for r in ref_records)
+    rp = records_parity(ref_records, ort.score(slices, ids), ParityConfig(top_b=2))
+    assert rp.ok, rp.to_dict()
