@@ -172,7 +172,7 @@ class PoolScoring:
         if sc is None:
             sc = scorer_from_models(model, list(model.classes), m.prior, m.clip, self.graph,
                                     bundle_id=f"bench-{m.prior_fp[:8]}-{m.clip_fp[:8]}", station="bench",
-                                    device=self.device, **spec_kw)
+                                    device=self.device, window=self.cfg.data.window, **spec_kw)
             self._text_emb[key] = np.array(sc.assigner.embeddings, copy=True)
             noise = [] if sc.spec.noise == "per_image" and not sc.spec.antithetic else [sc.spec.noise,
                                                                                      sc.spec.antithetic]
