@@ -33,6 +33,9 @@ def _args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--preset", default="dev-a")
     ap.add_argument("--models", required=True, help="folder with prior/ (or diffusion/) and clip/")
+    ap.add_argument("--prior", default=None, help="prior folder (overrides --models'; the proposal-level "
+                    "assignment numbers do not depend on it, the pick-level ones do)")
+    ap.add_argument("--clip", default=None, help="CLIP folder (overrides --models')")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--cache", type=Path, default=Path("artifacts/bench_data"))
     ap.add_argument("--n-labeled", type=int, default=40)
@@ -55,7 +58,7 @@ def _setup(a: argparse.Namespace) -> dict[str, Any]:
 
     torch.set_num_threads(a.threads)
     cfg = load_preset(a.preset, {"data": {**load_preset(a.preset).data.model_dump(), "cache_dir": str(a.cache)},
-                                 "models": {"dir": a.models}})
+                                 "models": {"dir": a.models, "prior": a.prior, "clip": a.clip}})
     graph = load_graph(cfg.graph)
     ds = load_data(cfg.data, progress=False)
     c2c = class_map(ds, graph, cfg.class_map)
