@@ -146,6 +146,26 @@ def main() -> None:
         return ScorePool.from_records(out), {"sources": dict(zip(asg.names, asg.sources)), "fit": asg.fit,
                                              "temperature": asg.temperature}
 
+    def proposal_truth(pool: ScorePool) -> np.ndarray:
+        """Per proposal: its truth concept by IoU >= 0.1 (best box), else background."""
+        out = []
+        for i, iid in enumerate(pool.image_ids):
+            g = gt[str(iid)]
+            boxes = np.array([b for b, _ in g]).reshape(-1, 4)
+            for j in range(pool.starts[i], pool.starts[i + 1]):
+                iou = box_iou(pool.prop_box[j], boxes)[0] if g else np.zeros(0)
+                out.append(c2c[g[int(np.argmax(iou))][1]] if iou.size and iou.max() >= 0.1 else BACKGROUND)
+        return np.array(out, dtype=object)
+
+    def auroc(score: np.ndarray, pos: np.ndarray) -> float:
+        """P(score of a positive > score of a negative), ties count half."""
+        p, n = score[pos], score[~pos]
+        if not p.size or not n.size:
+            return float("nan")
+        gt_ = (p[:, None] > n[None, :]).mean()
+        eq = (p[:, None] == n[None, :]).mean()
+        return float(gt_ + 0.5 * eq)
+
     def proposal_accuracy(pool: ScorePool) -> dict[str, float]:
         """Every proposal (not only drivers): named right when on a defect, background named rare."""
         right = on = bg = bg_rare = bg_bg = 0
@@ -188,6 +208,11 @@ def main() -> None:
                 if info["temperature"] is not None:
                     gcfg = gcfg.replace(temperature=info["temperature"])
                 sel = gsal_select(pool, s["graph"], counts, gcfg, a.budget)
+                truth = proposal_truth(sel.pool)
+                S_p = sel.fusion.S_p
+                is_rare, is_bg = np.isin(truth, list(rare)), truth == BACKGROUND
+                sbonus = {"S_bg_mean": float(S_p[is_bg].mean()), "S_rare_mean": float(S_p[is_rare].mean()),
+                          "S_auroc_rare": auroc(S_p, is_rare), "S_auroc_defect": auroc(S_p, ~is_bg)}
                 judged = [j for p in sel.picks
                           if (j := check_driver({**p.to_dict(), "gt": gt[p.image_id]}, c2c, rare)) is not None]
                 n = max(len(judged), 1)
@@ -197,13 +222,15 @@ def main() -> None:
                        "concept_right": sum(j["concept_right"] for j in judged) / n,
                        "rare_claims": claims, "rare_right": sum(j["rare_right"] for j in judged) / max(claims, 1),
                        "picks_with_rare": sum(any(c2c[c] in rare for _, c in gt[p.image_id]) for p in sel.picks),
-                       "T": gcfg.temperature, "fit": info["fit"], **pacc}
+                       "T": gcfg.temperature, "fit": info["fit"], **pacc, **sbonus}
                 results.append(row)
                 print(f"{level:>12} {an:>16} {bn:>20}: on defect {row['on_defect']:.2f} concept right "
                       f"{row['concept_right']:.2f} rare claims {claims} right {row['rare_right']:.2f} | picks with "
                       f"a rare instance {row['picks_with_rare']} | proposals on defects named right "
                       f"{pacc['defect_named_right']:.2f}, background named rare {pacc['bg_named_rare']:.2f} "
-                      f"| T {gcfg.temperature:.4g}", flush=True)
+                      f"| T {gcfg.temperature:.4g} | S(p) AUROC rare {sbonus['S_auroc_rare']:.2f} defect "
+                      f"{sbonus['S_auroc_defect']:.2f}, mean S bg {sbonus['S_bg_mean']:.2f} rare "
+                      f"{sbonus['S_rare_mean']:.2f}", flush=True)
     (a.out / "results.json").write_text(json.dumps(results, indent=1, default=float))
 
 
