@@ -58,7 +58,8 @@ def _setup(a: argparse.Namespace) -> dict[str, Any]:
 
     torch.set_num_threads(a.threads)
     cfg = load_preset(a.preset, {"data": {**load_preset(a.preset).data.model_dump(), "cache_dir": str(a.cache)},
-                                 "models": {"dir": a.models, "prior": a.prior, "clip": a.clip}})
+                                 "models": {"dir": a.models, "prior": a.prior, "clip": a.clip,
+                                            "prior_source": "files"}})
     graph = load_graph(cfg.graph)
     ds = load_data(cfg.data, progress=False)
     c2c = class_map(ds, graph, cfg.class_map)
