@@ -6,14 +6,16 @@ f_T(c) is the mean of the L2-normalized text embeddings of c's prompts. Besides 
 **[ours]** assigners: ``prototype`` (cosine to the mean L2-normalized exemplar embedding per concept)
 and ``hybrid`` (prototypes for concepts with >= k labeled exemplars, text for the rest). **[ours]**
 ``novelty``: a best similarity below a threshold gives ``unknown``. **[ours]** soft assignment
-probabilities softmax(cos / T).
+probabilities softmax(cos / T), with T (and, for hybrid, an offset of the text columns against the
+prototype columns) fitted on the labeled crops (`fit_calibration`, `round_assigner`).
 
 All functions are pure numpy: embeddings in, names + similarity matrix out.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,10 +28,13 @@ __all__ = [
     "Assignment",
     "assign",
     "cosine_similarity",
+    "fit_calibration",
     "hybrid_concept_embeddings",
     "l2_normalize",
+    "leave_one_out_similarity",
     "make_assigner",
     "prototype_embeddings",
+    "round_assigner",
     "soft_probabilities",
     "text_concept_embeddings",
 ]
@@ -114,17 +119,22 @@ class Assignment:
 
 
 def assign(image_embeddings: np.ndarray, names: Sequence[str], concept_embeddings: np.ndarray,
-           novelty_threshold: float | None = None, exclude: Sequence[str] = ()) -> Assignment:
+           novelty_threshold: float | None = None, exclude: Sequence[str] = (),
+           offsets: np.ndarray | None = None) -> Assignment:
     """fine(p) = argmax_c cos(f_I(p), f(c)) (Eq. 3); ties go to the first concept in ``names``.
 
     ``exclude`` removes concepts from the argmax (e.g. ``("background",)`` when assigning ground-truth
     boxes in binary-label mode, which are defects by definition); their similarity is still reported.
     With ``novelty_threshold`` **[ours]**, rows whose best similarity is below it become ``unknown``.
+    ``offsets`` **[ours]** ([C], calibration of a hybrid assigner's text columns) are added to the
+    cosines before the argmax, and the reported similarity includes them.
     """
     names = list(names)
     sim = cosine_similarity(image_embeddings, concept_embeddings)
     if sim.shape[1] != len(names):
         raise AssignmentError(f"{len(names)} names for {sim.shape[1]} concept embeddings")
+    if offsets is not None:
+        sim = sim + np.asarray(offsets, dtype=np.float64)[None, :]
     allowed = np.array([n not in exclude for n in names], dtype=bool)
     if not allowed.any():
         raise AssignmentError("every concept is excluded")
@@ -166,9 +176,13 @@ class Assigner:
     embeddings: np.ndarray
     sources: list[str]
     novelty_threshold: float | None = None
+    temperature: float | None = None  # fitted T of softmax(sim / T) (None = not fitted: the config's T)
+    offsets: np.ndarray | None = None  # [C] added to the cosines (fitted text-vs-prototype offset)
+    fit: dict[str, float] | None = None  # what the calibration saw: crops, log-likelihood, accuracy
 
     def __call__(self, image_embeddings: np.ndarray, exclude: Sequence[str] = ()) -> Assignment:
-        return assign(image_embeddings, self.names, self.embeddings, self.novelty_threshold, exclude)
+        return assign(image_embeddings, self.names, self.embeddings, self.novelty_threshold, exclude,
+                      self.offsets)
 
 
 def make_assigner(kind: str, names: Sequence[str], text_embeddings: np.ndarray | None = None,
@@ -204,3 +218,124 @@ def make_assigner(kind: str, names: Sequence[str], text_embeddings: np.ndarray |
                 raise AssignmentError(f"prototype assigner: concept {name!r} has no exemplar embeddings")
         return Assigner(kind, names, np.stack(rows), src, novelty_threshold)
     raise AssignmentError(f"assigner must be 'text', 'prototype' or 'hybrid', got {kind!r}")
+
+
+# ---------------------------------------------------------------------- calibration on labeled crops [ours]
+def _golden_max(f: Callable[[float], float], lo: float, hi: float, iters: int = 60) -> float:
+    """argmax of a unimodal f on [lo, hi] by golden-section search (scipy is not a dependency)."""
+    g = (math.sqrt(5.0) - 1.0) / 2.0
+    a, b = lo, hi
+    c, d = b - g * (b - a), a + g * (b - a)
+    fc, fd = f(c), f(d)
+    for _ in range(iters):
+        if fc >= fd:
+            b, d, fd = d, c, fc
+            c = b - g * (b - a)
+            fc = f(c)
+        else:
+            a, c, fc = c, d, fd
+            d = a + g * (b - a)
+            fd = f(d)
+    return (a + b) / 2.0
+
+
+def _mean_log_likelihood(sim: np.ndarray, true_index: np.ndarray, beta: float, shift: np.ndarray) -> float:
+    """mean_i log softmax(beta * sim_i + shift)[true_i] (``shift`` [C] = beta * offsets)."""
+    z = beta * sim + shift[None, :]
+    m = z.max(axis=1, keepdims=True)
+    lse = m[:, 0] + np.log(np.exp(z - m).sum(axis=1))
+    return float(np.mean(z[np.arange(z.shape[0]), true_index] - lse))
+
+
+def fit_calibration(similarity: np.ndarray, true_index: np.ndarray, bounds: tuple[float, float] = (0.002, 0.5),
+                    offset_columns: np.ndarray | None = None, sweeps: int = 6) -> tuple[float, float, float]:
+    """**[ours]** T (and an offset b of ``offset_columns``) maximising the mean log-likelihood of the
+    labeled crops' true concept under softmax((sim + b * mask) / T), T within ``bounds``.
+
+    The log-likelihood is concave in (1/T, b/T) (a linear function minus a log-sum-exp), so golden-section
+    search on beta = 1/T alone is exact, and alternating it with a search on c = b/T (``sweeps`` times)
+    converges to the joint optimum. Returns (T, b, mean log-likelihood); b = 0 without offset columns.
+    """
+    sim = np.asarray(similarity, dtype=np.float64)
+    y = np.asarray(true_index, dtype=np.int64)
+    if sim.ndim != 2 or y.shape != (sim.shape[0],) or sim.shape[0] == 0:
+        raise AssignmentError(f"calibration needs [n, C] similarities and n true indices, got {sim.shape}, {y.shape}")
+    lo, hi = float(bounds[0]), float(bounds[1])
+    if not 0 < lo < hi:
+        raise AssignmentError(f"temperature bounds must satisfy 0 < low < high, got {bounds}")
+    mask = np.zeros(sim.shape[1]) if offset_columns is None else np.asarray(offset_columns, dtype=np.float64)
+    use_offset = bool(mask.any()) and not bool(mask.all())
+    beta_lo, beta_hi = 1.0 / hi, 1.0 / lo
+    c = 0.0
+    beta = _golden_max(lambda bt: _mean_log_likelihood(sim, y, bt, c * mask), beta_lo, beta_hi)
+    if use_offset:
+        span = float(np.ptp(sim)) + 1.0
+        for _ in range(sweeps):
+            c = _golden_max(lambda cc, bt=beta: _mean_log_likelihood(sim, y, bt, cc * mask),  # type: ignore[misc]
+                            -span * beta, span * beta)
+            beta = _golden_max(lambda bt, cc=c: _mean_log_likelihood(sim, y, bt, cc * mask),  # type: ignore[misc]
+                               beta_lo, beta_hi)
+    return 1.0 / beta, c / beta, _mean_log_likelihood(sim, y, beta, c * mask)
+
+
+def leave_one_out_similarity(assigner: Assigner, exemplars: Mapping[str, np.ndarray],
+                             text_embeddings: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Similarities of every exemplar crop to the assigner's concepts, its own concept's prototype
+    recomputed without it (else a crop would be scored against a mean it is part of, and T would come
+    out overconfident); if the concept then has fewer than ``k`` exemplars, that column is its text
+    similarity, as the hybrid assigner would have it. Returns ([n, C] cosines, [n] true concept index)."""
+    names = list(assigner.names)
+    text = l2_normalize(np.asarray(text_embeddings, dtype=np.float64))
+    rows, ys = [], []
+    for name, e in exemplars.items():
+        if name not in names:
+            raise AssignmentError(f"exemplar concept {name!r} is not one of the assigner's concepts {names}")
+        e = l2_normalize(np.atleast_2d(np.asarray(e, dtype=np.float64)))
+        if e.shape[0] == 0:
+            continue
+        j = names.index(name)
+        sim = cosine_similarity(e, assigner.embeddings)
+        if assigner.sources[j] == "prototype":
+            n = e.shape[0]
+            if n - 1 >= k:
+                rest = l2_normalize(e.sum(axis=0)[None, :] - e)  # row i: the prototype without crop i
+                sim[:, j] = np.sum(e * rest, axis=1)
+            else:
+                sim[:, j] = e @ text[j]
+        rows.append(sim)
+        ys.append(np.full(e.shape[0], j, dtype=np.int64))
+    if not rows:
+        return np.zeros((0, len(names))), np.zeros(0, dtype=np.int64)
+    return np.concatenate(rows), np.concatenate(ys)
+
+
+def round_assigner(kind: str, names: Sequence[str], text_embeddings: np.ndarray,
+                   exemplars: Mapping[str, np.ndarray] | None, k: int = 5, novelty_threshold: float | None = None,
+                   calibration: str = "none", bounds: tuple[float, float] = (0.002, 0.5),
+                   min_crops: int = 10) -> Assigner:
+    """**[ours]** The assigner of one selection round, refreshed from the labeled crops: ``make_assigner``
+    (text prompts as the cold start of every concept with fewer than ``k`` exemplars), then calibrated on
+    the same crops (leave-one-out for prototype concepts) when there are at least ``min_crops``:
+
+    ``calibration``: ``none``; ``temperature`` (T of softmax(sim / T)); ``temperature_offset`` (T and, when
+    text and prototype columns are mixed, an offset added to the text columns, since image-image cosines
+    run higher than image-text ones). ``Assigner.fit`` records what was fitted on how many crops.
+    """
+    asg = make_assigner(kind, names, text_embeddings, exemplars, k, novelty_threshold)
+    if calibration not in ("none", "temperature", "temperature_offset"):
+        raise AssignmentError(f"calibration must be 'none', 'temperature' or 'temperature_offset', got {calibration!r}")
+    if calibration == "none" or not exemplars:
+        return asg
+    sim, y = leave_one_out_similarity(asg, exemplars, text_embeddings, k)
+    if sim.shape[0] < min_crops:
+        asg.fit = {"crops": float(sim.shape[0]), "fitted": 0.0}
+        return asg
+    text_cols = np.array([s == "text" for s in asg.sources], dtype=np.float64)
+    T, b, ll = fit_calibration(sim, y, bounds, text_cols if calibration == "temperature_offset" else None)
+    offsets = b * text_cols if b != 0.0 else None
+    adj = sim if offsets is None else sim + offsets[None, :]
+    asg.temperature = T
+    asg.offsets = offsets
+    asg.fit = {"crops": float(sim.shape[0]), "fitted": 1.0, "temperature": T, "text_offset": b,
+               "log_likelihood": ll, "accuracy": float(np.mean(np.argmax(adj, axis=1) == y))}
+    return asg

@@ -73,8 +73,10 @@ class GSALConfig(FrozenModel):
     percentile: float = Field(
         80.0, ge=0, le=100, description="Dynamic threshold percentile tau (spec §3, §10; floor 1)."
     )
-    thresholds: Literal["hard", "soft"] = Field(
-        "hard", description="[ours] 'soft' replaces 1[n < tau] by max(0, 1 - n / tau)."
+    thresholds: Literal["hard", "soft", "relative"] = Field(
+        "hard", description="[ours] 'soft' replaces 1[n < tau] by max(0, 1 - n / tau); 'relative' (small graphs: "
+        "the 80th percentile of 2-5 counts leaves only the most covered node non-rare) takes tau = the level's "
+        "mean count (floor 1) and r = tau / (tau + n), so every difference in coverage changes S(p)."
     )
     levels: tuple[Literal["fine", "coarse", "abstract"], ...] = Field(
         LEVELS,
@@ -128,12 +130,36 @@ class GSALConfig(FrozenModel):
     novelty_threshold: float | None = Field(
         None, description="[ours] best similarity below this -> 'unknown' (None = off)."
     )
-    assignment: Literal["hard", "soft"] = Field(
-        "hard", description="[ours] 'soft' = expected bonus sum_c softmax(cos/T)_c * S_c."
+    assignment: Literal["hard", "soft", "confidence"] = Field(
+        "hard", description="[ours] 'soft' = expected bonus sum_c softmax(cos/T)_c * S_c; 'confidence' = "
+        "S_fine(p) * max_c softmax(cos/T)_c (the bonus gated by how sure Eq. 3 is)."
     )
     temperature: float = Field(
-        0.01, gt=0, description="[ours] soft-assignment temperature T (0.01 = CLIP's logit scale 100)."
+        0.01, gt=0, description="[ours] soft-assignment temperature T (0.01 = CLIP's logit scale 100); replaced "
+        "by the fitted T of the round's assigner when `calibration` fits one."
     )
+    # --- [ours] issue 16: the round's assigner refreshed and calibrated on the labeled crops (assignment.py)
+    calibration: Literal["none", "temperature", "temperature_offset"] = Field(
+        "none", description="[ours] fit on the labeled crops (leave-one-out for prototypes): 'temperature' = T "
+        "of softmax(sim / T) by maximum likelihood of each crop's true concept; 'temperature_offset' = T and an "
+        "offset of the text columns against the prototype columns (hybrid).")
+    temperature_bounds: tuple[float, float] = Field(
+        (0.002, 0.5), description="[ours] search interval of the fitted temperature.")
+    calibration_min_crops: int = Field(
+        10, ge=1, description="[ours] fewer labeled crops than this: no fit (the configured temperature).")
+    exemplars: Literal["boxes", "boxes+proposals"] = Field(
+        "boxes", description="[ours] labeled crops of the prototypes and the fit: the labeled boxes, or also the "
+        "round detector's proposals on labeled slices (IoU >= exemplar_iou with a box: its concept; below it "
+        "with every box: background).")
+    exemplar_iou: float = Field(0.1, gt=0, le=1, description="[ours] IoU that makes a proposal a box's exemplar.")
+    # --- [ours] issue 16: count-aware pooling and the detector-uncertainty hybrid (fusion.py)
+    count_weight: float = Field(
+        0.0, ge=0, description="[ours] Eq. 9 count term: P(x) + count_weight * log(1 + #proposals with score >= "
+        "count_min_score) (0 = the paper's P(x)).")
+    count_min_score: float = Field(0.5, ge=0, le=1, description="[ours] detector score a counted proposal needs.")
+    nu: float = Field(
+        0.0, ge=0, description="[ours] A(x) + nu * z(U(x)), U = the record's uncertainty[uncertainty_key] (0 = off).")
+    uncertainty_key: str = Field("entropy", description="[ours] the detector uncertainty U of the nu term.")
     missing_concept: Literal["error", "background", "unknown"] = Field(
         "error",
         description="[ours] a record concept absent from the graph: 'error' (default), or map it to "
@@ -166,12 +192,19 @@ class GSALConfig(FrozenModel):
 
     @field_validator(
         "alpha", "beta", "gamma", "rho", "eta", "lambda_", "mu", "percentile", "t_frac",
-        "context_margin", "temperature", "rationale_margin",
+        "context_margin", "temperature", "rationale_margin", "count_weight", "nu",
     )
     @classmethod
     def _finite(cls, v: float) -> float:
         if not math.isfinite(v):
             raise ValueError("must be finite")
+        return v
+
+    @field_validator("temperature_bounds")
+    @classmethod
+    def _bounds(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not (0 < v[0] < v[1] and math.isfinite(v[1])):
+            raise ValueError(f"need 0 < low < high, got {list(v)}")
         return v
 
     @field_validator("levels")

@@ -7,6 +7,11 @@
     S(x)  = max_p S(p)                                        [ours]; 0 without proposals
     A(x)  = z(G(x)) + lambda * z(S(x))
 
+**[ours]** switches (issue 16, off by default): ``count_weight`` adds count_weight * log(1 + n_x) to P(x),
+n_x = the image's proposals with score >= ``count_min_score``; ``nu`` adds nu * z(U(x)) to A(x), U = the
+record's detector uncertainty ``uncertainty[uncertainty_key]`` (missing values take the pool mean, z = 0);
+``assignment="confidence"`` gates S(p) by the assignment's probability.
+
 Every step is vectorized over the pool's columns (``score_pool``: image arrays [N], flat proposal
 arrays [P] in contiguous per-image runs) with np.bincount and np.maximum.reduceat: no Python loop over
 images, which is what lets a 1,000,000-image pool fuse in well under a second.
@@ -27,9 +32,11 @@ from gsal_edge.acquisition.rarity import (
     BonusTable,
     Coverage,
     bonus_table,
+    confidence_bonus,
     coverage,
     expected_bonus,
     symbolic_bonus,
+    threshold_rule,
 )
 from gsal_edge.acquisition.score_pool import FusionError, ScorePool
 
@@ -43,8 +50,10 @@ __all__ = [
     "fuse",
     "generalized_mean",
     "proposal_bonus",
+    "proposal_count",
     "segment_max",
     "softplus",
+    "uncertainty_column",
 ]
 
 
@@ -169,15 +178,18 @@ def graph_similarity(pool: ScorePool, graph: ConceptGraph) -> np.ndarray:
     return sim
 
 
-def proposal_bonus(concept_index: np.ndarray, table: BonusTable, probabilities: np.ndarray | None = None) -> np.ndarray:
-    """S(p) (Eq. 4): hard = S_{fine(p)}; soft = sum_c prob_c S_c for rows with probabilities.
+def proposal_bonus(concept_index: np.ndarray, table: BonusTable, probabilities: np.ndarray | None = None,
+                   mode: str = "soft") -> np.ndarray:
+    """S(p) (Eq. 4): hard = S_{fine(p)}; with probabilities, ``mode`` soft = sum_c prob_c S_c or
+    confidence [ours] = S_{fine(p)} * prob_{fine(p)}.
 
-    Rows assigned ``unknown`` keep S_unknown in both modes (novelty overrides soft assignment);
+    Rows assigned ``unknown`` keep S_unknown in every mode (novelty overrides soft assignment);
     rows whose probabilities are all 0 (no similarity) fall back to the hard bonus.
     """
     S = symbolic_bonus(concept_index, table)
     if probabilities is not None and S.size:
-        soft = expected_bonus(probabilities, table)
+        soft = (confidence_bonus(concept_index, probabilities, table) if mode == "confidence"
+                else expected_bonus(probabilities, table))
         use = (probabilities.sum(axis=1) > 0) & (concept_index != table.unknown_index)
         S = np.where(use, soft, S)
     return S
@@ -208,6 +220,27 @@ class FusionResult:
     groups: np.ndarray | None = None
     n_groups: int | None = None
     G_scale: np.ndarray | None = None  # std_U(G) + 1e-8 per image: z(G) = (G - mean) / G_scale
+    zU: np.ndarray | None = None  # [ours] z(U(x)) of the nu term (None when nu = 0)
+
+
+def proposal_count(pool: ScorePool, min_score: float) -> np.ndarray:
+    """[ours] per image, the number of its proposals with detector score >= ``min_score`` ([N])."""
+    keep = pool.prop_score >= min_score
+    return np.bincount(pool.prop_image[keep], minlength=pool.n_images).astype(np.float64)
+
+
+def uncertainty_column(pool: ScorePool, key: str) -> np.ndarray:
+    """[ours] the records' ``uncertainty[key]`` as [N] floats; missing values take the mean of the others
+    (z = 0). A key no record carries raises `FusionError` naming the keys there are."""
+    if key not in pool.uncertainty:
+        raise FusionError(f"uncertainty_key={key!r}: no record carries it (keys: "
+                          f"{', '.join(sorted(pool.uncertainty)) or 'none'}); set nu=0 or another key")
+    u = np.array(pool.uncertainty[key], dtype=np.float64)
+    bad = np.isnan(u)
+    if bad.all():
+        raise FusionError(f"uncertainty_key={key!r}: every record's value is missing")
+    u[bad] = u[~bad].mean()
+    return u
 
 
 def combine(pool: ScorePool, terms: DiffusionTerms, S_p: np.ndarray, config: GSALConfig, concept_index: np.ndarray,
@@ -220,6 +253,8 @@ def combine(pool: ScorePool, terms: DiffusionTerms, S_p: np.ndarray, config: GSA
     u = terms.zD_p + config.gamma * zS_p
     P = generalized_mean(softplus(u), pool.prop_image, pool.starts, pool.n_props, config.rho,
                          slots=config.M if config.pool_norm == "M" else None)
+    if config.count_weight > 0:
+        P = P + config.count_weight * np.log1p(proposal_count(pool, config.count_min_score))
     zP = zscore(P, groups, n_groups)
     G = config.eta * zP + (1.0 - config.eta) * terms.zD_img
     zG = zscore(G, groups, n_groups)
@@ -227,10 +262,14 @@ def combine(pool: ScorePool, terms: DiffusionTerms, S_p: np.ndarray, config: GSA
     S_x = segment_max(S_p, pool.starts, pool.n_props)
     zS_x = zscore(S_x, groups, n_groups)
     A = zG + config.lambda_ * zS_x
+    zU = None
+    if config.nu > 0:
+        zU = zscore(uncertainty_column(pool, config.uncertainty_key), groups, n_groups)
+        A = A + config.nu * zU
     return FusionResult(
         D_img=terms.D_img, zD_img=terms.zD_img, P=P, zP=zP, G=G, zG=zG, S_x=S_x, zS_x=zS_x, A=A,
         D_p=terms.D_p, zD_p=terms.zD_p, S_p=S_p, zS_p=zS_p, u=u, concept_index=concept_index, table=table,
-        coverage=coverage, probabilities=probabilities, groups=groups, n_groups=n_groups, G_scale=G_scale,
+        coverage=coverage, probabilities=probabilities, groups=groups, n_groups=n_groups, G_scale=G_scale, zU=zU,
     )
 
 
@@ -242,7 +281,8 @@ def fuse(pool: ScorePool, graph: ConceptGraph, counts: Mapping[str, float] | Cov
     every z-score are this pool's images / proposals (spec §10), within ``config.group_by`` groups.
     ``terms`` lets a caller reuse the diffusion z-scores (batch-aware greedy selection).
     """
-    cov = counts if isinstance(counts, Coverage) else coverage(graph, counts, config.percentile)
+    cov = counts if isinstance(counts, Coverage) else coverage(graph, counts, config.percentile,
+                                                               rule=threshold_rule(config.thresholds))
     groups, names = pool.groups(config.group_by)
     n_groups = len(names) if groups is not None else None
     cidx = concept_indices(pool, graph, config.missing_concept, config.novelty_threshold)
@@ -252,8 +292,8 @@ def fuse(pool: ScorePool, graph: ConceptGraph, counts: Mapping[str, float] | Cov
         terms = diffusion_terms(pool, config.alpha, config.beta, groups, n_groups, pg, npg)
     table = bonus_table(graph, cov, config.mu, config.thresholds, config.levels, config.rarity)
     probs = None
-    if config.assignment == "soft" and pool.similarity is not None:
+    if config.assignment != "hard" and pool.similarity is not None:
         probs = soft_probabilities(graph_similarity(pool, graph), config.temperature)
-    S_p = proposal_bonus(cidx, table, probs)
+    S_p = proposal_bonus(cidx, table, probs, config.assignment)
     return combine(pool, terms, S_p, config, cidx, table, cov, probs, groups, n_groups)
 

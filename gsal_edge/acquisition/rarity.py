@@ -7,7 +7,11 @@
     r_a(p) = (1/|A(p)|) sum_{a in A(p)} 1[n(a) < tau_a]
     S(p)   = r_f(p) + r_c(p) + mu * r_a(p)
 
-**[ours]** ``thresholds="soft"`` replaces 1[n < tau] by max(0, 1 - n/tau). ``background`` has
+**[ours]** ``thresholds="soft"`` replaces 1[n < tau] by max(0, 1 - n/tau). **[ours]**
+``thresholds="relative"`` (small graphs): tau_l = max(mean of level l's counts, 1) and
+r = tau / (tau + n): with 5 fine and 2 coarse nodes the 80th percentile leaves only the most covered
+node non-rare and the less covered coarse node always rare, so S(p) takes ~3 values; the relative
+indicator is strictly decreasing in n, so every coverage difference orders S. ``background`` has
 S = 0; ``unknown`` (novelty) counts as never covered at every level, so S = 1 + 1 + mu.
 
 Everything here is per concept (a table of S_c over fine nodes), so S(p) for a million proposals is
@@ -31,6 +35,7 @@ __all__ = [
     "Coverage",
     "RarityError",
     "bonus_table",
+    "confidence_bonus",
     "count_instances",
     "coverage",
     "dynamic_threshold",
@@ -38,6 +43,7 @@ __all__ = [
     "indicator",
     "propagate_counts",
     "symbolic_bonus",
+    "threshold_rule",
 ]
 
 
@@ -77,12 +83,22 @@ class Coverage:
         }
 
 
-def dynamic_threshold(counts: np.ndarray, percentile: float = 80.0) -> float:
-    """tau = max(numpy.percentile(counts, percentile), 1) with linear interpolation; 1 if empty."""
+def dynamic_threshold(counts: np.ndarray, percentile: float = 80.0, rule: str = "percentile") -> float:
+    """tau = max(numpy.percentile(counts, percentile), 1) with linear interpolation (``rule="percentile"``)
+    or max(mean(counts), 1) (``rule="mean"`` [ours], the ``relative`` indicator's scale); 1 if empty."""
     counts = np.asarray(counts, dtype=np.float64)
     if counts.size == 0:
         return 1.0
-    return float(max(np.percentile(counts, percentile), 1.0))
+    if rule == "percentile":
+        return float(max(np.percentile(counts, percentile), 1.0))
+    if rule == "mean":
+        return float(max(counts.mean(), 1.0))
+    raise RarityError(f"threshold rule must be 'percentile' or 'mean', got {rule!r}")
+
+
+def threshold_rule(thresholds: str) -> str:
+    """The tau rule an indicator mode uses: ``relative`` -> level mean, ``hard``/``soft`` -> percentile."""
+    return "mean" if thresholds == "relative" else "percentile"
 
 
 def propagate_counts(graph: ConceptGraph, n_fine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -94,8 +110,9 @@ def propagate_counts(graph: ConceptGraph, n_fine: np.ndarray) -> tuple[np.ndarra
 
 
 def coverage(graph: ConceptGraph, fine_counts: Mapping[str, float] | np.ndarray,
-             percentile: float = 80.0, where: str = "counts") -> Coverage:
-    """n(v) at every level from fine-node counts (missing = 0) and the thresholds of spec §10.
+             percentile: float = 80.0, where: str = "counts", rule: str = "percentile") -> Coverage:
+    """n(v) at every level from fine-node counts (missing = 0) and the thresholds of spec §10
+    (``rule`` = `dynamic_threshold`'s; see `threshold_rule`).
 
     ``fine_counts`` maps fine concept -> labeled instances, or is an array aligned with
     ``graph.fine``. An ``unknown`` key is ignored (unknown is never covered by definition); any other
@@ -127,20 +144,23 @@ def coverage(graph: ConceptGraph, fine_counts: Mapping[str, float] | np.ndarray,
         n_fine=n_fine,
         n_coarse=n_coarse,
         n_abstract=n_abstract,
-        tau_f=dynamic_threshold(n_fine[graph.defect_mask], percentile),
-        tau_c=dynamic_threshold(n_coarse[graph.coarse_mask], percentile),
-        tau_a=dynamic_threshold(n_abstract, percentile),
+        tau_f=dynamic_threshold(n_fine[graph.defect_mask], percentile, rule),
+        tau_c=dynamic_threshold(n_coarse[graph.coarse_mask], percentile, rule),
+        tau_a=dynamic_threshold(n_abstract, percentile, rule),
     )
 
 
 def indicator(n: np.ndarray, tau: float, mode: str = "hard") -> np.ndarray:
-    """Rarity indicator: hard 1[n < tau]; soft **[ours]** max(0, 1 - n/tau)."""
+    """Rarity indicator: hard 1[n < tau]; soft **[ours]** max(0, 1 - n/tau); relative **[ours]**
+    tau / (tau + n) (1 at n = 0, 1/2 at the level's mean, never 0)."""
     n = np.asarray(n, dtype=np.float64)
     if mode == "hard":
         return (n < tau).astype(np.float64)
     if mode == "soft":
         return np.maximum(0.0, 1.0 - n / tau)
-    raise ValueError(f"thresholds must be 'hard' or 'soft', got {mode!r}")
+    if mode == "relative":
+        return tau / (tau + n)
+    raise ValueError(f"thresholds must be 'hard', 'soft' or 'relative', got {mode!r}")
 
 
 @dataclass(frozen=True)
@@ -195,6 +215,19 @@ def bonus_table(graph: ConceptGraph, cov: Coverage, mu: float = 0.5, thresholds:
 def symbolic_bonus(concept_index: np.ndarray, table: BonusTable) -> np.ndarray:
     """Hard assignment: S(p) = S_{fine(p)}; ``concept_index`` indexes ``table.names``."""
     return table.S[np.asarray(concept_index, dtype=np.int64)]
+
+
+def confidence_bonus(concept_index: np.ndarray, probabilities: np.ndarray, table: BonusTable) -> np.ndarray:
+    """Confidence-gated assignment **[ours]**: S(p) = S_{fine(p)} * softmax(cos/T)_{fine(p)}, so a region
+    Eq. 3 is unsure about (e.g. background that looks a little like a rare class) earns little.
+
+    ``probabilities`` [P, len(graph.fine)]; rows assigned ``unknown`` keep S_unknown."""
+    idx = np.asarray(concept_index, dtype=np.int64)
+    probs = np.asarray(probabilities, dtype=np.float64)
+    S = table.S[idx].copy()
+    fine = idx < probs.shape[1]
+    S[fine] *= probs[np.flatnonzero(fine), idx[fine]]
+    return S
 
 
 def expected_bonus(probabilities: np.ndarray, table: BonusTable) -> np.ndarray:

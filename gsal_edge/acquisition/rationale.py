@@ -83,6 +83,7 @@ def rationale(pool: ScorePool, graph: ConceptGraph, res: FusionResult, config: G
             "P": float(res.P[i]), "z_P": float(res.zP[i]),
             "D_img": float(res.D_img[i]), "z_D_img": float(res.zD_img[i]),
             "S_x": float(res.S_x[i]), "z_S_x": float(res.zS_x[i]),
+            **({"nu_z_U": float(config.nu * res.zU[i])} if res.zU is not None else {}),
         },
         "contributions": {
             "image_difficulty": c_img, "region_difficulty": c_region * w_d,

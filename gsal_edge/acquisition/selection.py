@@ -26,7 +26,7 @@ from gsal_edge.acquisition.fusion import (
     segment_max,
 )
 from gsal_edge.acquisition.normalization import zscore
-from gsal_edge.acquisition.rarity import Coverage, bonus_table, count_instances, coverage
+from gsal_edge.acquisition.rarity import Coverage, bonus_table, count_instances, coverage, threshold_rule
 from gsal_edge.acquisition.rationale import rationale, sentence
 from gsal_edge.acquisition.score_pool import ScorePool
 
@@ -170,7 +170,7 @@ def gsal_select(pool: ScorePool, graph: ConceptGraph, counts: Mapping[str, float
         rep = screen(pool, budget, config.screening, groups)
         info["screening"] = {"kept": rep.n_keep, "dropped": pool.n_images - rep.n_keep}
         eligible = rep.keep
-    cov = coverage(graph, counts, config.percentile)
+    cov = coverage(graph, counts, config.percentile, rule=threshold_rule(config.thresholds))
     info["coverage"] = cov.to_dict()
     if pool.n_images == 0 or budget == 0:
         return Selection(strategy, [], info)
@@ -208,13 +208,13 @@ def _batch_aware(pool: ScorePool, graph: ConceptGraph, cov: Coverage, config: GS
             continue
         n_fine += np.bincount(ci, minlength=nf)
         n_fine[~graph.defect_mask] = cov.n_fine[~graph.defect_mask]
-        new_cov = coverage(graph, n_fine, config.percentile)
+        new_cov = coverage(graph, n_fine, config.percentile, rule=threshold_rule(config.thresholds))
         table = bonus_table(graph, new_cov, config.mu, config.thresholds, config.levels, config.rarity)
         if np.array_equal(table.S, res.table.S):
             res.coverage = new_cov
             res.table = table
             continue
-        S_p = proposal_bonus(res.concept_index, table, res.probabilities)
+        S_p = proposal_bonus(res.concept_index, table, res.probabilities, config.assignment)
         res = combine(pool, terms, S_p, config, res.concept_index, table, new_cov, res.probabilities, res.groups,
                       res.n_groups)
         A_open = np.where(taken, -np.inf, res.A)

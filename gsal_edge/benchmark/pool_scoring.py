@@ -172,7 +172,7 @@ class PoolScoring:
         if sc is None:
             sc = scorer_from_models(model, list(model.classes), m.prior, m.clip, self.graph,
                                     bundle_id=f"bench-{m.prior_fp[:8]}-{m.clip_fp[:8]}", station="bench",
-                                    device=self.device, **spec_kw)
+                                    device=self.device, window=self.cfg.data.window, **spec_kw)
             self._text_emb[key] = np.array(sc.assigner.embeddings, copy=True)
             noise = [] if sc.spec.noise == "per_image" and not sc.spec.antithetic else [sc.spec.noise,
                                                                                      sc.spec.antithetic]
@@ -186,24 +186,44 @@ class PoolScoring:
         return sc
 
     def set_round_assigner(self, scorer: Any, gcfg: GSALConfig, labeled: list[str]) -> dict[str, str]:
-        """Eq. 3 assigner for this round: text, or prototype/hybrid from the labeled boxes' crops."""
-        from gsal_edge.acquisition.assignment import make_assigner
+        """Eq. 3 assigner for this round (assignment.round_assigner): text, or prototype/hybrid refreshed from
+        the labeled crops (text prompts the cold start of every concept with < hybrid_k exemplars), calibrated
+        on the same crops when ``calibration`` says so; the fitted T is ``scorer.assigner.temperature``.
+
+        Labeled crops: the labeled boxes; with ``exemplars="boxes+proposals"`` also this round's detector
+        proposals on the labeled slices (IoU >= ``exemplar_iou`` with a box: its concept, else background)."""
+        from gsal_edge.acquisition.assignment import round_assigner
+        from gsal_edge.models.detection_metrics import box_iou
 
         names = list(scorer.spec.concepts)
         text = self._text_emb[self._scorer_key[id(scorer)]]
-        if gcfg.assigner == "text":
-            scorer.set_assigner(make_assigner("text", names, text,
-                                              novelty_threshold=gcfg.novelty_threshold))
-            return {c: "text" for c in names}
         ex: dict[str, list[np.ndarray]] = {}
-        for i in labeled:
-            emb = self.gt_embeddings(i, gcfg.context_margin)
-            for a, e in zip(self.by_id[i].annotations, emb):
-                ex.setdefault(self.class_to_concept[a.category], []).append(e)
-        exemplars = {c: np.stack(v) for c, v in ex.items()}
+        if gcfg.label_mode == "typed" and (gcfg.assigner != "text" or gcfg.calibration != "none"):
+            for i in labeled:
+                anns = self.by_id[i].annotations
+                for a, e in zip(anns, self.gt_embeddings(i, gcfg.context_margin)):
+                    ex.setdefault(self.class_to_concept[a.category], []).append(e)
+                if gcfg.exemplars != "boxes+proposals":
+                    continue
+                x = self.unit(i)
+                boxes = scorer._detect(x)["boxes"].astype(np.float64)
+                if not len(boxes):
+                    continue
+                gt = np.array([a.box for a in anns], dtype=np.float64).reshape(-1, 4)
+                emb = embed_regions(self.models.clip, x, boxes, gcfg.context_margin)
+                iou = box_iou(boxes, gt) if len(gt) else np.zeros((len(boxes), 0))
+                for j, e in enumerate(emb):
+                    k = int(np.argmax(iou[j])) if iou.shape[1] else -1
+                    hit = k >= 0 and iou[j, k] >= gcfg.exemplar_iou
+                    if hit:
+                        ex.setdefault(self.class_to_concept[anns[k].category], []).append(e)
+                    elif not iou.shape[1] or iou[j].max() < gcfg.exemplar_iou:
+                        ex.setdefault(BACKGROUND, []).append(e)
+        exemplars = {c: np.stack(v) for c, v in ex.items() if c in names}
+        kind = gcfg.assigner if gcfg.label_mode == "typed" else "text"
         try:
-            asg = make_assigner(gcfg.assigner, names, text, exemplars, gcfg.hybrid_k,
-                                gcfg.novelty_threshold)
+            asg = round_assigner(kind, names, text, exemplars, gcfg.hybrid_k, gcfg.novelty_threshold,
+                                 gcfg.calibration, gcfg.temperature_bounds, gcfg.calibration_min_crops)
         except ValueError as e:
             raise BenchError(f"assigner {gcfg.assigner!r}: {e} (with few labels, assigner=hybrid falls back "
                              "to text prompts per concept)") from None

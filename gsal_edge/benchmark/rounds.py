@@ -229,6 +229,8 @@ class Benchmark:
         needs = RoundInputs.of(strategy)
         pool, scorer = self._round_pool(needs, gcfg, model, labeled, unlabeled, seed, r, rec, times)
         box_kw = self._box_features(needs, model, labeled, unlabeled, times)
+        if scorer is not None and scorer.assigner.temperature is not None:  # fitted on the labeled crops
+            gcfg = gcfg.replace(temperature=scorer.assigner.temperature)
         t1 = time.perf_counter()
         counts = (self.scoring.counts(gcfg, scorer, labeled)
                   if scorer is not None or gcfg.label_mode == "typed" else None)
@@ -273,8 +275,10 @@ class Benchmark:
         records = None
         cache_file = None
         if r == 0:
+            fit = ([gcfg.calibration, gcfg.exemplars, gcfg.exemplar_iou, list(gcfg.temperature_bounds),
+                    gcfg.calibration_min_crops] if (gcfg.calibration, gcfg.exemplars) != ("none", "boxes") else [])
             key = digest([scorer.spec.to_dict(), rec["assigner_sources"], gcfg.assigner, gcfg.hybrid_k,
-                          self.prior_fp, self.clip_fp, labeled, unlabeled])
+                          self.prior_fp, self.clip_fp, labeled, unlabeled, *fit])
             cache_file = shared_dir(self.run_dir, seed) / f"records-{gcfg.label_mode}-{key}.jsonl"
             if cache_file.is_file() and cache_file.with_suffix(".json").is_file():
                 records = list(read_jsonl(cache_file))

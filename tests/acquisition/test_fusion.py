@@ -299,3 +299,49 @@ def test_vectorized_fusion_equals_literal_loops(seed: int, group_by: str | None)
     S_of = {"A": 0.0, "B": 2.5, "background": 0.0}
     res = fuse(ScorePool.from_records(recs), TINY, {"A": 2}, cfg)
     assert res.A == pytest.approx(reference_A(recs, S_of, cfg, group_by), abs=1e-6)
+
+
+# ---------------------------------------------------------------------- issue 16 switches
+def test_count_aware_pooling_prefers_more_confident_hard_proposals() -> None:
+    """Eq. 9 averages over M_x, so an image with three equally hard proposals ties one with a single such
+    proposal; the count term (count_weight > 0) ranks the one with more confident proposals higher."""
+    same = [prop(2, 2, "A", score=0.9)]
+    pool = ScorePool.from_records([
+        rec("one", 1, 1, same), rec("three", 1, 1, same * 3), rec("low", 1, 1, [prop(2, 2, "A", score=0.2)] * 3),
+        rec("easy", 1, 1, [prop(0, 0, "A", score=0.9)]),
+    ])
+    cfg = GSALConfig()
+    base = fuse(pool, TINY, {}, cfg)
+    assert base.P[0] == pytest.approx(base.P[1]) and base.P[1] == pytest.approx(base.P[2])
+    res = fuse(pool, TINY, {}, cfg.replace(count_weight=0.5, count_min_score=0.5))
+    assert res.P[1] - res.P[0] == pytest.approx(0.5 * (math.log(4) - math.log(2)))
+    assert res.P[2] == pytest.approx(base.P[2])  # scores below count_min_score are not counted
+    assert res.A[1] > res.A[0] > res.A[2]
+
+
+def test_nu_adds_the_detector_uncertainty_z_score() -> None:
+    pool = ScorePool.from_records([rec(i, 1, 1, [prop(1, 1, "A")], uncertainty={"entropy": u})
+                                   for i, u in (("a", 0.1), ("b", 0.9), ("c", 0.5))]
+                                  + [rec("d", 1, 1, [prop(1, 1, "A")])])  # d carries no entropy: z = 0
+    base = fuse(pool, TINY, {}, GSALConfig())
+    res = fuse(pool, TINY, {}, GSALConfig(nu=2.0))
+    u = [0.1, 0.9, 0.5, 0.5]
+    assert (res.A - base.A).tolist() == pytest.approx([2.0 * z for z in pz(u)], abs=1e-6)
+    assert res.zU[3] == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(FusionError, match="uncertainty_key='margin'"):
+        fuse(pool, TINY, {}, GSALConfig(nu=1.0, uncertainty_key="margin"))
+
+
+def test_confidence_assignment_takes_the_bonus_from_unsure_regions() -> None:
+    """At 0 labels every defect concept is rare: with the hard bonus a region that is barely closer to A
+    than to background earns A's full S; the confidence-gated bonus gives it S_A * p(A)."""
+    sure = {"A": 0.9, "B": 0.1, "background": 0.1}
+    unsure = {"A": 0.31, "B": 0.1, "background": 0.30}
+    pool = ScorePool.from_records([rec("sure", 1, 1, [prop(1, 1, "A", sim=sure)]),
+                                   rec("unsure", 1, 1, [prop(1, 1, "A", sim=unsure)])])
+    hard = fuse(pool, TINY, {}, GSALConfig())
+    assert hard.S_p[0] == hard.S_p[1] == 2.5
+    conf = fuse(pool, TINY, {}, GSALConfig(assignment="confidence", temperature=0.05))
+    p = [math.exp(s / 0.05) for s in (0.31, 0.1, 0.30)]  # graph order A, B, background
+    assert conf.S_p[1] == pytest.approx(2.5 * p[0] / sum(p))
+    assert conf.S_p[0] > 2.4 and conf.S_x[0] > conf.S_x[1]

@@ -100,3 +100,16 @@ def test_paper_exact_preset_is_one_flag_away() -> None:
     assert paper.noise == "per_image"
     departures = {k for k, v in paper.to_dict().items() if GSALConfig().to_dict().get(k) != v}
     assert departures == {"noise", "t_frac", "K_image", "crop_border"} and paper.t_frac == 0.25 and paper.K_image is None
+
+
+def test_issue_16_switches_default_off_and_validate() -> None:
+    cfg = GSALConfig()
+    assert (cfg.calibration, cfg.exemplars, cfg.count_weight, cfg.nu, cfg.assignment, cfg.thresholds) == \
+        ("none", "boxes", 0.0, 0.0, "hard", "hard")
+    cfg2 = cfg.with_overrides(["calibration=temperature_offset", "temperature_bounds=[0.01, 0.2]",
+                               "assignment=confidence", "thresholds=relative", "nu=0.5", "count_weight=0.25"])
+    assert cfg2.temperature_bounds == (0.01, 0.2) and cfg2.assignment == "confidence"
+    for bad in ("temperature_bounds=[0.2, 0.1]", "temperature_bounds=[0, 0.1]", "calibration=isotonic",
+                "nu=-1", "exemplar_iou=0"):
+        with pytest.raises(ConfigError, match=bad.split("=")[0]):
+            cfg.with_overrides([bad])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -9,12 +11,14 @@ from gsal_edge.acquisition.concept_graph import graph_from_dict, load_graph
 from gsal_edge.acquisition.rarity import (
     RarityError,
     bonus_table,
+    confidence_bonus,
     count_instances,
     coverage,
     dynamic_threshold,
     expected_bonus,
     indicator,
     symbolic_bonus,
+    threshold_rule,
 )
 
 # fine A -> X, {p, q};  B -> X, {q};  C -> Y, {r};  background -> none
@@ -116,3 +120,66 @@ def test_count_instances_both_label_modes() -> None:
     assert counts["void"] == 2 and counts["crack"] == 1 and counts["petal"] == 0 and "background" not in counts
     with pytest.raises(RarityError, match="'rust'"):
         count_instances(["rust"], g)
+
+
+# ---------------------------------------------------------------------- issue 16: small graphs, confidence
+# coverage of the packaged graph at ~10% labeled (inclusion most covered, petal / drill hole rare)
+TEN_PERCENT = {"void": 40, "inclusion": 60, "crack": 15, "petal": 3, "drill_hole": 2}
+
+
+def test_percentile_rule_saturates_on_the_packaged_graph() -> None:
+    """The failure the relative rule fixes: with 5 fine and 2 coarse nodes the 80th percentile leaves only
+    the most covered fine node non-rare and makes `surface` rare whatever its count."""
+    g = load_graph("thin_film_ct")
+    cov = coverage(g, TEN_PERCENT)
+    t = bonus_table(g, cov, mu=0.5)
+    r_f = {f: t.r_f[g.fine_index[f]] for f in TEN_PERCENT}
+    assert [f for f, r in r_f.items() if r == 0] == ["inclusion"]  # void (40 labeled) is as "rare" as petal (3)
+    surf = dict(TEN_PERCENT, crack=80)  # surface now holds 85 labels vs subsurface 100: still rare
+    t2 = bonus_table(g, coverage(g, surf), mu=0.5)
+    assert all(t2.r_c[g.fine_index[f]] == 1 for f in ("petal", "drill_hole", "crack"))
+    S = {f: float(t.S[g.fine_index[f]]) for f in TEN_PERCENT}
+    assert S["crack"] == S["drill_hole"] == 2.5  # 15 labels earn what 2 (or 0) do: the issue's "crack earns petal's"
+    assert len({round(v, 9) for v in S.values()}) == 4
+
+
+def test_relative_rule_keeps_every_coverage_difference_on_the_packaged_graph() -> None:
+    g = load_graph("thin_film_ct")
+    cov = coverage(g, TEN_PERCENT, rule=threshold_rule("relative"))
+    assert cov.tau_f == pytest.approx(np.mean(list(TEN_PERCENT.values())))  # the level's mean count
+    assert cov.tau_c == pytest.approx((100 + 20) / 2)
+    t = bonus_table(g, cov, mu=0.5, thresholds="relative")
+    by_count = sorted(TEN_PERCENT, key=TEN_PERCENT.get)  # least covered first
+    r_f = [t.r_f[g.fine_index[f]] for f in by_count]
+    assert all(a > b for a, b in itertools.pairwise(r_f))  # strictly decreasing in n(v)
+    assert 0 < t.r_c[g.fine_index["petal"]] < 1  # surface is no longer always rare ...
+    assert t.r_c[g.fine_index["petal"]] > t.r_c[g.fine_index["void"]]  # ... but still rarer than subsurface
+    S = {f: float(t.S[g.fine_index[f]]) for f in TEN_PERCENT}
+    assert len({round(v, 9) for v in S.values()}) == 5
+    assert S["drill_hole"] > S["petal"] > S["crack"] > S["void"] > S["inclusion"]
+    # a covered surface level lowers surface bonuses, as the hard rule never did
+    t2 = bonus_table(g, coverage(g, dict(TEN_PERCENT, crack=80), rule="mean"), mu=0.5, thresholds="relative")
+    assert t2.S[g.fine_index["petal"]] < t.S[g.fine_index["petal"]]
+    # no labels: every defect is fully rare, as with the percentile rule; background never earns
+    t0 = bonus_table(g, coverage(g, {}, rule="mean"), mu=0.5, thresholds="relative")
+    assert set(t0.S[:-1][g.defect_mask].tolist()) == {2.5} and t0.S[g.fine_index["background"]] == 0
+    with pytest.raises(RarityError, match="rule"):
+        dynamic_threshold(np.array([1.0]), rule="median")
+
+
+def test_confidence_bonus_gates_by_assignment_probability() -> None:
+    """At 0 labels every defect is rare: a region only 30% sure to be a petal earns 30% of the bonus, and a
+    region that is 90% background earns at most 10% of it (the soft bonus), never the full rare bonus."""
+    g = load_graph("thin_film_ct")
+    t = bonus_table(g, coverage(g, {}), mu=0.5)
+    F = len(g.fine)
+    probs = np.zeros((3, F))
+    petal, bg = g.fine_index["petal"], g.fine_index["background"]
+    probs[0, petal], probs[0, bg] = 0.3, 0.7
+    probs[1, petal], probs[1, bg] = 0.1, 0.9
+    probs[2, petal] = 1.0
+    idx = np.array([petal, petal, F])  # the third row is unknown (novelty): keeps S_unknown
+    S = confidence_bonus(idx, probs, t)
+    assert S.tolist() == pytest.approx([0.3 * 2.5, 0.1 * 2.5, 2.5])
+    assert expected_bonus(probs[:2], t).tolist() == pytest.approx([0.3 * 2.5, 0.1 * 2.5])
+    assert symbolic_bonus(idx[:2], t).tolist() == [2.5, 2.5]  # the hard bonus the issue found amplifying noise

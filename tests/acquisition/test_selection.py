@@ -192,3 +192,20 @@ def test_label_modes_give_counts() -> None:
     assert binary["void"] == 1 and binary["petal"] == 1 and "background" not in binary
     with pytest.raises(ValueError, match="binary"):
         labeled_counts(g, "binary", labels=["void"])
+
+
+def test_relative_thresholds_reach_selection_and_batch_aware_counts() -> None:
+    """thresholds=relative: coverage taus are the level means (floor 1) in the selection's info, the picks'
+    rationale reports them, and batch-aware greedy recomputes them with the same rule."""
+    recs = [rec("i1", 10.0, [prop(10.0, "A")]), rec("i2", 9.0, [prop(9.0, "A")]), rec("i3", 1.0, [prop(1.0, "B")])]
+    recs += [rec(f"f{k}", 5.0, [prop(5.0, "background")]) for k in range(3)]
+    pool = ScorePool.from_records(recs)
+    cfg = GSALConfig(lambda_=3.0, thresholds="relative")
+    sel = gsal_select(pool, TINY, {"A": 6, "B": 2}, cfg, 2)
+    assert sel.info["coverage"]["thresholds"]["tau_f"] == 4.0  # mean(6, 2); the 80th percentile would be 5.2
+    assert sel.picks[0].rationale["thresholds"]["tau_f"] == 4
+    # S_A = 4/10 + 4/10 + 0.5 * 4/10 = 1.0 < S_B = 4/6 * 2.5: the less covered B wins through lambda z(S(x))
+    assert sel.image_ids[0] == "i3"
+    greedy = gsal_select(pool, TINY, {}, cfg.replace(batch_aware=True), 3)
+    # after i1 (A counted once), tau_f = max(mean(1, 0), 1) = 1: S_A = 1/2 * 2.5 < S_B = 2.5, so i3 beats i2
+    assert greedy.image_ids == ["i1", "i3", "i2"]
