@@ -113,3 +113,12 @@ def test_issue_16_switches_default_off_and_validate() -> None:
                 "nu=-1", "exemplar_iou=0"):
         with pytest.raises(ConfigError, match=bad.split("=")[0]):
             cfg.with_overrides([bad])
+
+
+def test_exemplars_preset_is_the_issue_16_symbolic_package() -> None:
+    """`--config exemplars` turns on exactly the measured package and nothing else."""
+    cfg = GSALConfig.from_yaml("exemplars")
+    changed = {k for k, v in cfg.to_dict().items() if GSALConfig().to_dict().get(k) != v}
+    assert changed == {"assigner", "exemplars", "calibration", "assignment", "thresholds"}
+    assert (cfg.assigner, cfg.exemplars, cfg.calibration, cfg.assignment, cfg.thresholds) == \
+        ("hybrid", "boxes+proposals", "temperature", "confidence", "relative")
