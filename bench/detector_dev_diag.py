@@ -17,7 +17,8 @@ Measured 2026-12-03 (1 thread, cpu preset + the check's overrides: adamw lr 0.00
   test 0.036, F1@0.1 0.168 vs 0.167.  bn: train F1 0.053 (running stats) vs 0.052 (batch stats).
 * train, 10 epochs = 210 iters, 80 labels: train-set / test F1@0.5 (test mAP@50):
   quick77 0.153 / 0.130 (0.023); dev-a 0.053 / 0.061 (0.007); dev-b 0.064 / 0.079 (0.010);
-  dev-a lr 0.006: 0.133 / 0.104 (0.013); box/rpn sampling batches 16/32: dev-a 0.049 / 0.047, dev-b 0.084 / 0.076.
+  dev-a lr 0.006: 0.133 / 0.104 (0.013), lr 0.01: 0.048 / 0.049 (0.005); dev-b lr 0.006: 0.014 / 0.011
+  (0.001), so no lr trend (single runs at this budget swing 0.05-0.13); box/rpn sampling batches 16/32: dev-a 0.049 / 0.047, dev-b 0.084 / 0.076.
   loss_classifier stops at 0.13-0.15 from epoch 3 on all three (the RoI head sits at the class prior),
   objectness falls slowly (0.054 -> 0.033).
 => not a preprocessing, box or evaluation bug: the detector does not fit its own 80 training images at this
