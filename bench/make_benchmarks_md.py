@@ -200,7 +200,7 @@ _SPLICE = {  # re-measurable part -> (section heading prefix, headline prefix or
 }
 
 
-def splice(text: str, parts: set[str], res: Path, plot_dir: Path, report_dir: Path) -> str:
+def splice(text: str, parts: set[str], res: Path, plot_dir: Path, report_dir: Path, measured: bool = True) -> str:
     """``text`` (an existing BENCHMARKS.md) with the sections and headline lines of ``parts`` (server,
     ingest) re-rendered from the JSON under ``res``, and a line under the header saying what was re-measured
     when, at which commit and load; every other row is left as it was measured."""
@@ -233,7 +233,8 @@ def splice(text: str, parts: set[str], res: Path, plot_dir: Path, report_dir: Pa
         idx = next((i for i, ln in enumerate(lines) if ln.startswith(prefix)), None)
         if idx is not None:
             lines[idx] = new_line
-    note = (f"**Re-measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, commit "
+    verb = "Re-measured" if measured else "Re-rendered from the results already there (nothing re-run)"
+    note = (f"**{verb} {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, commit "
             f"`{bm._git('rev-parse', '--short', 'HEAD')}`: {', '.join(sorted(parts))} only** (sections and headline "
             f"lines; load average {bm.load_loadavg()} when re-rendered); every other row is from the run above.")
     at = next(i for i, ln in enumerate(lines) if ln.startswith("## Headlines"))
@@ -268,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.splice:
         assert only is not None
         args.out.write_text(splice(args.out.read_text(encoding="utf-8"), only, args.results, args.plots,
-                                   args.out.parent), encoding="utf-8")
+                                   args.out.parent, measured=args.run), encoding="utf-8")
         print(f"re-rendered {', '.join(sorted(only))} (sections) in {args.out}")
         return 0
     st = json.loads((args.results / "run_status.json").read_text()) if (args.results / "run_status.json").is_file() else {}

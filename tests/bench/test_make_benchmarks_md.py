@@ -188,6 +188,11 @@ def test_splice_replaces_only_the_remeasured_sections(tmp_path: Path) -> None:
     assert "**1,234 records/s**" in text and "4,321" not in text  # section 6 and its headline line re-rendered
     assert "PostgreSQL: not measured: no pg" in text
     assert "ingest only**" in text.split("## Headlines")[0]  # says what was re-measured
+    assert "**Re-measured " in text.split("## Headlines")[0]
+    # --no-run --splice re-renders what is there: the header must not claim a new measurement
+    again = splice(old, {"ingest"}, new_res, tmp_path / "plots", tmp_path, measured=False)
+    assert "**Re-rendered from the results already there (nothing re-run) " in again.split("## Headlines")[0]
+    assert "**Re-measured " not in again.split("## Headlines")[0]
     keep = [ln for ln in old.split("\n") if not any(w in ln for w in ("## 6.", "Ingest", "sqlite", "PostgreSQL"))]
     for ln in keep:  # every other row is unchanged
         assert ln in text, ln
