@@ -321,7 +321,8 @@ def format_report(report: ParityReport) -> list[str]:
                 lines.append(f"  records     {k:<12} max_abs={c.max_abs:.2e} max_rel={c.max_rel:.2e} n={c.n} "
                              f"{'ok' if c.ok else 'FAIL'}")
         lines.append(f"  top-{len(rp.top_b_ref)} selection ({rp.selection_method}): "
-                     f"{'same' if rp.selection_ok else 'DIFFERENT'} {rp.top_b_test}")
+                     f"{'same' if rp.selection_ok else 'DIFFERENT'} {rp.top_b_test}"
+                     + ("" if rp.selection_ok else f" (reference {rp.top_b_ref})"))
         for n in rp.structure_notes[:5]:
             lines.append(f"  ! {n}")
     return lines

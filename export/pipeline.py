@@ -54,7 +54,7 @@ class ExportResult:
 
 def parity_slices(n: int, size: int, seed: int) -> tuple[list[np.ndarray], list[str]]:
     """``n`` synthetic thin-film CT slices (uint16, as a station receives them) resized to ``size``."""
-    from gsal_edge.data.preprocessing import resize_image, to_unit_float
+    from gsal_edge.data.preprocessing import resize_image
     from gsal_edge.data.synthetic.config import SynthConfig
     from gsal_edge.data.synthetic.generator import generate_slice, slice_seed
 
@@ -62,7 +62,9 @@ def parity_slices(n: int, size: int, seed: int) -> tuple[list[np.ndarray], list[
     out, ids = [], []
     for i in range(n):
         s = generate_slice(cfg, slice_seed(seed, i), i)
-        img = s.image if s.image.shape == (size, size) else resize_image(to_unit_float(s.image), (size, size))
+        # resized in their own dtype: a bundle whose window is in raw counts (``window: auto`` of 16-bit data)
+        # must see counts, not [0, 1] floats (which that window maps to black, so every record ties)
+        img = s.image if s.image.shape == (size, size) else resize_image(s.image, (size, size))
         out.append(np.asarray(img))
         ids.append(f"parity-{i:03d}")
     return out, ids

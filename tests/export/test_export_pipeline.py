@@ -92,3 +92,18 @@ def test_export_missing_models_is_one_clear_error(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     res = CliRunner().invoke(app, ["--models", str(tmp_path / "empty"), "--out", str(tmp_path / "o"), "--unsigned"])
     assert res.exit_code == 1 and "export failed" in res.output and "no detector checkpoint found" in res.output
+
+
+def test_parity_slices_stay_raw_counts_when_resized() -> None:
+    """The parity probe is what a station receives: uint16 counts, also after the resize. As [0, 1] floats, a
+    bundle whose window is in counts (``window: auto`` of 16-bit data) saw black slices whose records all tie,
+    and the export's top-b parity check failed on noise (found by `make demo`)."""
+    from export.pipeline import parity_slices
+    from gsal_edge.data.preprocessing import to_unit_float
+
+    slices, _ = parity_slices(3, 96, seed=7)
+    for s in slices:
+        assert s.dtype == np.uint16 and s.shape == (96, 96) and s.max() > 1000
+    window = (1557.0, 49499.0)  # the demo detector's `auto` window
+    spread = [float(to_unit_float(s, window=window).std()) for s in slices]
+    assert min(spread) > 0.05, spread  # the slices reach the models with their structure, not clipped to 0
