@@ -25,6 +25,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from gsal_edge.errors import GSALError
+from gsal_edge.jsonio import fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -33,14 +34,6 @@ SUFFIX = ".slice"
 
 class DeferredQueueFull(GSALError, RuntimeError):
     """The deferred queue holds its maximum items or bytes; the message says which."""
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class DeferredQueue:
@@ -93,7 +86,7 @@ class DeferredQueue:
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, self.dir / name)
-            _fsync_dir(self.dir)
+            fsync_dir(self.dir)
         except OSError:
             tmp.unlink(missing_ok=True)
             with self._lock:

@@ -47,6 +47,7 @@ from xml.sax.saxutils import quoteattr
 from gsal_edge.acquisition.concept_graph import BACKGROUND, UNKNOWN, ConceptGraph
 from gsal_edge.acquisition.records import ScoreRecord
 from gsal_edge.errors import GSALError
+from gsal_edge.jsonio import fsync_dir
 from trainer.images import atomic_write, decode_image, to_display_uint8
 from trainer.ref_policy import RefFetcher
 from trainer.store.pool_store import PoolStore
@@ -270,11 +271,7 @@ def _replace_dir(new: Path, final: Path) -> None:
     os.replace(new, final)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
-    fd = os.open(final.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_dir(final.parent)
 
 
 def _skip_reason(exc: BaseException) -> str:

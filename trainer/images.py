@@ -21,6 +21,7 @@ import numpy as np
 
 from gsal_edge.data.image_io import load_image
 from gsal_edge.errors import GSALError
+from gsal_edge.jsonio import fsync_dir
 
 FSYNC_THREADS = 16  # concurrent fsyncs per image batch
 #: formats the store accepts, by file extension
@@ -87,14 +88,6 @@ def to_display_uint8(pixels: np.ndarray) -> np.ndarray:
     return np.round((x - lo) / (hi - lo) * 255.0).astype(np.uint8)
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def atomic_write(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so a reader sees either nothing or the whole file, durably."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -111,7 +104,7 @@ def atomic_write(path: Path, data: bytes) -> None:
         except FileNotFoundError:
             pass
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def _durable_write_many(files: dict[Path, bytes], max_threads: int = FSYNC_THREADS) -> None:
@@ -135,7 +128,7 @@ def _durable_write_many(files: dict[Path, bytes], max_threads: int = FSYNC_THREA
         staged = []
         dirs = sorted({dest.parent for dest in files})
         with ThreadPoolExecutor(min(max_threads, len(dirs))) as ex:
-            list(ex.map(_fsync_dir, dirs))
+            list(ex.map(fsync_dir, dirs))
     finally:
         for fd, tmp, _ in staged:  # only on failure: nothing half-written stays visible
             try:

@@ -230,33 +230,28 @@ class PoolScoring:
         scorer.set_assigner(asg)
         return dict(zip(names, asg.sources))
 
-    def score_pool(self, scorer: Any, ids: list[str]) -> list[Any]:
-        """Score record per image, in batches (the station's scoring code)."""
+    def _in_batches(self, ids: list[str], desc: str, fn: Any) -> list[Any]:
+        """``fn(chunk_ids, chunk_raw_slices)`` over ``ids`` in ``score_batch`` chunks, concatenated, with a bar."""
         from tqdm.auto import tqdm
 
-        out = []
-        bar = tqdm(total=len(ids), desc="score", disable=not self.progress, leave=False)
+        out: list[Any] = []
+        bar = tqdm(total=len(ids), desc=desc, disable=not self.progress, leave=False)
         for s in range(0, len(ids), self.cfg.score_batch):
             chunk = ids[s:s + self.cfg.score_batch]
-            metas = [{k: str(v) for k, v in self.by_id[i].meta.items()} for i in chunk]
-            out.extend(scorer.score([self.raw(i) for i in chunk], chunk, metas))
+            out.extend(fn(chunk, [self.raw(i) for i in chunk]))
             bar.update(len(chunk))
         bar.close()
         return out
+
+    def score_pool(self, scorer: Any, ids: list[str]) -> list[Any]:
+        """Score record per image, in batches (the station's scoring code)."""
+        return self._in_batches(ids, "score", lambda chunk, raw: scorer.score(
+            raw, chunk, [{k: str(v) for k, v in self.by_id[i].meta.items()} for i in chunk]))
 
     def detector_uncertainty(self, scorer: Any, ids: list[str]) -> list[DetectorScores]:
         """Each candidate's detector uncertainty from the scorer's detector engine alone, in batches."""
-        from tqdm.auto import tqdm
-
-        out: list[DetectorScores] = []
-        bar = tqdm(total=len(ids), desc="detect", disable=not self.progress, leave=False)
-        for s in range(0, len(ids), self.cfg.score_batch):
-            chunk = ids[s:s + self.cfg.score_batch]
-            unc = scorer.detector_uncertainty([self.raw(i) for i in chunk])
-            out.extend(DetectorScores(i, u) for i, u in zip(chunk, unc))
-            bar.update(len(chunk))
-        bar.close()
-        return out
+        return self._in_batches(ids, "detect", lambda chunk, raw: [
+            DetectorScores(i, u) for i, u in zip(chunk, scorer.detector_uncertainty(raw))])
 
     def add_mc_dropout(self, records: list[Any], model: Any, seed: int, r: int) -> None:
         """Add ``uncertainty["mc_dropout"]`` (T = ``mc_dropout_T`` stochastic passes) to each record."""
