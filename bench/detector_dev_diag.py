@@ -156,6 +156,7 @@ def cmd_train(argv):
     from gsal_edge.models.detector_config import get_config
     data, out, epochs = (['_'] + argv)[1], (['_'] + argv)[2], int((['_'] + argv)[3])
     ov = json.loads((['_'] + argv)[4]) if len(['_'] + argv) > 4 else {}
+    seed = int(ov.pop("seed", 101000))  # {"seed": N} in OVERRIDES_JSON: another detector init / sampling order
     ds = load_dataset(data)
     ids = [e.image_id for e in ds.images]
     perm = np.random.default_rng(16).permutation(len(ids))
@@ -167,8 +168,8 @@ def cmd_train(argv):
         else: base[k] = v
     cfg = get_config("cpu", base)
     t0 = time.process_time()
-    model = dt.train_detector(ds, cfg, epochs=epochs, seed=101000, image_ids=lab, window=window, progress=False, out_dir=out)
-    rec = {"data": data, "epochs": epochs, "ov": ov, "cpu_s": time.process_time() - t0}
+    model = dt.train_detector(ds, cfg, epochs=epochs, seed=seed, image_ids=lab, window=window, progress=False, out_dir=out)
+    rec = {"data": data, "epochs": epochs, "seed": seed, "ov": ov, "cpu_s": time.process_time() - t0}
     for name, sub in (("train", lab), ("test", test)):
         for iou in (0.1, 0.5):
             m = dt.evaluate_detector(model, ds, sub, window=window, iou_thr=iou)
