@@ -66,7 +66,12 @@ class ScorerSpec:
     proposal_embedding: bool = True  # attach each proposal's region f_I (the trainer's round assigner re-assigns)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The spec as a bundle ships it; ``proposal_embedding`` only when off, so a default bundle's spec (and
+        every digest of it) is what it was before the field existed and older stations still load it."""
+        d = asdict(self)
+        if d["proposal_embedding"]:
+            d.pop("proposal_embedding")
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ScorerSpec:
