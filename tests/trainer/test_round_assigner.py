@@ -130,3 +130,19 @@ def test_text_config_keeps_the_stations_assignment_and_needs_no_bundle(store) ->
     # binary label mode has no typed exemplars: the documented fallback to the stations' text assignment
     res = select_round(s, graph, GSALConfig(**HYBRID, label_mode="binary"), 3)
     assert res.info["assigner"]["kind"] == "text" and "no typed exemplars" in res.info["assigner"]["note"]
+
+
+def test_cli_select_with_the_packaged_exemplars_config(store, bundle) -> None:  # type: ignore[no-untyped-def]
+    from typer.testing import CliRunner
+
+    from trainer.cli import app
+
+    s, scorer = store
+    _serve(s, scorer, bundle)
+    _label(s)
+    root = str(s.root)
+    s.close()
+    r = CliRunner().invoke(app, ["select", "--budget", "3", "--store", root, "--config", "exemplars"])
+    assert r.exit_code == 0, r.output
+    assert "assigner hybrid: void=prototype, inclusion=text" in r.output and "fitted T = " in r.output
+    assert f"{3 * (N - LABELED)} proposal(s) re-assigned, 0 without embedding kept" in r.output
