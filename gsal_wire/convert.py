@@ -45,6 +45,8 @@ def record_to_pb(rec: ScoreRecord) -> common_pb2.ScoreRecord:
         pm.box.x1, pm.box.y1, pm.box.x2, pm.box.y2 = x1, y1, x2, y2
         if p.label is not None:
             pm.label = p.label
+        if p.embedding is not None:
+            pm.embedding.values.extend(float(v) for v in p.embedding)
     if rec.embedding is not None:
         msg.embedding.values.extend(float(v) for v in rec.embedding)
     return msg
@@ -80,6 +82,7 @@ def record_from_pb(msg: common_pb2.ScoreRecord) -> ScoreRecord:
             concept=p.concept,
             similarity=_dict(p.similarity, "name", "value", f"{where} proposals[{i}].similarity"),
             label=p.label if p.HasField("label") else None,
+            embedding=list(p.embedding.values) if p.HasField("embedding") else None,
         )
         for i, p in enumerate(msg.proposals)
     ]

@@ -281,9 +281,9 @@ def score(
     batch: int = typer.Option(8, "--batch", min=1, help="--bundle: slices per scorer call"),
     station_id: str | None = typer.Option(None, "--station-id", help="--bundle: written to record.model.station "
                                           "(as a station's --station-id)"),
-    with_embeddings: bool = typer.Option(False, "--with-embeddings", help="--bundle: add each proposal's CLIP "
-                                         "region embedding as proposals[i].embedding (for `graph induce`; "
-                                         "record readers ignore it)"),
+    with_embeddings: bool = typer.Option(False, "--with-embeddings", help="--bundle: make sure each proposal's CLIP "
+                                         "region embedding is in proposals[i].embedding (for `graph induce`; "
+                                         "bundles attach it unless their spec sets proposal_embedding false)"),
 ) -> None:
     """Score every slice in IMAGES (ids = relative paths) through a station (--server) or in this process
     (--bundle); write the score records as JSON Lines. Offline records are byte-identical to a station's."""

@@ -374,6 +374,14 @@ def select(
     typer.echo(f"round {res.round_id}: {len(res.picks)} picks from a pool of {res.pool_size} "
                f"(audit entry {res.audit_hash[:16]})")
     typer.echo(f"  coverage n(v): { {k: int(v) for k, v in res.counts.items()} }")
+    asg = res.info.get("assigner")
+    if asg:
+        t = asg.get("temperature")
+        typer.echo(f"  assigner {asg['kind']}: " + (asg["note"] if "note" in asg else
+                   ", ".join(f"{c}={s}" for c, s in asg["sources"].items())
+                   + (f"; fitted T = {t:.4g}" if t is not None else "; T not fitted")
+                   + f"; {asg['reassigned']['reassigned']} proposal(s) re-assigned, "
+                   f"{asg['reassigned']['without_embedding']} without embedding kept"))
     if res.info.get("skipped_records", {}).get("count"):
         sk = res.info["skipped_records"]
         typer.echo(f"  skipped {sk['count']} record(s) that do not fit the graph, e.g. {sk['examples'][:3]}", err=True)

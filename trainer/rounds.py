@@ -26,6 +26,7 @@ from gsal_edge.jsonio import to_jsonable
 from trainer import annotation
 from trainer.audit_log import AuditLog, verify
 from trainer.quarantine import usable_records
+from trainer.round_assigner import RoundAssignerError, apply_round_assigner
 from trainer.store.pool_store import PoolStore
 from trainer.store.types import Pick, StoreError
 
@@ -131,14 +132,22 @@ def _select_locked(
             f"graph {graph.name!r})"
         )
     counts = fine_counts(store, graph, config.label_mode)
+    # [ours] assigner/calibration beyond text: re-assign the pool with the round's refreshed assigner
+    try:
+        records, config, assigner = apply_round_assigner(store, graph, config, records)
+    except RoundAssignerError as e:
+        raise RoundError(str(e)) from None
     pool = ScorePool.from_records(records)
     strat = get_strategy(strategy)
     sel = strat.select(pool, counts, graph, config, budget, np.random.default_rng(config.seed))
     picks = [
-        Pick(p.image_id, p.rank, float(p.acquisition), dict(p.rationale) | {"sentence": p.sentence})
+        Pick(p.image_id, p.rank, float(p.acquisition),
+             dict(p.rationale) | {"sentence": p.sentence} | _assigner_note(p.rationale, assigner))
         for p in sel.picks
     ]
     info = to_jsonable(sel.info) | {"skipped_records": skipped.to_dict()}
+    if assigner is not None:
+        info["assigner"] = to_jsonable(assigner)
     params = {"config": config.to_dict(), "counts": counts, "graph": graph.name, "info": info}
     round_id = store.record_round(
         picks, budget=budget, strategy=sel.strategy, pool_size=len(records), params=params,
@@ -155,6 +164,7 @@ def _select_locked(
         "counts": counts,
         "config": config.to_dict(),
         "skipped_records": skipped.to_dict(),
+        "assigner": info.get("assigner"),
         "picks": [
             {"rank": p.rank, "image_id": p.key, "acquisition": p.score, "sentence": p.rationale["sentence"],
              "rationale": p.rationale}
@@ -170,6 +180,16 @@ def _select_locked(
          for p in picks],
         len(records), counts, h, info,
     )
+
+
+def _assigner_note(rationale: dict[str, Any], assigner: dict[str, Any] | None) -> dict[str, Any]:
+    """A pick's rationale addition under a round assigner: where its driving concept's Eq. 3 row came from
+    (prototype of labeled crops, or text) and the fitted temperature."""
+    if assigner is None:
+        return {}
+    concept = (rationale.get("proposal") or {}).get("concept")
+    return {"assigner": {"kind": assigner.get("kind"), "source": assigner.get("sources", {}).get(concept),
+                         "temperature": assigner.get("temperature")}}
 
 
 def export_tasks(

@@ -31,12 +31,17 @@ class ProposalScore:
     concept: str
     similarity: dict[str, float] = field(default_factory=dict)
     label: str | None = None
+    embedding: list[float] | None = None  # f_I(p), the L2-normalized CLIP region embedding Eq. 3 assigned
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["box"] = list(self.box)
         if self.label is None:
             d.pop("label")
+        if self.embedding is None:
+            d.pop("embedding")
+        else:
+            d["embedding"] = list(self.embedding)
         return d
 
 
@@ -85,17 +90,15 @@ class ScoreRecord:
         if not isinstance(props_raw, list):
             raise RecordError(f"{where}: field 'proposals' must be a list")
         proposals = [_proposal(p, f"{where} proposals[{i}]") for i, p in enumerate(props_raw)]
+        dims = {len(p.embedding) for p in proposals if p.embedding is not None}
+        if len(dims) > 1:
+            raise RecordError(f"{where}: proposal embeddings have different lengths {sorted(dims)} "
+                              "(one CLIP embeds every proposal of a record)")
         unc = d.get("uncertainty") or {}
         if not isinstance(unc, dict):
             raise RecordError(f"{where}: field 'uncertainty' must be an object")
         uncertainty = {str(k): _finite(unc, k, f"{where} uncertainty") for k in unc}
-        emb = d.get("embedding")
-        if emb is not None:
-            if not isinstance(emb, list):
-                raise RecordError(f"{where}: field 'embedding' must be a list of numbers")
-            emb = [_number(v, f"{where}: field 'embedding'") for v in emb]
-            if not all(math.isfinite(v) for v in emb):
-                raise RecordError(f"{where}: field 'embedding' has a NaN or Inf")
+        emb = _embedding(d, where)
         return cls(
             image_id=image_id,
             e_rec=e_rec,
@@ -106,6 +109,19 @@ class ScoreRecord:
             meta=_strings(d, "meta", where),
             embedding=emb,
         )
+
+
+def _embedding(d: dict[str, Any], where: str) -> list[float] | None:
+    """The optional ``embedding`` list of ``d``: finite numbers (absent/null: None)."""
+    emb = d.get("embedding")
+    if emb is None:
+        return None
+    if not isinstance(emb, list):
+        raise RecordError(f"{where}: field 'embedding' must be a list of numbers")
+    out = [_number(v, f"{where}: field 'embedding'") for v in emb]
+    if not all(math.isfinite(v) for v in out):
+        raise RecordError(f"{where}: field 'embedding' has a NaN or Inf")
+    return out
 
 
 def _finite(d: dict[str, Any], key: str, where: str) -> float:
@@ -174,6 +190,7 @@ def _proposal(p: Any, where: str) -> ProposalScore:
         concept=concept,
         similarity={str(k): _finite(sim, k, f"{where} similarity") for k in sim},
         label=label,
+        embedding=_embedding(p, where),
     )
 
 

@@ -193,7 +193,7 @@ class PoolScoring:
         Labeled crops: the labeled boxes; with ``exemplars="boxes+proposals"`` also this round's detector
         proposals on the labeled slices (IoU >= ``exemplar_iou`` with a box: its concept, else background)."""
         from gsal_edge.acquisition.assignment import round_assigner
-        from gsal_edge.models.detection_metrics import box_iou
+        from gsal_edge.acquisition.exemplars import label_proposals
 
         names = list(scorer.spec.concepts)
         text = self._text_emb[self._scorer_key[id(scorer)]]
@@ -211,14 +211,9 @@ class PoolScoring:
                     continue
                 gt = np.array([a.box for a in anns], dtype=np.float64).reshape(-1, 4)
                 emb = embed_regions(self.models.clip, x, boxes, gcfg.context_margin)
-                iou = box_iou(boxes, gt) if len(gt) else np.zeros((len(boxes), 0))
-                for j, e in enumerate(emb):
-                    k = int(np.argmax(iou[j])) if iou.shape[1] else -1
-                    hit = k >= 0 and iou[j, k] >= gcfg.exemplar_iou
-                    if hit:
-                        ex.setdefault(self.class_to_concept[anns[k].category], []).append(e)
-                    elif not iou.shape[1] or iou[j].max() < gcfg.exemplar_iou:
-                        ex.setdefault(BACKGROUND, []).append(e)
+                gt_concepts = [self.class_to_concept[a.category] for a in anns]
+                for c, e in zip(label_proposals(boxes, gt, gt_concepts, gcfg.exemplar_iou), emb):
+                    ex.setdefault(c, []).append(e)
         exemplars = {c: np.stack(v) for c, v in ex.items() if c in names}
         kind = gcfg.assigner if gcfg.label_mode == "typed" else "text"
         try:

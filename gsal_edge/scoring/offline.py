@@ -125,7 +125,9 @@ def score_files(
     Ids are the paths relative to ``root`` ('/'-separated). A file that cannot be read is skipped and
     reported to ``on_skip``, as the ``score`` client skips it; a bad id or bad pixels yield the
     :class:`SliceError`, as a station answers INVALID_ARGUMENT. ``with_embeddings`` also returns each
-    proposal's CLIP region embedding (:meth:`GSALScorer.embed_regions`, the crops Eq. 3 assigned).
+    proposal's CLIP region embedding: the record's own ``proposals[i].embedding`` when the bundle's spec
+    attaches them (``ScorerSpec.proposal_embedding``, the default), else :meth:`GSALScorer.embed_regions`
+    (the crops Eq. 3 assigned).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -138,8 +140,12 @@ def score_files(
         pending.clear()
         outs = _score_batch(scorer, arrays, ids, [dict(meta) for _ in ids])
         embs: list[np.ndarray | None] = [None] * len(ids)
-        if with_embeddings:
+        if with_embeddings:  # records that carry them already (ScorerSpec.proposal_embedding): those values
             ok = [(k, o) for k, o in enumerate(outs) if isinstance(o, ScoreRecord)]
+            for k, o in ok:
+                if o.proposals and all(p.embedding is not None for p in o.proposals):
+                    embs[k] = np.asarray([p.embedding for p in o.proposals], np.float64)
+            ok = [(k, o) for k, o in ok if embs[k] is None]
             boxes = [np.asarray([p.box for p in o.proposals], np.float32).reshape(-1, 4) for _, o in ok]
             for (k, _), e in zip(ok, scorer.embed_regions([arrays[k] for k, _ in ok], boxes)):
                 embs[k] = e

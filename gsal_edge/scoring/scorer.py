@@ -63,9 +63,15 @@ class ScorerSpec:
     antithetic: bool = False  # [ours] eps_(2j+1) = -eps_(2j)
     max_unet_batch: int = 64
     image_embedding: bool = True  # attach the whole-slice CLIP embedding (core-set baselines)
+    proposal_embedding: bool = True  # attach each proposal's region f_I (the trainer's round assigner re-assigns)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The spec as a bundle ships it; ``proposal_embedding`` only when off, so a default bundle's spec (and
+        every digest of it) is what it was before the field existed and older stations still load it."""
+        d = asdict(self)
+        if d["proposal_embedding"]:
+            d.pop("proposal_embedding")
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ScorerSpec:
@@ -283,6 +289,8 @@ class GSALScorer:
                             c: round(float(s), 6) for c, s in zip(sp.concepts, assigned.similarity[r])
                         },
                         label=sp.classes[label_idx - 1] if 1 <= label_idx <= len(sp.classes) else None,
+                        embedding=([round(float(v), 6) for v in region_emb[i][j]]
+                                   if sp.proposal_embedding else None),
                     )
                 )
             records.append(

@@ -7,6 +7,7 @@ models (tests/test_export_pipeline.py does the real ones).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -176,6 +177,26 @@ def test_embed_regions_is_the_scorers_concept_assignment(toy_bundle: Path, keys:
     assert list(got.concepts) == [p.concept for p in recs[0].proposals]
     for row, p in zip(got.similarity, recs[0].proposals):
         np.testing.assert_allclose(row, [p.similarity[c] for c in scorer.spec.concepts], atol=1e-6)
+    # the record carries that very f_I per proposal (ScorerSpec.proposal_embedding, on by default)
+    np.testing.assert_allclose([p.embedding for p in recs[0].proposals], embs[0], atol=1e-6)
+
+
+def test_proposal_embedding_switch(toy_bundle: Path, keys: dict[str, Path]) -> None:
+    """Off: no proposals[i].embedding (the record is an older station's); the spec dict names the field only
+    when off, so a default bundle's spec and its digests are unchanged."""
+    from gsal_edge.scoring.scorer import ScorerSpec
+
+    scorer = load_bundle(toy_bundle, "onnxruntime", [keys["good_pub"]])
+    assert "proposal_embedding" not in scorer.spec.to_dict()
+    assert ScorerSpec.from_dict(scorer.spec.to_dict()) == scorer.spec
+    x = [(np.random.default_rng(2).random((40, 48)) * 65535).astype(np.uint16)]
+    on = scorer.score(x, ["a"])[0]
+    scorer.spec.proposal_embedding = False
+    off = scorer.score(x, ["a"])[0]
+    assert all(p.embedding is None for p in off.proposals) and "embedding" not in off.to_json().split('"meta"')[0]
+    assert [dataclasses.replace(p, embedding=None) for p in on.proposals] == off.proposals
+    assert scorer.spec.to_dict()["proposal_embedding"] is False
+    assert ScorerSpec.from_dict(scorer.spec.to_dict()) == scorer.spec
 
 
 def test_tampered_model_byte_is_refused(bundle_copy: Path, keys: dict[str, Path]) -> None:

@@ -19,9 +19,9 @@ from typer.testing import CliRunner
 
 from export.signing import generate_keypair
 from gsal_edge.acquisition.records import read_jsonl
-from gsal_edge.data.slices import encode_slice
+from gsal_edge.data.slices import encode_slice, read_slice_file
 from gsal_edge.scoring.bundle import load_bundle, load_public_key
-from gsal_edge.scoring.offline import list_slice_files, score_files
+from gsal_edge.scoring.offline import decode_slice_file, list_slice_files, score_files
 from server.cli import app
 
 
@@ -120,10 +120,16 @@ def test_with_embeddings_adds_the_region_embeddings_and_nothing_else(signed: dic
     results = list(score_files(scorer, files, imgs, batch_size=2, with_embeddings=True))
     for d, res in zip(with_emb, results):
         assert res.record is not None and res.proposal_embeddings is not None
-        got = np.array([p.pop("embedding") for p in d["proposals"]]).reshape(-1, res.proposal_embeddings.shape[1])
+        got = np.array([p["embedding"] for p in d["proposals"]]).reshape(-1, res.proposal_embeddings.shape[1])
         np.testing.assert_allclose(got, res.proposal_embeddings, atol=1e-6)
         assert json.dumps(d, separators=(",", ":")) == res.record.to_json()
+        # the record's own proposals[i].embedding (ScorerSpec.proposal_embedding) is the region f_I Eq. 3 saw
+        fresh = scorer.embed_regions([decode_slice_file(read_slice_file(str(imgs / d["image_id"])))],
+                                     [np.asarray([p["box"] for p in d["proposals"]]).reshape(-1, 4)])[0]
+        np.testing.assert_allclose(got.reshape(fresh.shape), fresh, atol=2e-6)
+    # the bundle's spec attaches them already, so --with-embeddings adds nothing to the plain records
     assert [json.loads(x) for x in plain.read_text().splitlines()] == with_emb
+    assert sum(len(d["proposals"]) for d in with_emb) > 0
 
 
 def test_a_failing_scorer_fails_only_its_slice(tmp_path: Path) -> None:

@@ -71,6 +71,24 @@ def test_record_round_trip_is_exact(embedding: list[float] | None, label: str | 
     assert back.to_json() == rec.to_json()
 
 
+@pytest.mark.parametrize("emb", [None, [0.6, -0.8, 0.0], []])
+def test_proposal_embedding_round_trips_and_absent_stays_absent(emb: list[float] | None) -> None:
+    """proposals[i].embedding (field 8) is exact on the wire; a station that never sets it (absent) reads back
+    as None, not as an empty list."""
+    from gsal_wire.convert import record_from_pb, record_to_pb
+    from gsal_wire.pb import common_pb2
+
+    rec = _record(None, "crack")
+    rec.proposals[0].embedding = emb
+    msg = common_pb2.ScoreRecord.FromString(record_to_pb(rec).SerializeToString())
+    assert msg.proposals[0].HasField("embedding") is (emb is not None)
+    assert not msg.proposals[1].HasField("embedding")
+    back = record_from_pb(msg)
+    assert back.proposals[0].embedding == emb and back.proposals[1].embedding is None
+    assert back.to_json() == rec.to_json()
+    assert ("embedding" in back.proposals[0].to_dict()) is (emb is not None)
+
+
 def test_record_from_pb_validates() -> None:
     from gsal_edge.acquisition.records import RecordError
     from gsal_wire.convert import record_from_pb, record_to_pb
@@ -78,6 +96,10 @@ def test_record_from_pb_validates() -> None:
     msg = record_to_pb(_record(None, None))
     msg.e_rec = float("nan")
     with pytest.raises(RecordError, match="e_rec"):
+        record_from_pb(msg)
+    msg = record_to_pb(_record(None, None))
+    msg.proposals[0].embedding.values.extend([0.1, float("inf")])
+    with pytest.raises(RecordError, match=r"proposals\[0\].*'embedding' has a NaN or Inf"):
         record_from_pb(msg)
 
 
